@@ -1,0 +1,131 @@
+// Parsers for zfs's scripted (-H) output. Pure functions; unit-tested on captured text.
+
+export interface SnapshotInfo {
+  /** full name dataset@snap */
+  name: string;
+  dataset: string;
+  snap: string;
+  /** decimal string: guids are 64-bit and exceed Number's precision */
+  guid: string;
+  createtxg: number;
+  /** unix seconds */
+  creation: number;
+  used: number;
+  referenced: number;
+  /** bytes written since the previous snapshot; undefined where unsupported */
+  written?: number;
+  /** number of user holds; undefined where unknown */
+  userrefs?: number;
+}
+
+export interface DatasetInfo {
+  name: string;
+  type: 'filesystem' | 'volume';
+  guid: string;
+  createtxg: number;
+  creation: number;
+  used: number;
+  referenced: number;
+  /** bytes written since the newest snapshot (OpenZFS only) */
+  written?: number;
+  /** extra properties requested by the caller, raw values ('-' = unset) */
+  props: Record<string, string>;
+  /** oldest first (by createtxg) */
+  snapshots: SnapshotInfo[];
+}
+
+export type DatasetTree = Map<string, DatasetInfo>;
+
+const CORE = new Set(['type', 'guid', 'createtxg', 'creation', 'used', 'referenced', 'written', 'userrefs']);
+
+function num(v: string | undefined): number {
+  if (v === undefined || v === '-' || v === '') return NaN;
+  return Number(v);
+}
+
+function optNum(v: string | undefined): number | undefined {
+  const n = num(v);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+type Row = Map<string, string>;
+
+function assemble(rows: Map<string, Row>, extra: readonly string[]): DatasetTree {
+  const tree: DatasetTree = new Map();
+  const snaps: SnapshotInfo[] = [];
+  for (const [name, r] of rows) {
+    const at = name.indexOf('@');
+    if (at >= 0) {
+      snaps.push({
+        name,
+        dataset: name.slice(0, at),
+        snap: name.slice(at + 1),
+        guid: r.get('guid') ?? '',
+        createtxg: num(r.get('createtxg')),
+        creation: num(r.get('creation')),
+        used: num(r.get('used')),
+        referenced: num(r.get('referenced')),
+        written: optNum(r.get('written')),
+        userrefs: optNum(r.get('userrefs')),
+      });
+      continue;
+    }
+    if (name.includes('#')) continue; // bookmarks are not datasets
+    const type = r.get('type');
+    const props: Record<string, string> = {};
+    for (const p of extra) props[p] = r.get(p) ?? '-';
+    tree.set(name, {
+      name,
+      type: type === 'volume' ? 'volume' : 'filesystem',
+      guid: r.get('guid') ?? '',
+      createtxg: num(r.get('createtxg')),
+      creation: num(r.get('creation')),
+      used: num(r.get('used')),
+      referenced: num(r.get('referenced')),
+      written: optNum(r.get('written')),
+      props,
+      snapshots: [],
+    });
+  }
+  for (const s of snaps) tree.get(s.dataset)?.snapshots.push(s);
+  for (const ds of tree.values()) ds.snapshots.sort((a, b) => a.createtxg - b.createtxg || a.creation - b.creation);
+  return tree;
+}
+
+/** `zfs get -H -p -r -o name,property,value P1,P2,... ROOT` (works on every implementation). */
+export function parseGetRows(text: string, extra: readonly string[] = []): DatasetTree {
+  const rows = new Map<string, Row>();
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const t1 = line.indexOf('\t');
+    const t2 = line.indexOf('\t', t1 + 1);
+    if (t1 < 0 || t2 < 0) throw new Error(`unexpected zfs get line (expected name<TAB>property<TAB>value): ${JSON.stringify(line.slice(0, 200))}`);
+    const name = line.slice(0, t1);
+    const prop = line.slice(t1 + 1, t2);
+    const value = line.slice(t2 + 1);
+    let r = rows.get(name);
+    if (!r) rows.set(name, (r = new Map()));
+    r.set(prop, value);
+  }
+  for (const [name, r] of rows) if (!r.has('type')) r.set('type', name.includes('@') ? 'snapshot' : 'filesystem');
+  return assemble(rows, extra);
+}
+
+/** `zfs list -H -p -r -t filesystem,volume,snapshot -o name,COLS... ROOT` (OpenZFS). */
+export function parseListRows(text: string, columns: readonly string[], extra: readonly string[] = []): DatasetTree {
+  if (columns[0] !== 'name') throw new Error('parseListRows: first column must be name');
+  const rows = new Map<string, Row>();
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const f = line.split('\t');
+    if (f.length !== columns.length) throw new Error(`unexpected zfs list line (expected ${columns.length} tab-separated fields): ${JSON.stringify(line.slice(0, 200))}`);
+    const r: Row = new Map();
+    columns.forEach((c, i) => r.set(c, f[i]!));
+    rows.set(f[0]!, r);
+  }
+  return assemble(rows, extra);
+}
+
+export function isCoreProperty(p: string): boolean {
+  return CORE.has(p);
+}

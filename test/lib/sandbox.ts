@@ -1,0 +1,74 @@
+// Access to the multi-host sandbox built by test/env/sandbox.sh. A missing sandbox is
+// a loud failure, never a skip: the integration tiers exist to run on real parts.
+import { readFileSync, existsSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+
+export interface SandboxHost {
+  name: string;
+  datacenter: string;
+  netns: string;
+  /** argv prefix that runs a command inside this host's network namespace */
+  exec: string[];
+  address: string;
+  port: number;
+  pool: string;
+  dir: string;
+  mountBase: string;
+}
+
+export interface Sandbox {
+  name: string;
+  dir: string;
+  controlNetns: string;
+  repo: string;
+  adminKey: string;
+  replKey: string;
+  knownHosts: string;
+  hosts: SandboxHost[];
+}
+
+export function sandbox(): Sandbox {
+  const path = process.env.SANDBOX_MANIFEST ?? '/var/tmp/storage-sandbox-stt/sandbox.json';
+  if (!existsSync(path)) {
+    throw new Error(
+      `REAL PART MISSING: no sandbox manifest at ${path}. Integration tests run against real zfs-fuse pools, ` +
+        `namespaces and sshd: start them with 'bash test/env/sandbox.sh up --name stt' (npm test does this).`,
+    );
+  }
+  const sb = JSON.parse(readFileSync(path, 'utf8')) as Sandbox;
+  if (!Array.isArray(sb.hosts) || sb.hosts.length < 2) throw new Error(`sandbox manifest ${path} lists fewer than 2 hosts`);
+  return sb;
+}
+
+export function host(sb: Sandbox, name: string): SandboxHost {
+  const h = sb.hosts.find((x) => x.name === name);
+  if (!h) throw new Error(`sandbox has no host '${name}' (hosts: ${sb.hosts.map((x) => x.name).join(', ')})`);
+  return h;
+}
+
+/** A unique short component for per-test dataset roots. */
+export function uniq(prefix = 't'): string {
+  return `${prefix}${randomUUID().slice(0, 8)}`;
+}
+
+/** Runs a command, returns stdout; throws with stderr on failure. */
+export function sh(argv: string[], opts: { input?: string | Buffer } = {}): string {
+  return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', input: opts.input, stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+export function shStatus(argv: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** sha256 of every regular file below dir, as "relpath sha" lines (sorted). */
+export function treeChecksum(dir: string): string {
+  return sh(['bash', '-c', 'cd "$1" && find . -type f -print0 | sort -z | xargs -0 -r sha256sum', '_', dir]);
+}
+
+/** Recursively destroys a test-owned dataset tree (test cleanup only; never in product code). */
+export function destroyTestTree(dataset: string): void {
+  if (!/^[a-z0-9]+-[a-z0-9]+\/t[0-9a-f]{8}$/.test(dataset)) throw new Error(`refusing to clean up '${dataset}': not a test root`);
+  spawnSync('zfs', ['destroy', '-r', '-f', dataset]);
+}

@@ -1,0 +1,95 @@
+// Runs test tiers with node's test runner and ends with one line per tier:
+//   tier <name>: N passed, N failed, N skipped
+// Usage: node dist/test/run.js TIER[=DIR] ...   (DIR defaults to dist/test/<tier>)
+// A tier whose directory holds no test file counts as a failure: a tier that runs
+// nothing must never look green.
+import { run } from 'node:test';
+import { spec } from 'node:test/reporters';
+import { readdirSync, existsSync, appendFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+interface Tally {
+  passed: number;
+  failed: number;
+  skipped: number;
+  failures: string[];
+}
+
+const TIER_DIRS: Record<string, string> = {
+  unit: 'unit',
+  'zfs-fuse': 'integration',
+};
+
+function filesOf(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.test.js'))
+    .sort()
+    .map((f) => join(dir, f));
+}
+
+async function runTier(name: string, dir: string, only?: string): Promise<Tally> {
+  const tally: Tally = { passed: 0, failed: 0, skipped: 0, failures: [] };
+  let files = filesOf(dir);
+  if (only) files = files.filter((f) => f.includes(only));
+  if (files.length === 0) {
+    tally.failed++;
+    tally.failures.push(`no test files in ${dir}`);
+    return tally;
+  }
+  process.stdout.write(`\n=== tier ${name}: ${files.length} file(s) from ${dir}\n`);
+  const stream = run({ files, concurrency: 1, timeout: 20 * 60_000 });
+  stream.on('test:pass', (d) => {
+    if (d.details?.type === 'suite') return;
+    if (d.skip || d.todo) tally.skipped++;
+    else tally.passed++;
+  });
+  stream.on('test:fail', (d) => {
+    if (d.details?.type === 'suite') {
+      // a suite fails on its own only when a hook or the file itself failed
+      const err = d.details?.error as { failureType?: string } | undefined;
+      if (err?.failureType === 'subtestsFailed') return;
+    }
+    tally.failed++;
+    tally.failures.push(`${d.file ?? ''} > ${d.name}`);
+  });
+  await new Promise<void>((resolveDone, reject) => {
+    const out = stream.compose(new spec() as unknown as NodeJS.ReadWriteStream);
+    out.on('data', (chunk: string | Buffer) => process.stdout.write(chunk));
+    out.on('end', resolveDone);
+    out.on('error', reject);
+  });
+  return tally;
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const only = process.env.TEST_ONLY;
+  const base = resolve(new URL('.', import.meta.url).pathname);
+  const results: Array<[string, Tally]> = [];
+  for (const arg of args.length ? args : ['unit']) {
+    const [name, dirArg] = arg.split('=') as [string, string | undefined];
+    const dir = dirArg ?? join(base, TIER_DIRS[name] ?? name);
+    results.push([name, await runTier(name, dir, only)]);
+  }
+  process.stdout.write('\n');
+  let bad = false;
+  for (const [name, t] of results) {
+    for (const f of t.failures) process.stdout.write(`FAILED [${name}] ${f}\n`);
+    if (t.failed > 0) bad = true;
+    // nothing here is allowed to skip quietly: in CI a skipped test fails the run
+    if (t.skipped > 0 && process.env.CI) {
+      process.stdout.write(`FAILED [${name}] ${t.skipped} test(s) skipped; CI does not accept skips\n`);
+      bad = true;
+    }
+  }
+  const lines = results.map(([name, t]) => `tier ${name}: ${t.passed} passed, ${t.failed} failed, ${t.skipped} skipped`);
+  for (const l of lines) process.stdout.write(`${l}\n`);
+  if (process.env.TIER_SUMMARY_FILE) appendFileSync(process.env.TIER_SUMMARY_FILE, lines.join('\n') + '\n');
+  process.exitCode = bad ? 1 : 0;
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 2;
+});
