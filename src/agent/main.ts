@@ -1,5 +1,83 @@
-// storage-agent entry point (the daemon arrives with the replication engine).
-export async function main(_argv: string[]): Promise<void> {
-  process.stderr.write('storage-agent: the daemon is not implemented yet in this build\n');
-  process.exitCode = 3;
+// storage-agent --config FILE: the daemon. A cycle per interval (never overlapping);
+// SIGHUP reloads the configuration (a bad file keeps the old one); SIGTERM/SIGINT stop
+// taking work, let running transfers finish for a grace period, then abort them (an
+// aborted `zfs recv` leaves the replica at its previous snapshot: no half state).
+import { Command } from 'commander';
+import { loadConfig, type Config } from './config.js';
+import { Agent } from './agent.js';
+import { AgentMetrics } from './metrics.js';
+import { openCatalog } from '../catalog/index.js';
+import { makeLogger } from '../util/log.js';
+
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('storage-agent')
+    .requiredOption('-c, --config <file>', 'YAML configuration', '/etc/storage-agent/config.yaml')
+    .option('--once', 'run one cycle and exit (exit 1 if it had failures)')
+    .option('--shutdown-grace <seconds>', 'on SIGTERM, let running transfers finish this long', '20')
+    .parse(argv, { from: 'user' });
+  const opts = program.opts<{ config: string; once?: boolean; shutdownGrace: string }>();
+  let config: Config;
+  try {
+    config = loadConfig(opts.config);
+  } catch (e) {
+    process.stderr.write(`storage-agent: ${(e as Error).message}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const log = makeLogger({ level: config.log.level, component: 'storage-agent' });
+  const catalog = await openCatalog(config);
+  const metrics = new AgentMetrics({ perProjectSeries: config.metrics.perProjectSeries, lagSloSeconds: config.metrics.lagSloSeconds, host: config.host });
+  const agent = new Agent({ config, catalog, log, metrics });
+  await agent.init();
+  if (opts.once) {
+    const r = await agent.runCycle();
+    await agent.close();
+    await catalog.close();
+    process.exitCode = r.failures.length ? 1 : 0;
+    return;
+  }
+  await metrics.listen(config.metrics.listen);
+  log.info({ host: config.host, interval: config.interval, metrics: config.metrics.listen }, 'storage-agent started');
+
+  let stopping = false;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<unknown> | undefined;
+  const loop = async () => {
+    if (stopping) return;
+    running = agent.runCycle().catch((e: Error) => log.error({ err: e.message }, 'cycle failed'));
+    await running;
+    running = undefined;
+    if (!stopping) timer = setTimeout(() => void loop(), agent.config.interval * 1000);
+  };
+
+  process.on('SIGHUP', () => {
+    try {
+      agent.reconfigure(loadConfig(opts.config));
+      log.info({ config: opts.config }, 'configuration reloaded');
+    } catch (e) {
+      log.error({ err: (e as Error).message }, 'reload failed; keeping the previous configuration');
+    }
+  });
+  const stop = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    clearTimeout(timer);
+    log.info({ signal: sig }, 'stopping: no new transfers; waiting for running ones');
+    agent.drain();
+    const grace = Number(opts.shutdownGrace) * 1000;
+    const t = setTimeout(() => {
+      log.warn('grace period over: aborting running transfers');
+      agent.abortTransfers();
+    }, grace);
+    await running;
+    clearTimeout(t);
+    await agent.close();
+    metrics.close();
+    await catalog.close();
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  await loop();
 }

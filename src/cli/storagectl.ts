@@ -1,13 +1,79 @@
-// storagectl: the admin CLI. Exit codes: 0 ok, 1 operation failed, 2 usage/validation error,
-// 3 not built / environment missing.
+// storagectl: the admin CLI.
+// Exit codes: 0 ok; 1 the operation failed (details on stderr); 2 usage or validation
+// error (nothing was done); 3 environment problem (configuration or catalog missing).
 import { Command, CommanderError } from 'commander';
-import { Zfs, capabilityRows } from '../zfs/index.js';
+import { Zfs, CommandRunner, capabilityRows, ZfsCommandError } from '../zfs/index.js';
+import { loadConfig, parseConfig, ConfigError, type Config } from '../agent/config.js';
+import { Agent, sshOptions, sshTarget } from '../agent/agent.js';
+import { openCatalog, CatalogError, type Catalog } from '../catalog/index.js';
+import { SshPool } from '../replica/transport.js';
+import { checkListing, formatRemoteCommand } from '../replica/protocol.js';
+import { serve } from '../replica/receiver.js';
+import { silentLogger } from '../util/log.js';
+import * as v from '../util/validate.js';
+import { readFileSync } from 'node:fs';
+
+class UsageError extends Error {}
+class EnvError extends Error {}
+
+const DEFAULT_CONFIG = process.env.STORAGE_CONFIG ?? '/etc/storage-agent/config.yaml';
+
+interface Ctx {
+  config: Config;
+  catalog: Catalog;
+  zfs: Zfs;
+}
+
+async function context(configPath: string): Promise<Ctx> {
+  let config: Config;
+  try {
+    config = loadConfig(configPath);
+  } catch (e) {
+    throw new EnvError((e as Error).message);
+  }
+  const catalog = await openCatalog(config);
+  const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath, capabilitiesCache: `${config.stateDir}/capabilities.json` });
+  return { config, catalog, zfs };
+}
+
+function out(json: boolean, data: unknown, human: () => string): void {
+  process.stdout.write(json ? JSON.stringify(data, null, 2) + '\n' : human());
+}
+
+function ago(ms: number | null): string {
+  if (ms === null) return 'never';
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)}h`;
+  return `${(s / 86400).toFixed(1)}d`;
+}
+
+function color(code: number, s: string): string {
+  return process.stdout.isTTY ? `\u001b[${code}m${s}\u001b[0m` : s;
+}
+
+function lagText(lagSec: number | null, slo: number): string {
+  if (lagSec === null) return color(31, 'none');
+  const t = ago(lagSec * 1000);
+  return lagSec > slo ? color(31, t) : lagSec > slo / 4 ? color(33, t) : color(32, t);
+}
+
+function table(rows: string[][]): string {
+  // eslint-disable-next-line no-control-regex
+  const width = (s: string) => s.replace(/\u001b\[\d+m/g, '').length;
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => width(r[i] ?? ''))));
+  return rows.map((r) => r.map((c, i) => c + ' '.repeat(widths[i]! - width(c))).join('  ').trimEnd()).join('\n') + '\n';
+}
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('storagectl')
     .description('Admin CLI for ZFS project datasets: snapshots, replication, failover, moves')
+    .option('-c, --config <file>', 'agent configuration (or $STORAGE_CONFIG)', DEFAULT_CONFIG)
     .exitOverride()
-    .showHelpAfterError();
+    .showHelpAfterError()
+    .addHelpText('after', '\nExit codes: 0 ok, 1 operation failed, 2 usage or validation error, 3 configuration/catalog missing.');
+  const cfg = () => program.opts<{ config: string }>().config;
 
   program
     .command('capabilities')
@@ -15,8 +81,256 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'machine-readable output')
     .action(async (opts: { json?: boolean }) => {
       const caps = await new Zfs().capabilities();
-      if (opts.json) process.stdout.write(JSON.stringify(caps, null, 2) + '\n');
-      else for (const [k, val] of capabilityRows(caps)) process.stdout.write(`${k.padEnd(22)} ${val}\n`);
+      out(!!opts.json, caps, () => capabilityRows(caps).map(([k, val]) => `${k.padEnd(22)} ${val}\n`).join(''));
+    });
+
+  program
+    .command('config')
+    .description('configuration tools')
+    .command('check <file>')
+    .description('validate a configuration file; prints every problem with its path')
+    .action((file: string) => {
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        throw new EnvError(`cannot read ${file}: ${(e as Error).message}`);
+      }
+      try {
+        const c = parseConfig(text, file);
+        process.stdout.write(`${file}: ok (host ${c.host}, datacenter ${c.datacenter}, catalog ${c.catalog.backend})\n`);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+    });
+
+  program
+    .command('serve-ssh')
+    .description('the SSH forced command of the replication key (reads SSH_ORIGINAL_COMMAND)')
+    .action(async () => {
+      let config: Config;
+      try {
+        config = loadConfig(cfg());
+      } catch (e) {
+        process.stderr.write(`storagectl serve-ssh: ${(e as Error).message}\n`);
+        process.exitCode = 3;
+        return;
+      }
+      const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath, capabilitiesCache: `${config.stateDir}/capabilities.json` });
+      process.exitCode = await serve(
+        { zfs, host: config.host, replicasRoot: config.replicasRoot, auditLog: config.receiverLog, client: process.env.SSH_CLIENT },
+        process.env.SSH_ORIGINAL_COMMAND,
+        process.stdout,
+        process.stderr,
+      );
+    });
+
+  const project = program.command('project').description('project datasets');
+  project
+    .command('create <project>')
+    .description('create a project dataset on this host and register it (this host becomes primary)')
+    .option('--quota <bytes>', 'quota in bytes')
+    .option('--replication-factor <n>', 'number of replicas', '2')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, opts: { quota?: string; replicationFactor: string; json?: boolean }) => {
+      v.projectId(id, 'storagectl project create');
+      const quota = opts.quota === undefined ? null : Number(opts.quota);
+      if (quota !== null && !(Number.isInteger(quota) && quota > 0)) throw new UsageError(`--quota: expected a positive number of bytes, got ${v.describe(opts.quota)}`);
+      const rf = Number(opts.replicationFactor);
+      if (!Number.isInteger(rf) || rf < 0 || rf > 10) throw new UsageError(`--replication-factor: expected 0-10, got ${v.describe(opts.replicationFactor)}`);
+      const { config, catalog, zfs } = await context(cfg());
+      const agent = new Agent({ config, catalog, zfs, log: silentLogger() });
+      await agent.init();
+      const ds = `${config.projectsRoot}/${id}`;
+      if (await catalog.getProject(id)) throw new UsageError(`project ${id} already exists in the catalog`);
+      await zfs.create(ds, { canmount: 'noauto', props: quota ? { quota: String(quota) } : {} });
+      await catalog.createProject({ id, primary: config.host, replicationFactor: rf, quota });
+      await catalog.addEvent({ project: id, host: config.host, kind: 'created', detail: `dataset ${ds}` });
+      out(!!opts.json, { project: id, primary: config.host, dataset: ds }, () => `created ${id} on ${config.host} (${ds}); mount it with: storagectl open ${id}\n`);
+    });
+
+  program
+    .command('open <project>')
+    .description('mount a project on this host (its primary)')
+    .action(async (id: string) => {
+      v.projectId(id, 'storagectl open');
+      const { config, catalog, zfs } = await context(cfg());
+      const p = await catalog.getProject(id);
+      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+      if (p.primary !== config.host) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, not ${config.host}: run open there`);
+      const ds = `${config.projectsRoot}/${id}`;
+      const { mounted, mountpoint } = await zfs.get(ds, ['mounted', 'mountpoint']);
+      if (mounted !== 'yes') await zfs.mount(ds);
+      process.stdout.write(`${id} mounted at ${mountpoint}\n`);
+    });
+
+  program
+    .command('close <project>')
+    .description('unmount a project on this host')
+    .action(async (id: string) => {
+      v.projectId(id, 'storagectl close');
+      const { config, zfs } = await context(cfg());
+      const ds = `${config.projectsRoot}/${id}`;
+      const { mounted } = await zfs.get(ds, ['mounted']);
+      if (mounted === 'yes') await zfs.unmount(ds);
+      process.stdout.write(`${id} unmounted\n`);
+    });
+
+  program
+    .command('snapshot <project>')
+    .description('take a snapshot now (named snapshots are never pruned automatically)')
+    .option('--name <name>', 'snapshot name (default: ISO-8601 UTC timestamp, an automatic snapshot)')
+    .action(async (id: string, opts: { name?: string }) => {
+      v.projectId(id, 'storagectl snapshot');
+      if (opts.name !== undefined) v.snapshotName(opts.name, 'storagectl snapshot --name');
+      const { config, catalog, zfs } = await context(cfg());
+      const p = await catalog.getProject(id);
+      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+      if (p.primary !== config.host) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, not ${config.host}: snapshot it there`);
+      const name = opts.name ?? v.autoSnapshotName(new Date(), config.snapshot.prefix);
+      await zfs.snapshot([`${config.projectsRoot}/${id}@${name}`]);
+      await catalog.addEvent({ project: id, host: config.host, kind: 'snapshot', detail: name });
+      process.stdout.write(`${config.projectsRoot}/${id}@${name}\n`);
+    });
+
+  program
+    .command('snapshots <project>')
+    .description('list a project\'s snapshots on its primary (this host) and on every replica host')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, opts: { json?: boolean }) => {
+      v.projectId(id, 'storagectl snapshots');
+      const { config, catalog, zfs } = await context(cfg());
+      const p = await catalog.getProject(id);
+      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+      const rows: Array<{ host: string; role: string; snapshot: string; guid: string; creation: string; kind: string }> = [];
+      const add = (host: string, role: string, snaps: Array<{ snap: string; guid: string; creation: number }>) => {
+        for (const s of snaps) rows.push({ host, role, snapshot: s.snap, guid: s.guid, creation: new Date(s.creation * 1000).toISOString(), kind: v.parseAutoSnapshotName(s.snap) ? 'automatic' : 'named' });
+      };
+      const errors: string[] = [];
+      if (p.primary === config.host) {
+        const t = await zfs.list(`${config.projectsRoot}/${id}`, { depth: 0 });
+        add(config.host, 'primary', t.get(`${config.projectsRoot}/${id}`)?.snapshots ?? []);
+      } else if (p.primary) errors.push(`primary ${p.primary} is not this host; its snapshots are not listed (run there)`);
+      const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
+      const pool = new SshPool(sshOptions(config));
+      try {
+        for (const t of p.targets) {
+          const h = hosts.get(t);
+          if (!h) continue;
+          try {
+            const r = await pool.get(sshTarget(h)).exec(formatRemoteCommand({ op: 'list' }));
+            if (r.code !== 0) throw new Error(r.stderr.trim());
+            add(t, 'replica', checkListing(JSON.parse(r.stdout), t).datasets[id]?.snapshots ?? []);
+          } catch (e) {
+            errors.push(`${t}: ${(e as Error).message}`);
+          }
+        }
+      } finally {
+        pool.closeAll();
+      }
+      out(!!opts.json, { project: id, snapshots: rows, errors }, () => {
+        const body = table([['HOST', 'ROLE', 'SNAPSHOT', 'CREATED', 'KIND'], ...rows.map((r) => [r.host, r.role, r.snapshot, r.creation, r.kind])]);
+        return body + errors.map((e) => `warning: ${e}\n`).join('');
+      });
+      if (errors.length) process.exitCode = 1;
+    });
+
+  program
+    .command('status')
+    .description('projects with primary, replicas, newest replicated snapshot and lag per replica')
+    .option('--json', 'machine-readable output')
+    .option('--project <id>', 'only this project')
+    .action(async (opts: { json?: boolean; project?: string }) => {
+      const { config, catalog } = await context(cfg());
+      let projects = await catalog.listProjects();
+      if (opts.project) projects = projects.filter((p) => p.id === v.projectId(opts.project, 'storagectl status --project'));
+      const now = Date.now();
+      type Row = { project: string; primary: string | null; state: string; replicationFactor: number; targets: string[]; replicas: Array<{ host: string; snapshot: string; guid: string; snapshotCreation: string; lagSeconds: number; confirmedAt: string }>; missingReplicas: string[] };
+      const data: Row[] = [];
+      for (const p of projects) {
+        const replicas = (await catalog.listReplicas(p.id)).map((r) => ({
+          host: r.host,
+          snapshot: r.snapshot,
+          guid: r.guid,
+          snapshotCreation: new Date(r.snapshotCreation * 1000).toISOString(),
+          lagSeconds: Math.max(0, Math.round(now / 1000 - r.snapshotCreation)),
+          confirmedAt: new Date(r.confirmedAt).toISOString(),
+        }));
+        const missing = p.targets.filter((t) => !replicas.some((r) => r.host === t));
+        data.push({ project: p.id, primary: p.primary, state: p.state, replicationFactor: p.replicationFactor, targets: p.targets, replicas, missingReplicas: missing });
+      }
+      out(!!opts.json, { projects: data }, () => {
+        const rows = [['PROJECT', 'PRIMARY', 'STATE', 'REPLICA', 'NEWEST SNAPSHOT', 'LAG']];
+        for (const d of data) {
+          if (d.replicas.length === 0 && d.missingReplicas.length === 0) rows.push([d.project, d.primary ?? '-', d.state, '-', '-', '-']);
+          d.replicas.forEach((r, i) => rows.push([i === 0 ? d.project : '', i === 0 ? d.primary ?? '-' : '', i === 0 ? d.state : '', r.host, r.snapshot, lagText(r.lagSeconds, config.metrics.lagSloSeconds)]));
+          for (const m of d.missingReplicas) rows.push([d.replicas.length ? '' : d.project, d.replicas.length ? '' : d.primary ?? '-', d.replicas.length ? '' : d.state, m, '(none yet)', lagText(null, config.metrics.lagSloSeconds)]);
+        }
+        return table(rows);
+      });
+    });
+
+  program
+    .command('hosts')
+    .description('hosts in the catalog with datacenter, heartbeat age, liveness and load')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { json?: boolean }) => {
+      const { config, catalog } = await context(cfg());
+      const now = Date.now();
+      const grace = 3 * config.interval * 1000;
+      const hosts = (await catalog.listHosts()).map((h) => ({ ...h, heartbeatAgeSeconds: h.heartbeatAt === null ? null : Math.round((now - h.heartbeatAt) / 1000), live: h.heartbeatAt !== null && now - h.heartbeatAt <= grace }));
+      out(!!opts.json, { hosts }, () =>
+        table([
+          ['HOST', 'DATACENTER', 'ADDRESS', 'HEARTBEAT', 'STATE', 'LOAD'],
+          ...hosts.map((h) => [h.id, h.datacenter, `${h.address}:${h.port}`, h.heartbeatAt === null ? 'never' : `${ago(now - h.heartbeatAt)} ago`, h.live ? color(32, 'live') : color(31, 'dead'), String(h.load)]),
+        ]),
+      );
+    });
+
+  program
+    .command('replicate <project>')
+    .description('replicate one project now (to all its replica hosts, or one)')
+    .option('--to <host>', 'only this replica host')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, opts: { to?: string; json?: boolean }) => {
+      v.projectId(id, 'storagectl replicate');
+      if (opts.to) v.hostId(opts.to, 'storagectl replicate --to');
+      const { config, catalog, zfs } = await context(cfg());
+      const p = await catalog.getProject(id);
+      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+      if (p.primary !== config.host) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, not ${config.host}: replicate from there`);
+      const tty = !opts.json && process.stderr.isTTY;
+      const { default: cliProgress } = await import('cli-progress');
+      const bars = tty ? new cliProgress.MultiBar({ format: '{target} |{bar}| {sent} at {rate}/s', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic) : undefined;
+      const perTarget = new Map<string, ReturnType<NonNullable<typeof bars>['create']>>();
+      const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+      const agent = new Agent({
+        config,
+        catalog,
+        zfs,
+        log: silentLogger(),
+        onProgress: (pr) => {
+          if (!bars) return;
+          let bar = perTarget.get(pr.target);
+          if (!bar) perTarget.set(pr.target, (bar = bars.create(1, 0, { target: pr.target, sent: '0 MiB', rate: '0 MiB' })));
+          const rate = pr.elapsedMs > 0 ? pr.bytes / (pr.elapsedMs / 1000) : 0;
+          bar.update(0, { sent: mb(pr.bytes), rate: mb(rate) });
+        },
+      });
+      try {
+        const r = await agent.runCycle({ only: id, to: opts.to });
+        bars?.stop();
+        out(!!opts.json, r, () => {
+          const lines = r.sends.map((s) => `sent ${s.kind} ${mb(s.bytes)} to ${s.target} in ${(s.ms / 1000).toFixed(1)}s\n`);
+          if (!r.sends.length && !r.failures.length && !r.conflicts.length) lines.push('up to date\n');
+          for (const c of r.conflicts) lines.push(`conflict on ${c.target}: ${c.message}\n`);
+          for (const f of r.failures) lines.push(`failed${f.target ? ` (${f.target})` : ''}: ${f.error}\n`);
+          return lines.join('');
+        });
+        if (r.failures.length || r.conflicts.length) process.exitCode = 1;
+      } finally {
+        await agent.close();
+      }
     });
 
   try {
@@ -26,7 +340,9 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = e.exitCode === 0 ? 0 : 2;
       return;
     }
-    process.stderr.write(`storagectl: ${e instanceof Error ? e.message : String(e)}\n`);
-    process.exitCode = (e as { name?: string }).name === 'ValidationError' ? 2 : 1;
+    const msg = e instanceof Error ? e.message : String(e);
+    process.stderr.write(`storagectl: ${msg}\n`);
+    process.exitCode =
+      e instanceof UsageError || e instanceof v.ValidationError || e instanceof ConfigError ? 2 : e instanceof EnvError || e instanceof CatalogError ? 3 : e instanceof ZfsCommandError ? 1 : 1;
   }
 }

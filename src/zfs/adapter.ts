@@ -2,7 +2,10 @@
 // every name is validated before a command is built; failures are typed errors that
 // carry argv and stderr. One listing call returns every dataset and snapshot under a
 // root, whatever the implementation (zfs-fuse has no `list -p`, so it uses `get -p -r`).
-import type { Readable, Writable } from 'node:stream';
+import { PassThrough, type Readable, type Writable, type Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { statSync, readFileSync, writeFileSync, mkdirSync, renameSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { deriveCapabilities, type Capabilities } from './capabilities.js';
 import { ZfsCommandError, ZfsUnsupportedError, makeZfsError, formatArgv } from './errors.js';
 import { parseGetRows, parseListRows, type DatasetTree } from './parse.js';
@@ -76,6 +79,11 @@ export interface ZfsOptions {
   runner?: CommandRunner;
   zfs?: string;
   zpool?: string;
+  /**
+   * A file caching the probe result across processes (the SSH receiver is one process
+   * per command). Reused while the zfs binary's path, size and mtime are unchanged.
+   */
+  capabilitiesCache?: string;
 }
 
 export class Zfs {
@@ -83,11 +91,26 @@ export class Zfs {
   private readonly zfsBin: string;
   private readonly zpoolBin: string;
   private caps?: Promise<Capabilities>;
+  private readonly capsCache?: string;
 
   constructor(opts: ZfsOptions = {}) {
     this.runner = opts.runner ?? new CommandRunner();
     this.zfsBin = opts.zfs ?? 'zfs';
     this.zpoolBin = opts.zpool ?? 'zpool';
+    this.capsCache = opts.capabilitiesCache;
+  }
+
+  private binaryStamp(): string | undefined {
+    const dirs = this.zfsBin.includes('/') ? [''] : (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').map((d) => `${d}/`);
+    for (const d of dirs) {
+      try {
+        const st = statSync(`${d}${this.zfsBin}`);
+        return `${this.runner.prefix.join(' ')}|${d}${this.zfsBin}|${st.size}|${st.mtimeMs}`;
+      } catch {
+        /* next */
+      }
+    }
+    return undefined;
   }
 
   private zfs(...args: string[]): Promise<{ stdout: string; stderr: string }> {
@@ -98,11 +121,33 @@ export class Zfs {
 
   /** Probes once per adapter (3-4 cheap calls) and caches the result. */
   capabilities(): Promise<Capabilities> {
-    this.caps ??= this.probe().catch((e) => {
+    this.caps ??= this.cachedProbe().catch((e) => {
       this.caps = undefined;
       throw e;
     });
     return this.caps;
+  }
+
+  private async cachedProbe(): Promise<Capabilities> {
+    if (!this.capsCache) return this.probe();
+    const stamp = this.binaryStamp();
+    try {
+      const c = JSON.parse(readFileSync(this.capsCache, 'utf8')) as { stamp: string; caps: Capabilities };
+      if (stamp && c.stamp === stamp && c.caps && typeof c.caps.implementation === 'string') return c.caps;
+    } catch {
+      /* no cache yet */
+    }
+    const caps = await this.probe();
+    if (stamp) {
+      try {
+        mkdirSync(dirname(this.capsCache), { recursive: true });
+        writeFileSync(`${this.capsCache}.tmp${process.pid}`, JSON.stringify({ stamp, caps }));
+        renameSync(`${this.capsCache}.tmp${process.pid}`, this.capsCache);
+      } catch {
+        /* a cache is an optimisation only */
+      }
+    }
+    return caps;
   }
 
   private async probe(): Promise<Capabilities> {
@@ -138,17 +183,21 @@ export class Zfs {
     v.datasetName(root, 'list root');
     const extra = (opts.props ?? []).map((p) => v.propertyName(p, 'list properties'));
     const caps = await this.capabilities();
-    const depth = opts.depth !== undefined ? ['-d', String(Math.max(0, Math.floor(opts.depth)))] : ['-r'];
+    // zfs counts a snapshot one level below its dataset: to get the snapshots of the
+    // datasets at depth d, ask for d+1 and drop the datasets deeper than d afterwards.
+    const maxDepth = opts.depth !== undefined ? Math.max(0, Math.floor(opts.depth)) : undefined;
+    const askDepth = maxDepth === undefined ? undefined : maxDepth + (opts.snapshots === false ? 0 : 1);
+    const depth = askDepth !== undefined ? ['-d', String(askDepth)] : ['-r'];
     const core = ['type', 'guid', 'createtxg', 'creation', 'used', 'referenced', ...(caps.written ? ['written'] : []), 'userrefs'];
     const wanted = [...core, ...extra.filter((p) => !core.includes(p))];
     if (caps.listParsable) {
       const cols = ['name', ...wanted];
       const types = opts.snapshots === false ? 'filesystem,volume' : 'filesystem,volume,snapshot';
       const { stdout } = await this.zfs('list', '-H', '-p', ...depth, '-t', types, '-o', cols.join(','), root);
-      return parseListRows(stdout, cols, extra);
+      return trimDepth(parseListRows(stdout, cols, extra), root, maxDepth);
     }
     const { stdout } = await this.zfs('get', '-H', '-p', ...depth, '-o', 'name,property,value', wanted.join(','), root);
-    const tree = parseGetRows(stdout, extra);
+    const tree = trimDepth(parseGetRows(stdout, extra), root, maxDepth);
     if (opts.snapshots === false) for (const ds of tree.values()) ds.snapshots = [];
     return tree;
   }
@@ -221,7 +270,16 @@ export class Zfs {
     if (!dataset.includes('/')) throw new v.ValidationError('dataset', 'destroy', 'is a pool root: refusing to destroy it', dataset);
     const { mounted } = await this.get(dataset, ['mounted']);
     if (mounted === 'yes') await this.unmount(dataset);
-    await this.zfs('destroy', dataset);
+    // zfs-fuse releases an unmounted file system asynchronously: retry "busy" briefly
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.zfs('destroy', dataset);
+        return;
+      } catch (e) {
+        if (!(e instanceof ZfsCommandError && e.kind === 'busy') || attempt >= 5) throw e;
+        await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+      }
+    }
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -395,7 +453,11 @@ export class Zfs {
     const child = this.runner.spawn(argv);
     child.stdin!.end();
     const done = exitPromise(child, [...this.runner.prefix, ...argv]);
-    return { argv, stream: child.stdout!, done, kill: () => child.kill('SIGTERM') };
+    // Consume stdout at once: when a child exits, Node resumes its unread stdio streams
+    // to drain them, and a stream nobody has attached to yet loses its data. The
+    // PassThrough keeps it (backpressure still reaches zfs send through the pipe).
+    const stream = child.stdout!.pipe(new PassThrough({ highWaterMark: 4 << 20 }));
+    return { argv, stream, done, kill: () => child.kill('SIGTERM') };
   }
 
   /** Starts `zfs receive`; the caller writes the stream into `stream` and ends it. */
@@ -411,6 +473,18 @@ export class Zfs {
     // a receiver that dies makes writes fail with EPIPE: that is reported through `done`
     child.stdin!.on('error', () => {});
     return { argv, stream: child.stdin!, done, kill: () => child.kill('SIGTERM') };
+  }
+
+  /**
+   * `zfs receive` reading this process's own stdin (fd 0) directly: the SSH receiver
+   * hands sshd's pipe to zfs, with no copy through Node. (zfs-fuse was seen to fail
+   * "failed to read from stream" when fed through the socketpair Node gives children.)
+   */
+  async recvFromStdin(o: RecvOptions): Promise<{ argv: readonly string[]; done: Promise<void> }> {
+    const argv = await this.recvArgv(o);
+    const child = this.runner.spawn(argv, undefined, { stdin: 'inherit' });
+    child.stdout!.resume();
+    return { argv, done: exitPromise(child, [...this.runner.prefix, ...argv]) };
   }
 
   /** The resume token of an interrupted resumable receive (OpenZFS), if any. */
@@ -459,6 +533,13 @@ export class Zfs {
   }
 }
 
+function trimDepth(tree: DatasetTree, root: string, maxDepth: number | undefined): DatasetTree {
+  if (maxDepth === undefined) return tree;
+  const base = root.split('/').length;
+  for (const name of [...tree.keys()]) if (name.split('/').length - base > maxDepth) tree.delete(name);
+  return tree;
+}
+
 function validateDatasetOrSnapshot(name: string, where: string): void {
   if (typeof name === 'string' && name.includes('@')) v.snapshotPath(name, where);
   else v.datasetName(name, where);
@@ -491,9 +572,9 @@ export function parseSize(s: string): number {
  * processes exited. On failure it reports the root cause: the receiver's error first
  * (a dying receiver makes the sender die of SIGPIPE), then the sender's, then the pipe's.
  */
-export async function pipeSendToRecv(send: SendHandle, recv: RecvHandle): Promise<void> {
-  const { pipeline } = await import('node:stream/promises');
-  const [piped, sent, received] = await Promise.allSettled([pipeline(send.stream, recv.stream), send.done, recv.done]);
+export async function pipeSendToRecv(send: SendHandle, recv: RecvHandle, through?: Transform): Promise<void> {
+  const piped$ = through ? pipeline(send.stream, through, recv.stream) : pipeline(send.stream, recv.stream);
+  const [piped, sent, received] = await Promise.allSettled([piped$, send.done, recv.done]);
   if (received.status === 'rejected') throw received.reason;
   if (sent.status === 'rejected') throw sent.reason;
   if (piped.status === 'rejected') throw piped.reason;

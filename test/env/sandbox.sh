@@ -154,7 +154,7 @@ up() {
     ssh-keygen -q -t ed25519 -N '' -C "$ns" -f "$hd/ssh_host_ed25519_key"
     {
       printf '%s\n' "$(cat "$DIR/admin_key.pub")"
-      printf 'restrict,command="%s serve-ssh --config %s" %s\n' "$REPO/bin/storagectl" "$hd/receiver.yaml" "$(cat "$DIR/repl_key.pub")"
+      printf 'restrict,command="%s --config %s serve-ssh" %s\n' "$REPO/bin/storagectl" "$hd/agent.yaml" "$(cat "$DIR/repl_key.pub")"
     } > "$hd/authorized_keys"
     chmod 600 "$hd/authorized_keys"
     cat > "$hd/sshd_config" <<EOF
@@ -182,6 +182,38 @@ EOF
     nsenter --net="/run/netns/$ns" /usr/sbin/sshd -f "$hd/sshd_config" -E "$hd/sshd.log" ||
       die "sshd for host $h failed to start: $(tail -5 "$hd/sshd.log" 2>/dev/null)"
     printf '%s %s\n' "$addr" "$(cut -d' ' -f1,2 "$hd/ssh_host_ed25519_key.pub")" >> "$DIR/known_hosts"
+
+    # test instrumentation: this host's zfs, logging every invocation before running it
+    printf '#!/bin/sh\nprintf "%%s\\n" "$*" >> "%s/zfs-calls.log"\nexec /usr/sbin/zfs "$@"\n' "$hd" > "$hd/zfs"
+    chmod 755 "$hd/zfs"
+    # the agent's (and the receiver's) configuration for this host
+    cat > "$hd/agent.yaml" <<EOF
+# sandbox host $h (datacenter $dc), written by test/env/sandbox.sh
+host: $h
+datacenter: $dc
+address: $addr
+port: 22
+pool: $pool
+projectsRoot: $pool/projects
+replicasRoot: $pool/replicas
+mountBase: $DIR/mnt/$h
+catalog:
+  backend: sqlite
+  path: $DIR/catalog.db
+ssh:
+  user: root
+  privateKey: $DIR/repl_key
+  knownHosts: $DIR/known_hosts
+  stallTimeout: 30s
+interval: 10s
+zfs:
+  zfsPath: $hd/zfs
+metrics:
+  listen: "$addr:9464"
+  lagSloSeconds: 120
+receiverLog: $hd/receiver.log
+stateDir: $hd/state
+EOF
 
     [ $first = 1 ] || hosts_json+=","
     first=0

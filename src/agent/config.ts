@@ -1,0 +1,163 @@
+// The agent's YAML configuration, validated with precise errors ("config.yaml:
+// replication.concurrencyPerTarget: expected a number >= 1, got 0"). The same file is
+// read by `storagectl` and by `storagectl serve-ssh` (the SSH forced command).
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import * as v from '../util/validate.js';
+
+const duration = z
+  .union([z.number().positive(), z.string()])
+  .transform((val, ctx) => {
+    if (typeof val === 'number') return val;
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$/.exec(val.trim());
+    if (!m) {
+      ctx.addIssue({ code: 'custom', message: `expected a duration like 30s, 5m, 1h, 7d (got ${JSON.stringify(val)})` });
+      return z.NEVER;
+    }
+    const mult = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800 }[m[2] as 'ms'];
+    return Number(m[1]) * mult;
+  });
+
+const checked = <T extends z.ZodTypeAny>(schema: T, fn: (val: z.infer<T>) => unknown) =>
+  schema.superRefine((val, ctx) => {
+    try {
+      fn(val);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: e instanceof Error ? e.message.replace(/^invalid [^:]*: /, '') : String(e) });
+    }
+  });
+
+const hostId = checked(z.string(), (s) => v.hostId(s));
+const dataset = checked(z.string(), (s) => v.datasetName(s));
+const absPath = checked(z.string(), (s) => v.mountpoint(s));
+
+const gridRule = z.object({ for: z.string(), every: z.string() }).strict();
+
+export const ConfigSchema = z
+  .object({
+    /** this host's id in the catalog */
+    host: hostId,
+    datacenter: checked(z.string(), (s) => v.hostId(s)),
+    /** how other hosts reach this host's sshd */
+    address: z.string().min(1).max(255).regex(/^[A-Za-z0-9.:-]+$/, 'expected a host name or IP address'),
+    port: z.number().int().min(1).max(65535).default(22),
+    pool: dataset,
+    /** primaries: <projectsRoot>/<uuid>, canmount=noauto, mounted on demand */
+    projectsRoot: dataset,
+    /** replicas: <replicasRoot>/<uuid>, readonly=on and never mounted */
+    replicasRoot: dataset,
+    /** mountpoint of projectsRoot (projects mount at <mountBase>/<uuid>) */
+    mountBase: absPath,
+    catalog: z
+      .object({
+        backend: z.enum(['sqlite', 'cassandra']).default('sqlite'),
+        path: absPath.default('/var/lib/storage-agent/catalog.db'),
+      })
+      .strict()
+      .default({ backend: 'sqlite', path: '/var/lib/storage-agent/catalog.db' }),
+    ssh: z
+      .object({
+        user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'expected a Unix user name').default('root'),
+        privateKey: absPath,
+        knownHosts: absPath,
+        keepalive: duration.default(15),
+        connectTimeout: duration.default(10),
+        /** abort a transfer when no byte moved for this long */
+        stallTimeout: duration.default(120),
+        /** timeout of short operations (listing, hold) */
+        operationTimeout: duration.default(120),
+        compression: z.boolean().default(false),
+        /** bytes per second per target, 0 = unlimited */
+        bandwidthLimit: z.number().int().min(0).default(0),
+        bandwidthLimitPerTarget: z.record(z.string(), z.number().int().min(0)).default({}),
+      })
+      .strict(),
+    interval: duration.default(60),
+    snapshot: z
+      .object({
+        prefix: z.string().regex(/^([A-Za-z0-9][A-Za-z0-9_.-]{0,30})?$/, 'expected letters, digits, _ . - (or empty)').default(''),
+      })
+      .strict()
+      .default({ prefix: '' }),
+    replication: z
+      .object({
+        factor: z.number().int().min(0).max(10).default(2),
+        concurrencyPerTarget: z.number().int().min(1).max(64).default(2),
+        globalConcurrency: z.number().int().min(1).max(256).default(8),
+      })
+      .strict()
+      .default({ factor: 2, concurrencyPerTarget: 2, globalConcurrency: 8 }),
+    retention: z
+      .object({
+        primary: z.array(gridRule).optional(),
+        replica: z.array(gridRule).optional(),
+      })
+      .strict()
+      .default({}),
+    zfs: z
+      .object({
+        /** argv prefix for zfs/zpool, e.g. ["sudo", "-n"] for a non-root service user */
+        commandPrefix: z.array(z.string().min(1)).default([]),
+        zfsPath: z.string().default('zfs'),
+        zpoolPath: z.string().default('zpool'),
+      })
+      .strict()
+      .default({ commandPrefix: [], zfsPath: 'zfs', zpoolPath: 'zpool' }),
+    metrics: z
+      .object({
+        listen: z.string().regex(/^[0-9a-fA-F.:[\]]+:\d+$/, 'expected address:port').default('127.0.0.1:9464'),
+        perProjectSeries: z.boolean().default(true),
+        lagSloSeconds: z.number().positive().default(3600),
+      })
+      .strict()
+      .default({ listen: '127.0.0.1:9464', perProjectSeries: true, lagSloSeconds: 3600 }),
+    log: z
+      .object({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') })
+      .strict()
+      .default({ level: 'info' }),
+    /** state kept across runs (capability cache) */
+    stateDir: absPath.default('/var/lib/storage-agent'),
+    /** the receiver's audit log (serve-ssh); stderr of sshd sessions is not kept */
+    receiverLog: absPath.optional(),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    for (const [key, root] of [['projectsRoot', c.projectsRoot], ['replicasRoot', c.replicasRoot]] as const) {
+      if (!root.startsWith(`${c.pool}/`)) ctx.addIssue({ code: 'custom', path: [key], message: `must be inside pool ${c.pool}` });
+    }
+    if (c.projectsRoot === c.replicasRoot || c.projectsRoot.startsWith(`${c.replicasRoot}/`) || c.replicasRoot.startsWith(`${c.projectsRoot}/`)) {
+      ctx.addIssue({ code: 'custom', path: ['replicasRoot'], message: 'projectsRoot and replicasRoot must be disjoint' });
+    }
+  });
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export function parseConfig(text: string, source: string): Config {
+  const doc = parseDocument(text, { prettyErrors: true });
+  if (doc.errors.length) throw new ConfigError(`${source}: YAML error: ${doc.errors.map((e) => e.message).join('; ')}`);
+  const raw = doc.toJS() as unknown;
+  const r = ConfigSchema.safeParse(raw ?? {});
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => `  ${source}: ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return r.data;
+}
+
+export function loadConfig(path: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read configuration ${path}: ${(e as Error).message}`);
+  }
+  return parseConfig(text, path);
+}

@@ -1,0 +1,116 @@
+// Prometheus metrics (prom-client). Replication lag above all:
+//   storage_replication_lag_seconds{project,target}  now - creation of the newest snapshot on target
+//   storage_replication_lag_max_seconds{target}       always present (per-project series can be off)
+//   storage_replication_projects_over_slo{target}
+import { createServer, type Server } from 'node:http';
+import { Registry, Gauge, Counter, Histogram, collectDefaultMetrics } from 'prom-client';
+import type { CycleReport } from './agent.js';
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  private readonly lagSeconds: Gauge<'project' | 'target'>;
+  private readonly lagMax: Gauge<'target'>;
+  private readonly overSlo: Gauge<'target'>;
+  private readonly lastSuccess: Gauge<'target'>;
+  private readonly bytesSent: Counter<'target'>;
+  private readonly transferSeconds: Histogram<'target'>;
+  private readonly failures: Counter<'target' | 'reason'>;
+  private readonly snapshotsCreatedTotal: Counter;
+  private readonly snapshotsPrunedTotal: Counter<'role'>;
+  private readonly zfsSeconds: Histogram<'verb' | 'ok'>;
+  private readonly cycleSeconds: Histogram;
+  private readonly cycleZfsCalls: Gauge;
+  private readonly lags = new Map<string, Map<string, number | null>>(); // target -> project -> lag
+  private server?: Server;
+
+  constructor(
+    private readonly opts: { perProjectSeries: boolean; lagSloSeconds: number; host: string },
+  ) {
+    const r = this.registry;
+    r.setDefaultLabels({ host: opts.host });
+    collectDefaultMetrics({ register: r, prefix: 'storage_agent_' });
+    this.lagSeconds = new Gauge({ name: 'storage_replication_lag_seconds', help: 'Now minus the creation time of the newest snapshot present on the target', labelNames: ['project', 'target'], registers: [r] });
+    this.lagMax = new Gauge({ name: 'storage_replication_lag_max_seconds', help: 'Largest replication lag among the projects replicated to the target', labelNames: ['target'], registers: [r] });
+    this.overSlo = new Gauge({ name: 'storage_replication_projects_over_slo', help: 'Projects whose lag on the target exceeds the lag SLO', labelNames: ['target'], registers: [r] });
+    this.lastSuccess = new Gauge({ name: 'storage_replication_last_success_timestamp_seconds', help: 'Unix time of the last successful replication to the target', labelNames: ['target'], registers: [r] });
+    this.bytesSent = new Counter({ name: 'storage_replication_sent_bytes_total', help: 'Bytes of zfs send streams delivered to the target', labelNames: ['target'], registers: [r] });
+    this.transferSeconds = new Histogram({ name: 'storage_replication_transfer_duration_seconds', help: 'Duration of one project transfer', labelNames: ['target'], buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200], registers: [r] });
+    this.failures = new Counter({ name: 'storage_replication_failures_total', help: 'Replication failures by target and reason', labelNames: ['target', 'reason'], registers: [r] });
+    this.snapshotsCreatedTotal = new Counter({ name: 'storage_snapshots_created_total', help: 'Snapshots taken by the agent', registers: [r] });
+    this.snapshotsPrunedTotal = new Counter({ name: 'storage_snapshots_pruned_total', help: 'Snapshots destroyed by retention', labelNames: ['role'], registers: [r] });
+    this.zfsSeconds = new Histogram({ name: 'storage_zfs_command_duration_seconds', help: 'Duration of zfs/zpool commands by verb', labelNames: ['verb', 'ok'], buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120], registers: [r] });
+    this.cycleSeconds = new Histogram({ name: 'storage_agent_cycle_duration_seconds', help: 'Duration of one agent cycle', buckets: [0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
+    this.cycleZfsCalls = new Gauge({ name: 'storage_agent_cycle_zfs_calls', help: 'Local zfs calls made by the last cycle', registers: [r] });
+  }
+
+  zfsCommand(verb: string, seconds: number, ok: boolean): void {
+    this.zfsSeconds.observe({ verb, ok: ok ? 'true' : 'false' }, seconds);
+  }
+
+  lag(project: string, target: string, seconds: number | null): void {
+    if (!this.lags.has(target)) this.lags.set(target, new Map());
+    this.lags.get(target)!.set(project, seconds);
+    if (this.opts.perProjectSeries && seconds !== null) this.lagSeconds.set({ project, target }, seconds);
+    this.refreshAggregates(target);
+  }
+
+  private refreshAggregates(target: string): void {
+    const m = this.lags.get(target)!;
+    let max = 0;
+    let over = 0;
+    for (const v of m.values()) {
+      const lag = v ?? Number.POSITIVE_INFINITY;
+      if (lag > this.opts.lagSloSeconds) over++;
+      if (v !== null) max = Math.max(max, v);
+    }
+    this.lagMax.set({ target }, max);
+    this.overSlo.set({ target }, over);
+  }
+
+  sent(target: string, bytes: number, seconds: number): void {
+    this.bytesSent.inc({ target }, bytes);
+    this.transferSeconds.observe({ target }, seconds);
+    this.lastSuccess.set({ target }, Date.now() / 1000);
+  }
+
+  failure(target: string, reason: string): void {
+    this.failures.inc({ target, reason });
+  }
+
+  snapshotsCreated(n: number): void {
+    if (n > 0) this.snapshotsCreatedTotal.inc(n);
+  }
+
+  snapshotsPruned(role: 'primary' | 'replica', n: number): void {
+    this.snapshotsPrunedTotal.inc({ role }, n);
+  }
+
+  cycle(r: CycleReport): void {
+    this.cycleSeconds.observe(r.durationMs / 1000);
+    this.cycleZfsCalls.set(r.localZfsCalls);
+  }
+
+  listen(address: string): Promise<void> {
+    const i = address.lastIndexOf(':');
+    const host = address.slice(0, i).replace(/^\[|\]$/g, '');
+    const port = Number(address.slice(i + 1));
+    this.server = createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end('see /metrics\n');
+        return;
+      }
+      this.registry
+        .metrics()
+        .then((body) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(body))
+        .catch((e: Error) => res.writeHead(500).end(e.message));
+    });
+    return new Promise((resolve, reject) => {
+      this.server!.once('error', (e) => reject(new Error(`metrics endpoint ${address}: ${e.message}`)));
+      this.server!.listen(port, host, () => resolve());
+    });
+  }
+
+  close(): void {
+    this.server?.close();
+  }
+}

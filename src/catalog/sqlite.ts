@@ -1,0 +1,305 @@
+// The embedded catalog: one SQLite file (WAL) shared by every agent and storagectl on
+// one machine. Writes that must be atomic run in IMMEDIATE transactions.
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import {
+  CatalogError,
+  FencingError,
+  checkHost,
+  checkProject,
+  checkReplica,
+  projectLockName,
+  type Catalog,
+  type EventRecord,
+  type HostRecord,
+  type LockResult,
+  type ProjectRecord,
+  type ProjectState,
+  type ReplicaRecord,
+} from './types.js';
+import * as v from '../util/validate.js';
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE hosts (
+     id TEXT PRIMARY KEY, datacenter TEXT NOT NULL, address TEXT NOT NULL, port INTEGER NOT NULL,
+     root TEXT NOT NULL, heartbeat_at INTEGER, load INTEGER NOT NULL DEFAULT 0);
+   CREATE TABLE projects (
+     id TEXT PRIMARY KEY, primary_host TEXT, replication_factor INTEGER NOT NULL, quota INTEGER,
+     state TEXT NOT NULL DEFAULT 'active', targets TEXT NOT NULL DEFAULT '[]',
+     location_token INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);
+   CREATE INDEX projects_by_primary ON projects(primary_host);
+   CREATE TABLE replicas (
+     project TEXT NOT NULL, host TEXT NOT NULL, snapshot TEXT NOT NULL, guid TEXT NOT NULL,
+     snapshot_creation INTEGER NOT NULL, confirmed_at INTEGER NOT NULL, PRIMARY KEY (project, host));
+   CREATE INDEX replicas_by_host ON replicas(host);
+   CREATE TABLE events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, project TEXT, host TEXT, kind TEXT NOT NULL, detail TEXT NOT NULL);
+   CREATE INDEX events_by_project ON events(project, at);
+   CREATE INDEX events_by_time ON events(at);
+   CREATE TABLE locks (name TEXT PRIMARY KEY, owner TEXT, token INTEGER NOT NULL, expires_at INTEGER NOT NULL);`,
+];
+
+interface ProjectRow {
+  id: string;
+  primary_host: string | null;
+  replication_factor: number;
+  quota: number | null;
+  state: string;
+  targets: string;
+  location_token: number;
+  created_at: number;
+}
+
+export class SqliteCatalog implements Catalog {
+  readonly backend = 'sqlite';
+  private readonly db: Database.Database;
+
+  constructor(readonly path: string) {
+    try {
+      if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+      this.db = new Database(path, { timeout: 10_000 });
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('foreign_keys = ON');
+      this.migrate();
+    } catch (e) {
+      throw new CatalogError(`sqlite catalog ${path}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    for (let i = current; i < MIGRATIONS.length; i++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[i]!);
+        this.db.pragma(`user_version = ${i + 1}`);
+      }).immediate();
+    }
+  }
+
+  private wrap<T>(what: string, fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(fn());
+    } catch (e) {
+      if (e instanceof CatalogError || e instanceof v.ValidationError) return Promise.reject(e);
+      return Promise.reject(new CatalogError(`sqlite catalog ${this.path}: ${what}: ${(e as Error).message}`, { cause: e }));
+    }
+  }
+
+  close(): Promise<void> {
+    this.db.close();
+    return Promise.resolve();
+  }
+
+  // ---- hosts ----
+  upsertHost(h: Omit<HostRecord, 'heartbeatAt' | 'load'>): Promise<void> {
+    return this.wrap('upsert host', () => {
+      v.hostId(h.id, 'upsertHost');
+      v.hostId(h.datacenter, 'upsertHost datacenter');
+      this.db
+        .prepare(
+          `INSERT INTO hosts (id, datacenter, address, port, root) VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT(id) DO UPDATE SET datacenter = excluded.datacenter, address = excluded.address, port = excluded.port, root = excluded.root`,
+        )
+        .run(h.id, h.datacenter, h.address, h.port, h.root);
+    });
+  }
+
+  heartbeat(host: string, load: number, at = Date.now()): Promise<void> {
+    return this.wrap('heartbeat', () => {
+      const r = this.db.prepare('UPDATE hosts SET heartbeat_at = ?, load = ? WHERE id = ?').run(at, load, v.hostId(host, 'heartbeat'));
+      if (r.changes === 0) throw new CatalogError(`heartbeat: host ${host} is not registered`);
+    });
+  }
+
+  private hostFrom(r: { id: string; datacenter: string; address: string; port: number; root: string; heartbeat_at: number | null; load: number }): HostRecord {
+    return checkHost({ id: r.id, datacenter: r.datacenter, address: r.address, port: r.port, root: r.root, heartbeatAt: r.heartbeat_at, load: r.load }, 'hosts row');
+  }
+
+  getHost(id: string): Promise<HostRecord | undefined> {
+    return this.wrap('get host', () => {
+      const r = this.db.prepare('SELECT * FROM hosts WHERE id = ?').get(id) as Parameters<SqliteCatalog['hostFrom']>[0] | undefined;
+      return r ? this.hostFrom(r) : undefined;
+    });
+  }
+
+  listHosts(): Promise<HostRecord[]> {
+    return this.wrap('list hosts', () => (this.db.prepare('SELECT * FROM hosts ORDER BY id').all() as Parameters<SqliteCatalog['hostFrom']>[0][]).map((r) => this.hostFrom(r)));
+  }
+
+  // ---- projects ----
+  private projectFrom(r: ProjectRow): ProjectRecord {
+    let targets: unknown;
+    try {
+      targets = JSON.parse(r.targets);
+    } catch {
+      throw new CatalogError(`projects row ${r.id}: targets is not JSON: ${JSON.stringify(r.targets.slice(0, 80))}`);
+    }
+    if (!Array.isArray(targets) || !targets.every((t) => typeof t === 'string')) throw new CatalogError(`projects row ${r.id}: targets is not a list of host ids`);
+    return checkProject(
+      {
+        id: r.id,
+        primary: r.primary_host,
+        replicationFactor: r.replication_factor,
+        quota: r.quota,
+        state: r.state as ProjectState,
+        targets: targets as string[],
+        locationToken: r.location_token,
+        createdAt: r.created_at,
+      },
+      'projects row',
+    );
+  }
+
+  createProject(p: { id: string; primary: string | null; replicationFactor: number; quota: number | null }): Promise<void> {
+    return this.wrap('create project', () => {
+      v.projectId(p.id, 'createProject');
+      if (p.primary !== null) v.hostId(p.primary, 'createProject primary');
+      const r = this.db
+        .prepare('INSERT INTO projects (id, primary_host, replication_factor, quota, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING')
+        .run(p.id, p.primary, p.replicationFactor, p.quota, Date.now());
+      if (r.changes === 0) throw new CatalogError(`project ${p.id} already exists in the catalog`);
+    });
+  }
+
+  getProject(id: string): Promise<ProjectRecord | undefined> {
+    return this.wrap('get project', () => {
+      const r = this.db.prepare('SELECT * FROM projects WHERE id = ?').get(v.projectId(id, 'getProject')) as ProjectRow | undefined;
+      return r ? this.projectFrom(r) : undefined;
+    });
+  }
+
+  listProjects(): Promise<ProjectRecord[]> {
+    return this.wrap('list projects', () => (this.db.prepare('SELECT * FROM projects ORDER BY id').all() as ProjectRow[]).map((r) => this.projectFrom(r)));
+  }
+
+  listProjectsByPrimary(host: string): Promise<ProjectRecord[]> {
+    return this.wrap('list projects by primary', () =>
+      (this.db.prepare('SELECT * FROM projects WHERE primary_host = ? ORDER BY id').all(v.hostId(host, 'listProjectsByPrimary')) as ProjectRow[]).map((r) => this.projectFrom(r)),
+    );
+  }
+
+  setTargets(project: string, targets: string[]): Promise<void> {
+    return this.wrap('set targets', () => {
+      targets.forEach((t) => v.hostId(t, 'setTargets'));
+      const r = this.db.prepare('UPDATE projects SET targets = ? WHERE id = ?').run(JSON.stringify(targets), v.projectId(project, 'setTargets'));
+      if (r.changes === 0) throw new CatalogError(`set targets: project ${project} does not exist`);
+    });
+  }
+
+  setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void> {
+    return this.wrap('set location', () => {
+      v.projectId(project, 'setLocation');
+      if (primary !== null) v.hostId(primary, 'setLocation');
+      this.db
+        .transaction(() => {
+          const lock = this.db.prepare('SELECT owner, token, expires_at FROM locks WHERE name = ?').get(projectLockName(project)) as
+            | { owner: string | null; token: number; expires_at: number }
+            | undefined;
+          if (!lock || lock.owner === null || lock.token !== token || lock.expires_at <= Date.now()) {
+            throw new FencingError(
+              `location write for project ${project} rejected: fencing token ${token} is not the live lock holder's` +
+                (lock ? ` (lock: owner ${lock.owner ?? 'none'}, token ${lock.token}, ${lock.expires_at <= Date.now() ? 'expired' : 'live'})` : ' (no lock)'),
+            );
+          }
+          const r = this.db.prepare('UPDATE projects SET primary_host = ?, state = ?, location_token = ? WHERE id = ?').run(primary, state, token, project);
+          if (r.changes === 0) throw new CatalogError(`set location: project ${project} does not exist`);
+        })
+        .immediate();
+    });
+  }
+
+  // ---- replicas ----
+  upsertReplica(r: ReplicaRecord): Promise<void> {
+    return this.wrap('upsert replica', () => {
+      checkReplica(r, 'upsertReplica');
+      this.db
+        .prepare(
+          `INSERT INTO replicas (project, host, snapshot, guid, snapshot_creation, confirmed_at) VALUES (?, ?, ?, ?, ?, ?)
+           ON CONFLICT(project, host) DO UPDATE SET snapshot = excluded.snapshot, guid = excluded.guid,
+             snapshot_creation = excluded.snapshot_creation, confirmed_at = excluded.confirmed_at
+           WHERE excluded.snapshot_creation >= replicas.snapshot_creation`,
+        )
+        .run(r.project, r.host, r.snapshot, r.guid, r.snapshotCreation, r.confirmedAt);
+    });
+  }
+
+  private replicaFrom(r: { project: string; host: string; snapshot: string; guid: string; snapshot_creation: number; confirmed_at: number }): ReplicaRecord {
+    return checkReplica({ project: r.project, host: r.host, snapshot: r.snapshot, guid: r.guid, snapshotCreation: r.snapshot_creation, confirmedAt: r.confirmed_at }, 'replicas row');
+  }
+
+  listReplicas(project: string): Promise<ReplicaRecord[]> {
+    return this.wrap('list replicas', () =>
+      (this.db.prepare('SELECT * FROM replicas WHERE project = ? ORDER BY host').all(v.projectId(project, 'listReplicas')) as Parameters<SqliteCatalog['replicaFrom']>[0][]).map((r) =>
+        this.replicaFrom(r),
+      ),
+    );
+  }
+
+  listReplicasByHost(host: string): Promise<ReplicaRecord[]> {
+    return this.wrap('list replicas by host', () =>
+      (this.db.prepare('SELECT * FROM replicas WHERE host = ? ORDER BY project').all(v.hostId(host, 'listReplicasByHost')) as Parameters<SqliteCatalog['replicaFrom']>[0][]).map((r) =>
+        this.replicaFrom(r),
+      ),
+    );
+  }
+
+  deleteReplica(project: string, host: string): Promise<void> {
+    return this.wrap('delete replica', () => {
+      this.db.prepare('DELETE FROM replicas WHERE project = ? AND host = ?').run(v.projectId(project, 'deleteReplica'), v.hostId(host, 'deleteReplica'));
+    });
+  }
+
+  // ---- events ----
+  addEvent(e: Omit<EventRecord, 'at'> & { at?: number }): Promise<void> {
+    return this.wrap('add event', () => {
+      this.db.prepare('INSERT INTO events (at, project, host, kind, detail) VALUES (?, ?, ?, ?, ?)').run(e.at ?? Date.now(), e.project, e.host, e.kind, e.detail.slice(0, 4000));
+    });
+  }
+
+  listEvents(opts: { project?: string; since?: number; limit?: number }): Promise<EventRecord[]> {
+    return this.wrap('list events', () => {
+      const limit = Math.min(opts.limit ?? 100, 10_000);
+      const since = opts.since ?? 0;
+      const rows = opts.project
+        ? this.db.prepare('SELECT at, project, host, kind, detail FROM events WHERE project = ? AND at >= ? ORDER BY at DESC, id DESC LIMIT ?').all(v.projectId(opts.project, 'listEvents'), since, limit)
+        : this.db.prepare('SELECT at, project, host, kind, detail FROM events WHERE at >= ? ORDER BY at DESC, id DESC LIMIT ?').all(since, limit);
+      return rows as EventRecord[];
+    });
+  }
+
+  // ---- locks (leases with fencing tokens) ----
+  acquireLock(name: string, owner: string, ttlMs: number): Promise<LockResult> {
+    return this.wrap('acquire lock', () =>
+      this.db
+        .transaction((): LockResult => {
+          const now = Date.now();
+          const row = this.db.prepare('SELECT owner, token, expires_at FROM locks WHERE name = ?').get(name) as { owner: string | null; token: number; expires_at: number } | undefined;
+          if (row && row.owner !== null && row.expires_at > now) return { ok: false, owner: row.owner, expiresAt: row.expires_at };
+          const token = (row?.token ?? 0) + 1;
+          const expiresAt = now + ttlMs;
+          this.db
+            .prepare('INSERT INTO locks (name, owner, token, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at')
+            .run(name, owner, token, expiresAt);
+          return { ok: true, token, expiresAt };
+        })
+        .immediate(),
+    );
+  }
+
+  renewLock(name: string, owner: string, token: number, ttlMs: number): Promise<boolean> {
+    return this.wrap('renew lock', () => {
+      const now = Date.now();
+      const r = this.db.prepare('UPDATE locks SET expires_at = ? WHERE name = ? AND owner = ? AND token = ? AND expires_at > ?').run(now + ttlMs, name, owner, token, now);
+      return r.changes === 1;
+    });
+  }
+
+  releaseLock(name: string, owner: string, token: number): Promise<void> {
+    return this.wrap('release lock', () => {
+      // the token stays, so the next holder's token is larger (fencing)
+      this.db.prepare('UPDATE locks SET owner = NULL, expires_at = 0 WHERE name = ? AND owner = ? AND token = ?').run(name, owner, token);
+    });
+  }
+}

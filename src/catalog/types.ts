@@ -1,0 +1,128 @@
+// The catalog contract: what every backend (SQLite embedded, Cassandra fleet-wide)
+// provides. Rows read back are validated: a catalog is input from outside too.
+import * as v from '../util/validate.js';
+
+export interface HostRecord {
+  id: string;
+  datacenter: string;
+  address: string;
+  port: number;
+  /** dataset root under which this host keeps replicas (informational) */
+  root: string;
+  /** ms since epoch of the last heartbeat, or null if never */
+  heartbeatAt: number | null;
+  /** a load figure used for placement (number of primaries + replicas here) */
+  load: number;
+}
+
+export type ProjectState = 'active' | 'moving' | 'fenced' | 'failing-over';
+
+export interface ProjectRecord {
+  id: string;
+  /** the host that serves it (null: nowhere, e.g. before placement) */
+  primary: string | null;
+  replicationFactor: number;
+  /** bytes, or null for none */
+  quota: number | null;
+  state: ProjectState;
+  /** replica hosts assigned by placement (confirmed freshness lives in ReplicaRecord) */
+  targets: string[];
+  /** fencing token of the last location change */
+  locationToken: number;
+  createdAt: number;
+}
+
+export interface ReplicaRecord {
+  project: string;
+  host: string;
+  /** newest snapshot present on that host (name after '@') */
+  snapshot: string;
+  guid: string;
+  /** unix seconds: creation time of that snapshot on the source */
+  snapshotCreation: number;
+  /** ms: when a listing of the host confirmed that guid */
+  confirmedAt: number;
+}
+
+export interface EventRecord {
+  at: number;
+  project: string | null;
+  host: string | null;
+  kind: string;
+  detail: string;
+}
+
+export type LockResult = { ok: true; token: number; expiresAt: number } | { ok: false; owner: string; expiresAt: number };
+
+export class CatalogError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'CatalogError';
+  }
+}
+
+/** A location write whose fencing token is not the current lock holder's. */
+export class FencingError extends CatalogError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FencingError';
+  }
+}
+
+export interface Catalog {
+  readonly backend: string;
+  close(): Promise<void>;
+
+  upsertHost(h: Omit<HostRecord, 'heartbeatAt' | 'load'>): Promise<void>;
+  heartbeat(host: string, load: number, at?: number): Promise<void>;
+  getHost(id: string): Promise<HostRecord | undefined>;
+  listHosts(): Promise<HostRecord[]>;
+
+  createProject(p: { id: string; primary: string | null; replicationFactor: number; quota: number | null }): Promise<void>;
+  getProject(id: string): Promise<ProjectRecord | undefined>;
+  listProjects(): Promise<ProjectRecord[]>;
+  listProjectsByPrimary(host: string): Promise<ProjectRecord[]>;
+  setTargets(project: string, targets: string[]): Promise<void>;
+  /** Changes a project's location; rejected with FencingError unless `token` holds the project's lock. */
+  setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void>;
+
+  /** Newest wins: a row older (by snapshotCreation) than the stored one is ignored. */
+  upsertReplica(r: ReplicaRecord): Promise<void>;
+  listReplicas(project: string): Promise<ReplicaRecord[]>;
+  listReplicasByHost(host: string): Promise<ReplicaRecord[]>;
+  deleteReplica(project: string, host: string): Promise<void>;
+
+  addEvent(e: Omit<EventRecord, 'at'> & { at?: number }): Promise<void>;
+  listEvents(opts: { project?: string; since?: number; limit?: number }): Promise<EventRecord[]>;
+
+  acquireLock(name: string, owner: string, ttlMs: number): Promise<LockResult>;
+  renewLock(name: string, owner: string, token: number, ttlMs: number): Promise<boolean>;
+  releaseLock(name: string, owner: string, token: number): Promise<void>;
+}
+
+export function projectLockName(project: string): string {
+  return `project:${v.projectId(project, 'lock name')}`;
+}
+
+/** Validates a project row read from a backend. */
+export function checkProject(p: ProjectRecord, where: string): ProjectRecord {
+  v.projectId(p.id, where);
+  if (p.primary !== null) v.hostId(p.primary, `${where} (project ${p.id} primary)`);
+  p.targets.forEach((t) => v.hostId(t, `${where} (project ${p.id} targets)`));
+  if (!['active', 'moving', 'fenced', 'failing-over'].includes(p.state)) throw new CatalogError(`${where}: project ${p.id} has unknown state ${JSON.stringify(p.state)}`);
+  return p;
+}
+
+export function checkReplica(r: ReplicaRecord, where: string): ReplicaRecord {
+  v.projectId(r.project, where);
+  v.hostId(r.host, where);
+  v.snapshotName(r.snapshot, where);
+  if (!/^\d{1,20}$/.test(r.guid)) throw new CatalogError(`${where}: replica ${r.project}@${r.host} has a malformed guid ${JSON.stringify(r.guid)}`);
+  return r;
+}
+
+export function checkHost(h: HostRecord, where: string): HostRecord {
+  v.hostId(h.id, where);
+  v.hostId(h.datacenter, `${where} (host ${h.id} datacenter)`);
+  return h;
+}

@@ -1,0 +1,126 @@
+// The replication protocol spoken over SSH to `storagectl serve-ssh` (the forced
+// command in the target's authorized_keys). The client's command line arrives in
+// SSH_ORIGINAL_COMMAND; it is parsed here by a strict grammar, never by a shell:
+//
+//   storage-v1 capabilities
+//   storage-v1 list
+//   storage-v1 recv <project-uuid>
+//   storage-v1 abort-resume <project-uuid>
+//   storage-v1 hold <tag> <project-uuid>@<snapshot>
+//   storage-v1 release <tag> <project-uuid>@<snapshot>
+//
+// Tags must start with "storage:" (the receiver only touches its own holds).
+import * as v from '../util/validate.js';
+
+export const PROTOCOL = 'storage-v1';
+
+export type RemoteCommand =
+  | { op: 'capabilities' }
+  | { op: 'list' }
+  | { op: 'recv'; project: string }
+  | { op: 'abort-resume'; project: string }
+  | { op: 'hold' | 'release'; tag: string; project: string; snap: string };
+
+export class RefusedCommand extends Error {
+  constructor(reason: string, command: string) {
+    super(`refused: ${reason}: ${v.describe(command)}`);
+    this.name = 'RefusedCommand';
+  }
+}
+
+const SAFE = /^[A-Za-z0-9 _.:@-]*$/;
+
+export function parseRemoteCommand(command: string | undefined): RemoteCommand {
+  if (command === undefined || command === '') throw new RefusedCommand('no command (interactive sessions are not allowed)', '');
+  if (command.length > 512) throw new RefusedCommand('command longer than 512 characters', command);
+  if (!SAFE.test(command)) throw new RefusedCommand('command contains characters outside [A-Za-z0-9 _.:@-]', command);
+  const words = command.split(' ');
+  if (words.some((w) => w === '')) throw new RefusedCommand('empty word (leading, trailing or double space)', command);
+  if (words[0] !== PROTOCOL) throw new RefusedCommand(`not a ${PROTOCOL} command`, command);
+  const [, op, ...args] = words;
+  const arity = (n: number) => {
+    if (args.length !== n) throw new RefusedCommand(`${op} takes ${n} argument(s), got ${args.length}`, command);
+  };
+  const project = (s: string) => {
+    try {
+      return v.projectId(s, 'ssh command');
+    } catch (e) {
+      throw new RefusedCommand((e as Error).message, command);
+    }
+  };
+  switch (op) {
+    case 'capabilities':
+    case 'list':
+      arity(0);
+      return { op };
+    case 'recv':
+    case 'abort-resume':
+      arity(1);
+      return { op, project: project(args[0]!) };
+    case 'hold':
+    case 'release': {
+      arity(2);
+      const tag = args[0]!;
+      if (!tag.startsWith('storage:')) throw new RefusedCommand('hold tags must start with "storage:"', command);
+      try {
+        v.holdTag(tag, 'ssh command');
+      } catch (e) {
+        throw new RefusedCommand((e as Error).message, command);
+      }
+      const at = args[1]!.indexOf('@');
+      if (at < 0) throw new RefusedCommand('expected <project>@<snapshot>', command);
+      const snap = args[1]!.slice(at + 1);
+      try {
+        v.snapshotName(snap, 'ssh command');
+      } catch (e) {
+        throw new RefusedCommand((e as Error).message, command);
+      }
+      return { op, tag, project: project(args[1]!.slice(0, at)), snap };
+    }
+    default:
+      throw new RefusedCommand(`unknown operation ${v.describe(op ?? '')}`, command);
+  }
+}
+
+export function formatRemoteCommand(c: RemoteCommand): string {
+  switch (c.op) {
+    case 'capabilities':
+    case 'list':
+      return `${PROTOCOL} ${c.op}`;
+    case 'recv':
+    case 'abort-resume':
+      return `${PROTOCOL} ${c.op} ${v.projectId(c.project)}`;
+    case 'hold':
+    case 'release':
+      return `${PROTOCOL} ${c.op} ${v.holdTag(c.tag)} ${v.projectId(c.project)}@${v.snapshotName(c.snap)}`;
+  }
+}
+
+/** What `list` returns: every replica under the receiver's root, by project id. */
+export interface RemoteListing {
+  protocol: typeof PROTOCOL;
+  host: string;
+  implementation: string;
+  datasets: Record<string, { snapshots: Array<{ snap: string; guid: string; createtxg: number; creation: number }>; resumeToken?: string }>;
+}
+
+/** Validates a listing received from a remote host (it is input from outside). */
+export function checkListing(raw: unknown, from: string): RemoteListing {
+  const bad = (why: string) => new Error(`malformed listing from ${from}: ${why}`);
+  if (typeof raw !== 'object' || raw === null) throw bad('not an object');
+  const l = raw as Partial<RemoteListing>;
+  if (l.protocol !== PROTOCOL) throw bad(`protocol ${JSON.stringify(l.protocol)}, expected ${PROTOCOL}`);
+  if (typeof l.datasets !== 'object' || l.datasets === null) throw bad('no datasets');
+  for (const [id, ds] of Object.entries(l.datasets)) {
+    if (!v.isProjectId(id)) throw bad(`dataset key ${v.describe(id)} is not a project id`);
+    if (!Array.isArray(ds.snapshots)) throw bad(`${id}: snapshots is not a list`);
+    for (const s of ds.snapshots) {
+      if (typeof s.snap !== 'string' || typeof s.guid !== 'string' || !/^\d{1,20}$/.test(s.guid) || typeof s.createtxg !== 'number' || typeof s.creation !== 'number') {
+        throw bad(`${id}: malformed snapshot entry ${JSON.stringify(s).slice(0, 200)}`);
+      }
+      v.snapshotName(s.snap, `listing from ${from}`);
+    }
+    if (ds.resumeToken !== undefined && (typeof ds.resumeToken !== 'string' || !/^[0-9a-f-]{1,4096}$/i.test(ds.resumeToken))) throw bad(`${id}: malformed resume token`);
+  }
+  return l as RemoteListing;
+}

@@ -1,0 +1,127 @@
+// `storagectl serve-ssh`: the forced command of the replication key in a target's
+// authorized_keys. It runs exactly one protocol command (see protocol.ts) against its
+// configured replicas root and nothing else. Refusals go to stderr and the audit log,
+// and no zfs command runs for them. Replicas are kept unmounted and readonly.
+import { appendFileSync } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { Zfs, ZfsCommandError } from '../zfs/index.js';
+import { isProjectId } from '../util/validate.js';
+import { parseRemoteCommand, RefusedCommand, PROTOCOL, type RemoteCommand, type RemoteListing } from './protocol.js';
+
+export interface ReceiverEnv {
+  zfs: Zfs;
+  host: string;
+  replicasRoot: string;
+  auditLog?: string;
+  /** SSH_CLIENT of the session, for the audit log */
+  client?: string;
+}
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_REFUSED = 2;
+
+function audit(env: ReceiverEnv, entry: Record<string, unknown>): void {
+  if (!env.auditLog) return;
+  try {
+    appendFileSync(env.auditLog, JSON.stringify({ ts: new Date().toISOString(), component: 'serve-ssh', host: env.host, client: env.client ?? null, ...entry }) + '\n');
+  } catch {
+    /* the audit log must not break replication */
+  }
+}
+
+/** Runs one command; returns the process exit code. Never throws. */
+/** `recv` makes zfs read fd 0 of this process directly (see Zfs.recvFromStdin). */
+export async function serve(env: ReceiverEnv, command: string | undefined, stdout: Writable, stderr: Writable): Promise<number> {
+  const started = Date.now();
+  let cmd: RemoteCommand;
+  try {
+    cmd = parseRemoteCommand(command);
+  } catch (e) {
+    const msg = e instanceof RefusedCommand ? e.message : `refused: ${(e as Error).message}`;
+    stderr.write(`storagectl serve-ssh: ${msg}\n`);
+    audit(env, { command: command ?? null, result: 'refused', reason: msg });
+    return EXIT_REFUSED;
+  }
+  try {
+    const extra = await run(env, cmd, stdout);
+    audit(env, { command, result: 'ok', durationMs: Date.now() - started, ...extra });
+    return EXIT_OK;
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    stderr.write(`storagectl serve-ssh: ${cmd.op} failed: ${msg}\n`);
+    audit(env, { command, result: 'failed', error: msg, durationMs: Date.now() - started });
+    return EXIT_FAILED;
+  }
+}
+
+async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Promise<Record<string, unknown>> {
+  const { zfs, replicasRoot } = env;
+  switch (cmd.op) {
+    case 'capabilities': {
+      stdout.write(JSON.stringify({ protocol: PROTOCOL, host: env.host, capabilities: await zfs.capabilities() }) + '\n');
+      return {};
+    }
+    case 'list': {
+      const listing = await listReplicas(env);
+      stdout.write(JSON.stringify(listing) + '\n');
+      return { datasets: Object.keys(listing.datasets).length };
+    }
+    case 'recv': {
+      await ensureRoot(zfs, replicasRoot);
+      const target = `${replicasRoot}/${cmd.project}`;
+      const caps = await zfs.capabilities();
+      const recv = await zfs.recvFromStdin({ target, noMount: true, resumable: true, setProps: caps.recvPropertyOverride ? { readonly: 'on' } : undefined, excludeProps: caps.recvPropertyOverride ? ['mountpoint'] : undefined });
+      await recv.done;
+      if (!caps.recvPropertyOverride) {
+        // a stream may carry a local readonly=off (e.g. from a promoted replica): replicas stay readonly
+        const { readonly } = await zfs.get(target, ['readonly']);
+        if (readonly !== 'on') await zfs.set(target, { readonly: 'on' });
+      }
+      return {};
+    }
+    case 'abort-resume': {
+      await zfs.abortResumable(`${replicasRoot}/${cmd.project}`);
+      return {};
+    }
+    case 'hold':
+      await zfs.hold(cmd.tag, [`${replicasRoot}/${cmd.project}@${cmd.snap}`]);
+      return {};
+    case 'release':
+      await zfs.release(cmd.tag, [`${replicasRoot}/${cmd.project}@${cmd.snap}`]);
+      return {};
+  }
+}
+
+/** One zfs call: every replica dataset with its snapshots (and resume token where supported). */
+export async function listReplicas(env: ReceiverEnv): Promise<RemoteListing> {
+  const { zfs, replicasRoot } = env;
+  const caps = await zfs.capabilities();
+  const listing: RemoteListing = { protocol: PROTOCOL, host: env.host, implementation: caps.version, datasets: {} };
+  let tree;
+  try {
+    tree = await zfs.list(replicasRoot, { depth: 1, props: caps.recvResumable ? ['receive_resume_token'] : [] });
+  } catch (e) {
+    if (e instanceof ZfsCommandError && e.kind === 'not-found') return listing;
+    throw e;
+  }
+  for (const ds of tree.values()) {
+    const id = ds.name.slice(replicasRoot.length + 1);
+    if (ds.name === replicasRoot || !isProjectId(id)) continue;
+    const token = ds.props.receive_resume_token;
+    listing.datasets[id] = {
+      snapshots: ds.snapshots.map((s) => ({ snap: s.snap, guid: s.guid, createtxg: s.createtxg, creation: s.creation })),
+      ...(token && token !== '-' ? { resumeToken: token } : {}),
+    };
+  }
+  return listing;
+}
+
+async function ensureRoot(zfs: Zfs, root: string): Promise<void> {
+  if (await zfs.exists(root)) return;
+  try {
+    await zfs.create(root, { parents: true, canmount: 'off', mountpoint: 'none', readonly: true });
+  } catch (e) {
+    if (!(e instanceof ZfsCommandError && e.kind === 'exists')) throw e;
+  }
+}

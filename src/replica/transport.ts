@@ -1,0 +1,367 @@
+// SSH transport (ssh2): one connection per target host, reused for every project
+// (each operation is a channel); host keys pinned from a known_hosts file; keepalives;
+// per-operation timeouts; and for transfers a byte meter with a progress watchdog,
+// an optional bandwidth cap, and backpressure from `zfs send` to the remote receiver.
+import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import { createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+export interface SshTarget {
+  /** host id (for messages) */
+  host: string;
+  address: string;
+  port: number;
+}
+
+export interface SshOptions {
+  user: string;
+  privateKey: string;
+  knownHostsFile: string;
+  keepaliveSeconds: number;
+  connectTimeoutSeconds: number;
+  operationTimeoutSeconds: number;
+  stallTimeoutSeconds: number;
+  compression: boolean;
+}
+
+export class SshError extends Error {
+  constructor(
+    message: string,
+    readonly target: string,
+    readonly command?: string,
+    readonly exitCode?: number | null,
+    readonly stderr?: string,
+  ) {
+    super(message);
+    this.name = 'SshError';
+  }
+}
+
+export class HostKeyError extends SshError {}
+
+export interface ExecResult {
+  code: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface TransferProgress {
+  bytes: number;
+  elapsedMs: number;
+}
+
+export interface TransferOptions {
+  /** bytes per second, 0 = unlimited */
+  bandwidthLimit?: number;
+  onProgress?: (p: TransferProgress) => void;
+  signal?: AbortSignal;
+}
+
+// ---- known_hosts ----------------------------------------------------------------
+
+interface KnownHost {
+  patterns: string[];
+  hashed?: { salt: Buffer; hash: Buffer };
+  keyType: string;
+  key: Buffer;
+}
+
+export function parseKnownHosts(text: string): KnownHost[] {
+  const out: KnownHost[] = [];
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#') || line.startsWith('@')) continue;
+    const [hosts, keyType, keyB64] = line.split(/\s+/);
+    if (!hosts || !keyType || !keyB64) continue;
+    const key = Buffer.from(keyB64, 'base64');
+    if (hosts.startsWith('|1|')) {
+      const [, , salt, hash] = hosts.split('|');
+      out.push({ patterns: [], hashed: { salt: Buffer.from(salt ?? '', 'base64'), hash: Buffer.from(hash ?? '', 'base64') }, keyType, key });
+    } else {
+      out.push({ patterns: hosts.split(','), keyType, key });
+    }
+  }
+  return out;
+}
+
+/** The key blobs pinned for address:port (OpenSSH rules: "[addr]:port" unless port 22). */
+export function pinnedKeys(entries: KnownHost[], address: string, port: number): Buffer[] {
+  const name = port === 22 ? address : `[${address}]:${port}`;
+  return entries
+    .filter((e) => {
+      if (e.hashed) return createHmac('sha1', e.hashed.salt).update(name).digest().equals(e.hashed.hash);
+      return e.patterns.includes(name);
+    })
+    .map((e) => e.key);
+}
+
+// ---- meter / throttle / watchdog --------------------------------------------------
+
+/** Counts bytes, enforces a bandwidth cap (token bucket), reports progress. */
+export class Meter extends Transform {
+  bytes = 0;
+  lastProgressAt = Date.now();
+  private readonly started = Date.now();
+  private allowance: number;
+  private lastRefill = Date.now();
+  private lastReport = 0;
+
+  constructor(
+    private readonly limit: number,
+    private readonly onProgress?: (p: TransferProgress) => void,
+  ) {
+    super({ highWaterMark: 1 << 20 });
+    this.allowance = limit;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    this.lastProgressAt = Date.now();
+    const now = Date.now();
+    if (this.onProgress && now - this.lastReport >= 250) {
+      this.lastReport = now;
+      this.onProgress({ bytes: this.bytes, elapsedMs: now - this.started });
+    }
+    if (this.limit <= 0) {
+      cb(null, chunk);
+      return;
+    }
+    this.allowance = Math.min(this.limit, this.allowance + ((now - this.lastRefill) / 1000) * this.limit);
+    this.lastRefill = now;
+    this.allowance -= chunk.length;
+    if (this.allowance >= 0) {
+      cb(null, chunk);
+      return;
+    }
+    const waitMs = (-this.allowance / this.limit) * 1000;
+    setTimeout(() => cb(null, chunk), waitMs);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.onProgress?.({ bytes: this.bytes, elapsedMs: Date.now() - this.started });
+    cb();
+  }
+}
+
+// ---- connection -------------------------------------------------------------------
+
+export class SshConnection {
+  private client?: Client;
+  private connecting?: Promise<Client>;
+  private readonly knownHosts: KnownHost[];
+
+  constructor(
+    readonly target: SshTarget,
+    private readonly opts: SshOptions,
+  ) {
+    let text: string;
+    try {
+      text = readFileSync(opts.knownHostsFile, 'utf8');
+    } catch (e) {
+      throw new HostKeyError(`cannot read known_hosts ${opts.knownHostsFile}: ${(e as Error).message}`, target.host);
+    }
+    this.knownHosts = parseKnownHosts(text);
+  }
+
+  private where(): string {
+    return `${this.target.host} (${this.target.address}:${this.target.port})`;
+  }
+
+  private connect(): Promise<Client> {
+    if (this.client) return Promise.resolve(this.client);
+    this.connecting ??= new Promise<Client>((resolve, reject) => {
+      const c = new Client();
+      let hostKeyProblem: string | undefined;
+      const pinned = pinnedKeys(this.knownHosts, this.target.address, this.target.port);
+      let privateKey: Buffer;
+      try {
+        privateKey = readFileSync(this.opts.privateKey);
+      } catch (e) {
+        this.connecting = undefined;
+        reject(new SshError(`cannot read SSH private key ${this.opts.privateKey}: ${(e as Error).message}`, this.target.host));
+        return;
+      }
+      const cfg: ConnectConfig = {
+        host: this.target.address,
+        port: this.target.port,
+        username: this.opts.user,
+        privateKey,
+        readyTimeout: this.opts.connectTimeoutSeconds * 1000,
+        keepaliveInterval: this.opts.keepaliveSeconds * 1000,
+        keepaliveCountMax: 3,
+        hostVerifier: (key: Buffer) => {
+          if (pinned.length === 0) {
+            hostKeyProblem = `host key of ${this.where()} is unknown: no entry in ${this.opts.knownHostsFile}; refusing to connect`;
+            return false;
+          }
+          if (!pinned.some((k) => k.equals(key))) {
+            hostKeyProblem = `host key of ${this.where()} does not match ${this.opts.knownHostsFile} (possible man-in-the-middle, or the host was reinstalled); refusing to connect`;
+            return false;
+          }
+          return true;
+        },
+        algorithms: {
+          cipher: ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'chacha20-poly1305@openssh.com', 'aes128-ctr', 'aes256-ctr'],
+          compress: this.opts.compression ? ['zlib@openssh.com', 'zlib', 'none'] : ['none'],
+        },
+      };
+      c.once('ready', () => {
+        this.client = c;
+        this.connecting = undefined;
+        resolve(c);
+      });
+      c.once('error', (err: Error & { level?: string }) => {
+        this.connecting = undefined;
+        if (this.client === c) this.client = undefined;
+        if (hostKeyProblem) reject(new HostKeyError(hostKeyProblem, this.target.host));
+        else reject(new SshError(`ssh to ${this.where()}: ${err.message}${err.level ? ` (${err.level})` : ''}`, this.target.host));
+      });
+      c.on('close', () => {
+        if (this.client === c) this.client = undefined;
+      });
+      c.connect(cfg);
+    });
+    return this.connecting;
+  }
+
+  private async channel(command: string): Promise<ClientChannel> {
+    const c = await this.connect();
+    return new Promise((resolve, reject) => {
+      c.exec(command, (err, ch) => {
+        if (err) {
+          // a dead connection: drop it so that the next operation reconnects
+          if (this.client === c) {
+            this.client = undefined;
+            c.end();
+          }
+          reject(new SshError(`ssh to ${this.where()}: cannot open a channel for "${command}": ${err.message}`, this.target.host, command));
+        } else resolve(ch);
+      });
+    });
+  }
+
+  /** Runs a short command, collecting stdout (bounded) and stderr. */
+  async exec(command: string, opts: { timeoutSeconds?: number; maxStdout?: number } = {}): Promise<ExecResult> {
+    const ch = await this.channel(command);
+    const max = opts.maxStdout ?? 512 * 1024 * 1024;
+    return new Promise((resolve, reject) => {
+      const out: Buffer[] = [];
+      let outLen = 0;
+      let err = '';
+      let code: number | null = null;
+      let signal: string | null = null;
+      const timer = setTimeout(() => {
+        ch.close();
+        reject(new SshError(`ssh ${this.where()} "${command}": no answer within ${opts.timeoutSeconds ?? this.opts.operationTimeoutSeconds} s`, this.target.host, command));
+      }, (opts.timeoutSeconds ?? this.opts.operationTimeoutSeconds) * 1000);
+      ch.on('data', (d: Buffer) => {
+        outLen += d.length;
+        if (outLen <= max) out.push(d);
+      });
+      ch.stderr.on('data', (d: Buffer) => {
+        if (err.length < 65536) err += d.toString('utf8');
+      });
+      ch.on('exit', (c: number | null, s?: string) => {
+        code = c;
+        signal = s ?? null;
+      });
+      ch.on('close', () => {
+        clearTimeout(timer);
+        resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: err });
+      });
+      ch.end();
+    });
+  }
+
+  /**
+   * Streams `source` into a remote command's stdin (backpressure end to end) and
+   * resolves with the remote exit status. A transfer that moves no byte for
+   * stallTimeoutSeconds is aborted.
+   */
+  async transfer(command: string, source: Readable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
+    const ch = await this.channel(command);
+    const meter = new Meter(opts.bandwidthLimit ?? 0, opts.onProgress);
+    let err = '';
+    let code: number | null = null;
+    let signal: string | null = null;
+    const stdout: Buffer[] = [];
+    ch.on('data', (d: Buffer) => {
+      if (stdout.length < 1024) stdout.push(d);
+    });
+    ch.stderr.on('data', (d: Buffer) => {
+      if (err.length < 65536) err += d.toString('utf8');
+    });
+    ch.on('exit', (c: number | null, s?: string) => {
+      code = c;
+      signal = s ?? null;
+    });
+    const closed = new Promise<void>((r) => ch.once('close', () => r()));
+    let abortReason: string | undefined;
+    const stallMs = this.opts.stallTimeoutSeconds * 1000;
+    const watchdog = setInterval(() => {
+      if (Date.now() - meter.lastProgressAt > stallMs) {
+        abortReason = `no progress for ${this.opts.stallTimeoutSeconds} s after ${meter.bytes} bytes`;
+        source.destroy(new Error(abortReason));
+        ch.close();
+      }
+    }, Math.min(1000, stallMs / 4));
+    const onAbort = () => {
+      abortReason = 'aborted';
+      source.destroy(new Error('aborted'));
+      ch.close();
+    };
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await pipeline(source, meter, ch).catch((e: Error) => {
+        // the remote side's exit status explains more than EPIPE; keep the first reason
+        abortReason ??= e.message;
+      });
+      // wait for the remote exit status (the receiver finishes after stdin EOF)
+      await Promise.race([
+        closed,
+        new Promise<void>((_, reject) =>
+          setTimeout(() => reject(new SshError(`ssh ${this.where()} "${command}": no exit status within ${this.opts.operationTimeoutSeconds} s after the stream ended`, this.target.host, command)), this.opts.operationTimeoutSeconds * 1000),
+        ),
+      ]);
+    } finally {
+      clearInterval(watchdog);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    const result = { code, signal, stdout: Buffer.concat(stdout).toString('utf8'), stderr: err, bytes: meter.bytes };
+    if (code !== 0 || abortReason) {
+      const why = code !== null && code !== 0 ? `remote exit ${code}` : abortReason ?? `remote ended without status${signal ? ` (signal ${signal})` : ''}`;
+      throw new SshError(`ssh ${this.where()} "${command}" failed after ${meter.bytes} bytes: ${why}: ${err.trim() || abortReason || '(no stderr)'}`, this.target.host, command, code, err);
+    }
+    return result;
+  }
+
+  close(): void {
+    this.client?.end();
+    this.client = undefined;
+  }
+}
+
+/** One connection per target host, created on first use and reused. */
+export class SshPool {
+  private readonly conns = new Map<string, SshConnection>();
+  constructor(private readonly opts: SshOptions) {}
+
+  get(target: SshTarget): SshConnection {
+    const key = `${target.host}|${target.address}|${target.port}`;
+    let c = this.conns.get(key);
+    if (!c) this.conns.set(key, (c = new SshConnection(target, this.opts)));
+    return c;
+  }
+
+  get size(): number {
+    return this.conns.size;
+  }
+
+  closeAll(): void {
+    for (const c of this.conns.values()) c.close();
+    this.conns.clear();
+  }
+}

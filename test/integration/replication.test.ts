@@ -1,0 +1,133 @@
+// The replication engine end to end on three sandbox hosts in three datacenters:
+// real zfs-fuse pools, real sshd with the forced-command receiver, ssh2 transport.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync, appendFileSync } from 'node:fs';
+import { sandbox, host, treeChecksum } from '../lib/sandbox.js';
+import { startFleet, createProject, sleep, type Fleet } from '../lib/fleet.js';
+import type { CycleReport } from '../../src/agent/agent.js';
+
+const sb = sandbox();
+let fleet: Fleet;
+const projects: Array<{ id: string; host: string; dataset: string; mnt: string; sum: string }> = [];
+
+async function cycleAll(): Promise<Map<string, CycleReport>> {
+  const out = new Map<string, CycleReport>();
+  for (const [name, agent] of fleet.agents) out.set(name, await agent.runCycle());
+  return out;
+}
+
+before(async () => {
+  fleet = await startFleet(sb);
+  for (let i = 0; i < 20; i++) {
+    const h = sb.hosts[i % sb.hosts.length]!;
+    const p = await createProject(fleet, h, {
+      quota: 64 * 2 ** 20,
+      files: { 'a.bin': randomBytes(20_000 + i * 1000), 'dir/b.txt': `project ${i}\n`.repeat(100) },
+    });
+    await fleet.zfs.set(p.dataset, { 'fleet:owner': `user${i}` });
+    projects.push({ ...p, host: h.name, sum: treeChecksum(p.mnt) });
+  }
+});
+
+after(async () => {
+  await fleet?.close();
+});
+
+describe('replication on 3 hosts x 20 projects', () => {
+  let first: Map<string, CycleReport>;
+
+  it('after one cycle every project has 2 replicas in other datacenters with the source\'s newest guid', async () => {
+    first = await cycleAll();
+    for (const [name, r] of first) assert.deepEqual(r.failures, [], `failures on ${name}`);
+    for (const [name, r] of first) assert.deepEqual(r.conflicts, [], `conflicts on ${name}`);
+    const dcOf = new Map(sb.hosts.map((h) => [h.name, h.datacenter]));
+    for (const p of projects) {
+      const rec = await fleet.catalog.getProject(p.id);
+      assert.equal(rec!.targets.length, 2, `targets of ${p.id}`);
+      const dcs = new Set([dcOf.get(p.host), ...rec!.targets.map((t) => dcOf.get(t))]);
+      assert.equal(dcs.size, 3, `replicas of ${p.id} must be in other datacenters: ${[...dcs].join(',')}`);
+      const src = (await fleet.zfs.list(p.dataset)).get(p.dataset)!;
+      const newest = src.snapshots[src.snapshots.length - 1]!;
+      const replicas = await fleet.catalog.listReplicas(p.id);
+      assert.equal(replicas.length, 2);
+      for (const r of replicas) {
+        assert.equal(r.guid, newest.guid, `replica ${r.host} of ${p.id}`);
+        // and the target's own pool agrees (by guid, not by name)
+        const target = host(sb, r.host);
+        const ds = `${target.pool}/replicas/${p.id}`;
+        const t = (await fleet.zfs.list(ds)).get(ds)!;
+        assert.equal(t.snapshots[t.snapshots.length - 1]!.guid, newest.guid);
+      }
+    }
+    const sends = [...first.values()].reduce((a, r) => a + r.sends.length, 0);
+    assert.equal(sends, 40);
+  });
+
+  it('file checksums on every replica equal the source\'s; replicas are readonly, unmounted, and carry quota and user properties', async () => {
+    for (const p of projects) {
+      for (const r of await fleet.catalog.listReplicas(p.id)) {
+        const target = host(sb, r.host);
+        const ds = `${target.pool}/replicas/${p.id}`;
+        const props = await fleet.zfs.get(ds, ['readonly', 'mounted', 'quota', 'fleet:owner']);
+        assert.equal(props.readonly, 'on');
+        assert.equal(props.mounted, 'no');
+        assert.equal(props.quota, String(64 * 2 ** 20));
+        assert.match(props['fleet:owner']!, /^user\d+$/);
+        const check = `${target.pool}/verify-${p.id.slice(0, 8)}`;
+        const mnt = `${target.mountBase}/verify-${p.id.slice(0, 8)}`;
+        await fleet.zfs.clone(`${ds}@${r.snapshot}`, check, { mountpoint: mnt });
+        try {
+          assert.equal(treeChecksum(mnt), p.sum, `content of ${p.id} on ${r.host}`);
+        } finally {
+          await fleet.zfs.destroyDataset(check);
+        }
+      }
+    }
+  });
+
+  it('holds the incremental base on the source per target', async () => {
+    const p = projects[0]!;
+    const src = (await fleet.zfs.list(p.dataset)).get(p.dataset)!;
+    assert.equal(src.snapshots[src.snapshots.length - 1]!.userrefs, 2, 'one hold per replica target');
+  });
+
+  it('a second cycle with no change makes zero sends and at most 2 local zfs calls plus 1 listing per target', async () => {
+    const second = await cycleAll();
+    for (const [name, r] of second) {
+      assert.deepEqual(r.failures, [], name);
+      assert.equal(r.sends.length, 0, `${name} sent ${JSON.stringify(r.sends)}`);
+      assert.equal(r.snapshotsTaken, 0, name);
+      assert.ok(r.localZfsCalls <= 2, `${name} made ${r.localZfsCalls} zfs calls: ${JSON.stringify(r.zfsCallsByVerb)}`);
+      const targets = Object.keys(r.listings);
+      assert.equal(targets.length, 2, `${name} listed ${JSON.stringify(r.listings)}`);
+      for (const t of targets) assert.equal(r.listings[t], 1, `${name} listed ${t} ${r.listings[t]} times`);
+    }
+  });
+
+  it('changing 3 projects makes exactly 6 sends, incremental, and the replicas follow', async () => {
+    const changed = [projects[1]!, projects[5]!, projects[9]!];
+    for (const p of changed) {
+      appendFileSync(`${p.mnt}/dir/b.txt`, 'changed\n');
+      writeFileSync(`${p.mnt}/new.bin`, randomBytes(5000));
+      p.sum = treeChecksum(p.mnt);
+    }
+    await sleep(1500); // file-watch events are asynchronous; and a new snapshot name needs a new second
+    const third = await cycleAll();
+    const sends = [...third.values()].flatMap((r) => r.sends);
+    for (const [name, r] of third) assert.deepEqual(r.failures, [], name);
+    assert.equal(sends.length, 6, JSON.stringify(sends));
+    assert.ok(sends.every((s) => s.kind === 'incremental'));
+    assert.deepEqual(new Set(sends.map((s) => s.project)), new Set(changed.map((p) => p.id)));
+    for (const p of changed) {
+      const src = (await fleet.zfs.list(p.dataset)).get(p.dataset)!;
+      const newest = src.snapshots[src.snapshots.length - 1]!;
+      assert.equal(src.snapshots.length, 2);
+      for (const r of await fleet.catalog.listReplicas(p.id)) assert.equal(r.guid, newest.guid);
+      // the hold moved from the old base to the new one
+      assert.equal(src.snapshots[0]!.userrefs, 0);
+      assert.equal(newest.userrefs, 2);
+    }
+  });
+});

@@ -1,0 +1,64 @@
+// Agents for every sandbox host, in this process, on a fresh SQLite catalog. The
+// agents talk to each other's real sshd (ssh2 -> forced command -> storagectl serve-ssh
+// -> real zfs-fuse), exactly as deployed; only the scheduling loop is driven by the test.
+import { randomUUID } from 'node:crypto';
+import { writeFileSync, mkdirSync } from 'node:fs';
+import { Agent } from '../../src/agent/agent.js';
+import { loadConfig, type Config } from '../../src/agent/config.js';
+import { SqliteCatalog } from '../../src/catalog/sqlite.js';
+import { Zfs } from '../../src/zfs/index.js';
+import { silentLogger } from '../../src/util/log.js';
+import type { Sandbox, SandboxHost } from './sandbox.js';
+
+export interface Fleet {
+  catalog: SqliteCatalog;
+  agents: Map<string, Agent>;
+  configs: Map<string, Config>;
+  zfs: Zfs;
+  close(): Promise<void>;
+}
+
+export async function startFleet(sb: Sandbox, catalogPath = `${sb.dir}/catalog-${randomUUID().slice(0, 8)}.db`): Promise<Fleet> {
+  const catalog = new SqliteCatalog(catalogPath);
+  const agents = new Map<string, Agent>();
+  const configs = new Map<string, Config>();
+  for (const h of sb.hosts) {
+    const config = { ...loadConfig(`${h.dir}/agent.yaml`) };
+    config.catalog = { ...config.catalog, path: catalogPath };
+    configs.set(h.name, config);
+    const agent = new Agent({ config, catalog, log: silentLogger() });
+    await agent.init();
+    agents.set(h.name, agent);
+  }
+  return {
+    catalog,
+    agents,
+    configs,
+    zfs: new Zfs(),
+    async close() {
+      for (const a of agents.values()) await a.close();
+      await catalog.close();
+    },
+  };
+}
+
+/** Creates a project dataset on `host` (primary), registers it and mounts it. */
+export async function createProject(fleet: Fleet, host: SandboxHost, opts: { quota?: number; files?: Record<string, Buffer | string> } = {}): Promise<{ id: string; dataset: string; mnt: string }> {
+  const id = randomUUID();
+  const c = fleet.configs.get(host.name)!;
+  const dataset = `${c.projectsRoot}/${id}`;
+  await fleet.zfs.create(dataset, { canmount: 'noauto', props: opts.quota ? { quota: String(opts.quota) } : {} });
+  await fleet.catalog.createProject({ id, primary: host.name, replicationFactor: 2, quota: opts.quota ?? null });
+  await fleet.zfs.mount(dataset);
+  const mnt = `${c.mountBase}/${id}`;
+  for (const [name, data] of Object.entries(opts.files ?? {})) {
+    const path = `${mnt}/${name}`;
+    mkdirSync(path.slice(0, path.lastIndexOf('/')), { recursive: true });
+    writeFileSync(path, data);
+  }
+  return { id, dataset, mnt };
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
