@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-TIERS=${TEST_TIERS:-"unit zfs-fuse"}
+TIERS=${TEST_TIERS:-"unit zfs-fuse prometheus"}
 SANDBOX=stt
 export SANDBOX_MANIFEST=/var/tmp/storage-sandbox-$SANDBOX/sandbox.json
 
@@ -43,20 +43,32 @@ cleanup() {
 }
 trap cleanup EXIT
 
+sandbox_up=""
+need_sandbox() {
+  [ -n "$sandbox_up" ] && return 0
+  say "sandbox (zfs-fuse pools, namespaces, sshd)"
+  bash test/env/sandbox.sh up --name $SANDBOX || return 1
+  sandbox_up=1
+}
+
 for tier in $TIERS; do
   case "$tier" in
     unit)
       node dist/test/run.js unit || status=1
       ;;
-    zfs-fuse)
-      say "sandbox (zfs-fuse pools, namespaces, sshd)"
-      if ! bash test/env/sandbox.sh up --name $SANDBOX; then
-        echo "tier zfs-fuse: 0 passed, 1 failed, 0 skipped (the sandbox did not come up: see above)" | tee -a "$summary"
+    zfs-fuse|prometheus)
+      if [ "$tier" = prometheus ] && ! bash test/env/prometheus.sh install; then
+        echo "tier prometheus: 0 passed, 1 failed, 0 skipped (Prometheus could not be installed: see above)" | tee -a "$summary"
+        status=1
+        continue
+      fi
+      if ! need_sandbox; then
+        echo "tier $tier: 0 passed, 1 failed, 0 skipped (the sandbox did not come up: see above)" | tee -a "$summary"
         status=1
         continue
       fi
       # nsenter --net keeps the root mount namespace (zfs-fuse mounts must be visible to all)
-      nsenter --net=/run/netns/$SANDBOX-ctl node dist/test/run.js zfs-fuse || status=1
+      nsenter --net=/run/netns/$SANDBOX-ctl node dist/test/run.js "$tier" || status=1
       ;;
     *)
       echo "unknown tier '$tier'" >&2

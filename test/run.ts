@@ -18,6 +18,7 @@ interface Tally {
 const TIER_DIRS: Record<string, string> = {
   unit: 'unit',
   'zfs-fuse': 'integration',
+  prometheus: 'prometheus',
 };
 
 function filesOf(dir: string): string[] {

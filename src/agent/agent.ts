@@ -136,7 +136,7 @@ export class Agent {
     return q;
   }
 
-  private liveness(hosts: HostRecord[]): (h: HostRecord) => boolean {
+  private liveness(): (h: HostRecord) => boolean {
     const grace = 3 * this.config.interval * 1000;
     const now = this.now();
     return (h) => h.heartbeatAt !== null && now - h.heartbeatAt <= grace;
@@ -152,10 +152,19 @@ export class Agent {
     const caps = await this.zfs.capabilities();
 
     // 1. what the catalog says (cached by the backend's own client)
-    let projects = (await this.catalog.listProjectsByPrimary(c.host)).filter((p) => p.state === 'active' || p.state === 'moving');
+    let projects: ProjectRecord[];
+    let hosts: HostRecord[];
+    try {
+      projects = (await this.catalog.listProjectsByPrimary(c.host)).filter((p) => p.state === 'active' || p.state === 'moving');
+      hosts = await this.catalog.listHosts();
+    } catch (e) {
+      this.metrics?.catalogError('read');
+      throw e;
+    }
     if (opts.only) projects = projects.filter((p) => p.id === opts.only);
-    const hosts = await this.catalog.listHosts();
     const hostById = new Map(hosts.map((h) => [h.id, h]));
+    this.metrics?.heartbeats(hosts);
+    const isLive = this.liveness();
 
     // 2. one local listing of the projects root
     let local = await this.listRoot(c.projectsRoot, ['mounted', 'mountpoint']);
@@ -181,7 +190,6 @@ export class Agent {
 
     // 4. placement for projects short of replicas
     const planned = new Map<string, number>();
-    const isLive = this.liveness(hosts);
     const me = hostById.get(c.host);
     for (const p of projects) {
       if (!me || p.targets.length >= p.replicationFactor) continue;
@@ -225,7 +233,9 @@ export class Agent {
             const plan = planReplication({ source: refs(ds), target: remote ? remote.snapshots : null, targetResumeToken: remote?.resumeToken });
             const newestRemote = remote?.snapshots.length ? Math.max(...remote.snapshots.map((s) => s.creation)) : 0;
             const lagSec = newestRemote ? Math.max(0, this.now() / 1000 - newestRemote) : Number.POSITIVE_INFINITY;
-            this.metrics?.lag(p.id, t, newestRemote ? lagSec : null);
+            // up to date with a source unchanged since its newest snapshot: fresh as of now
+            const unchanged = plan.kind === 'up-to-date' && !dirty.includes(p.id) && !this.dirty.isDirty(p.id);
+            this.metrics?.replicaFreshness(p.id, t, unchanged ? this.now() / 1000 : newestRemote || null);
             if (plan.kind === 'conflict') {
               report.conflicts.push({ project: p.id, target: t, message: plan.conflict.message });
               this.metrics?.failure(t, plan.conflict.kind);
@@ -255,6 +265,9 @@ export class Agent {
     // 6. transfers: most lagging first, per-target concurrency plus a global cap
     jobs.sort((a, b) => b.lagSec - a.lagSec);
     const succeeded = new Map<string, Job[]>();
+    const perTarget = new Map<string, number>();
+    for (const j of jobs) perTarget.set(j.target.id, (perTarget.get(j.target.id) ?? 0) + 1);
+    for (const [t, n] of perTarget) this.metrics?.queueDepth(t, n);
     await Promise.all(
       jobs.map((job, i) =>
         this.targetQueue(job.target.id).add(
@@ -270,6 +283,8 @@ export class Agent {
         ),
       ),
     );
+
+    for (const t of this.targetQueues.keys()) this.metrics?.queueDepth(t, 0);
 
     // 7. confirm by the target's own listing, record replicas, move holds
     for (const [t, done] of succeeded) {
@@ -305,8 +320,10 @@ export class Agent {
     try {
       await this.catalog.heartbeat(c.host, projects.length + this.replicaCount, this.now());
     } catch (e) {
+      this.metrics?.catalogError('heartbeat');
       report.failures.push({ error: `heartbeat: ${(e as Error).message}` });
     }
+    this.metrics?.roles(projects.length, this.replicaCount);
 
     for (const [verb, n] of this.runner.counts) {
       const d = n - (callsBefore.get(verb) ?? 0);
@@ -374,7 +391,6 @@ export class Agent {
     const rec: ReplicaRecord = { project, host, snapshot: at.snap, guid: at.guid, snapshotCreation: at.creation, confirmedAt: this.now() };
     await this.catalog.upsertReplica(rec);
     report.confirmed++;
-    this.metrics?.lag(project, host, Math.max(0, this.now() / 1000 - at.creation));
   }
 
   private async transfer(job: Job, report: CycleReport): Promise<boolean> {
@@ -408,6 +424,7 @@ export class Agent {
       ]);
       const ms = this.now() - t0;
       report.sends.push({ project: job.project.id, target: job.target.id, kind: plan.kind, bytes: res.bytes, ms });
+      if (job.toSnap) this.metrics?.replicaFreshness(job.project.id, job.target.id, job.toSnap.creation);
       this.metrics?.sent(job.target.id, res.bytes, ms / 1000);
       this.log.info({ project: job.project.id, target: job.target.id, plan: describePlan(plan), bytes: res.bytes, ms }, 'replicated');
       return true;
@@ -419,6 +436,12 @@ export class Agent {
       this.metrics?.failure(job.target.id, 'transfer');
       this.log.error({ project: job.project.id, target: job.target.id, plan: describePlan(plan), err: msg }, 'replication failed');
       await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: msg }).catch(() => undefined);
+      if (plan.kind === 'resume') {
+        // a stale token (its source snapshot pruned, or the partial state unusable): discard
+        // the partial receive on the target; the next cycle plans from the real snapshots
+        const r = await conn.exec(formatRemoteCommand({ op: 'abort-resume', project: job.project.id })).catch((e: Error) => ({ code: -1, stderr: e.message }));
+        this.log.warn({ project: job.project.id, target: job.target.id, code: r.code, stderr: r.stderr }, 'discarded the partial receive after a failed resume');
+      }
       return false;
     }
   }

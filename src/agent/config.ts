@@ -53,8 +53,29 @@ export const ConfigSchema = z
       .object({
         backend: z.enum(['sqlite', 'cassandra']).default('sqlite'),
         path: absPath.default('/var/lib/storage-agent/catalog.db'),
+        /** cassandra: "host" or "host:port" of a few nodes of the local datacenter */
+        contactPoints: z
+          .array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+|[0-9A-Fa-f:]+)(:\d{1,5})?$/, 'expected host or host:port'))
+          .min(1, 'expected at least one contact point')
+          .optional(),
+        /** cassandra: the datacenter this host is in (queries go to its nodes) */
+        localDataCenter: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'expected a Cassandra datacenter name').optional(),
+        /** cassandra: keyspace of the catalog (default storage_catalog) */
+        keyspace: z.string().regex(/^[a-z][a-z0-9_]{0,47}$/, 'expected a keyspace name: a-z, 0-9, _ (starting with a letter, at most 48)').optional(),
+        /** cassandra: native transport port for contact points without one (default 9042) */
+        port: z.number().int().min(1).max(65535).optional(),
+        /** cassandra: replication factor per datacenter, used when the keyspace is created (default {localDataCenter: 3}) */
+        replication: z
+          .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'expected a Cassandra datacenter name'), z.number().int().min(1).max(20))
+          .refine((r) => Object.keys(r).length > 0, 'expected at least one datacenter')
+          .optional(),
       })
       .strict()
+      .superRefine((c, ctx) => {
+        if (c.backend !== 'cassandra') return;
+        if (!c.contactPoints) ctx.addIssue({ code: 'custom', path: ['contactPoints'], message: 'required when backend is cassandra (e.g. contactPoints: [10.0.0.1, 10.0.0.2:9042])' });
+        if (!c.localDataCenter) ctx.addIssue({ code: 'custom', path: ['localDataCenter'], message: 'required when backend is cassandra (the Cassandra datacenter of this host, e.g. dc1)' });
+      })
       .default({ backend: 'sqlite', path: '/var/lib/storage-agent/catalog.db' }),
     ssh: z
       .object({

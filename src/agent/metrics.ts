@@ -20,7 +20,11 @@ export class AgentMetrics {
   private readonly zfsSeconds: Histogram<'verb' | 'ok'>;
   private readonly cycleSeconds: Histogram;
   private readonly cycleZfsCalls: Gauge;
-  private readonly lags = new Map<string, Map<string, number | null>>(); // target -> project -> lag
+  private readonly catalogErrors: Counter<'op'>;
+  private readonly heartbeatAge: Gauge<'host'>;
+  private readonly projectsByRole: Gauge<'role'>;
+  private readonly queue: Gauge<'target'>;
+  private readonly newest = new Map<string, Map<string, number | null>>(); // target -> project -> creation (unix s) of the newest snapshot on target
   private server?: Server;
 
   constructor(
@@ -29,9 +33,11 @@ export class AgentMetrics {
     const r = this.registry;
     r.setDefaultLabels({ host: opts.host });
     collectDefaultMetrics({ register: r, prefix: 'storage_agent_' });
-    this.lagSeconds = new Gauge({ name: 'storage_replication_lag_seconds', help: 'Now minus the creation time of the newest snapshot present on the target', labelNames: ['project', 'target'], registers: [r] });
-    this.lagMax = new Gauge({ name: 'storage_replication_lag_max_seconds', help: 'Largest replication lag among the projects replicated to the target', labelNames: ['target'], registers: [r] });
-    this.overSlo = new Gauge({ name: 'storage_replication_projects_over_slo', help: 'Projects whose lag on the target exceeds the lag SLO', labelNames: ['target'], registers: [r] });
+    const self = this;
+    this.lagSeconds = new Gauge({ name: 'storage_replication_lag_seconds', help: 'Now minus the creation time of the newest snapshot present on the target', labelNames: ['project', 'target'], registers: [r], collect() { self.refresh(); } });
+    this.lagMax = new Gauge({ name: 'storage_replication_lag_max_seconds', help: 'Largest replication lag among the projects replicated to the target', labelNames: ['target'], registers: [r], collect() { self.refresh(); } });
+    this.overSlo = new Gauge({ name: 'storage_replication_projects_over_slo', help: 'Projects whose lag on the target exceeds the lag SLO', labelNames: ['target'], registers: [r], collect() { self.refresh(); } });
+    for (const n of ['handles', 'requests', 'resources']) r.removeSingleMetric(`storage_agent_nodejs_active_${n}_total`);
     this.lastSuccess = new Gauge({ name: 'storage_replication_last_success_timestamp_seconds', help: 'Unix time of the last successful replication to the target', labelNames: ['target'], registers: [r] });
     this.bytesSent = new Counter({ name: 'storage_replication_sent_bytes_total', help: 'Bytes of zfs send streams delivered to the target', labelNames: ['target'], registers: [r] });
     this.transferSeconds = new Histogram({ name: 'storage_replication_transfer_duration_seconds', help: 'Duration of one project transfer', labelNames: ['target'], buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200], registers: [r] });
@@ -40,6 +46,11 @@ export class AgentMetrics {
     this.snapshotsPrunedTotal = new Counter({ name: 'storage_snapshots_pruned_total', help: 'Snapshots destroyed by retention', labelNames: ['role'], registers: [r] });
     this.zfsSeconds = new Histogram({ name: 'storage_zfs_command_duration_seconds', help: 'Duration of zfs/zpool commands by verb', labelNames: ['verb', 'ok'], buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120], registers: [r] });
     this.cycleSeconds = new Histogram({ name: 'storage_agent_cycle_duration_seconds', help: 'Duration of one agent cycle', buckets: [0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
+    this.catalogErrors = new Counter({ name: 'storage_catalog_errors_total', help: 'Failed catalog operations by operation', labelNames: ['op'], registers: [r] });
+    // the `host` label here is the host described (it overrides the default label)
+    this.heartbeatAge = new Gauge({ name: 'storage_host_heartbeat_age_seconds', help: 'Seconds since the host last heartbeated into the catalog', labelNames: ['host'], registers: [r] });
+    this.projectsByRole = new Gauge({ name: 'storage_projects', help: 'Projects on this host by role', labelNames: ['role'], registers: [r] });
+    this.queue = new Gauge({ name: 'storage_replication_queue_depth', help: 'Transfers waiting or running per target', labelNames: ['target'], registers: [r] });
     this.cycleZfsCalls = new Gauge({ name: 'storage_agent_cycle_zfs_calls', help: 'Local zfs calls made by the last cycle', registers: [r] });
   }
 
@@ -47,24 +58,54 @@ export class AgentMetrics {
     this.zfsSeconds.observe({ verb, ok: ok ? 'true' : 'false' }, seconds);
   }
 
-  lag(project: string, target: string, seconds: number | null): void {
-    if (!this.lags.has(target)) this.lags.set(target, new Map());
-    this.lags.get(target)!.set(project, seconds);
-    if (this.opts.perProjectSeries && seconds !== null) this.lagSeconds.set({ project, target }, seconds);
-    this.refreshAggregates(target);
+  /**
+   * Records how fresh a replica is: `asOf` is the unix time up to which the target has the
+   * project's data (the creation of its newest snapshot, or the time of a cycle that found
+   * it up to date with an unchanged source), null when the target has nothing yet.
+   */
+  replicaFreshness(project: string, target: string, asOf: number | null): void {
+    if (!this.newest.has(target)) this.newest.set(target, new Map());
+    this.newest.get(target)!.set(project, asOf);
   }
 
-  private refreshAggregates(target: string): void {
-    const m = this.lags.get(target)!;
-    let max = 0;
-    let over = 0;
-    for (const v of m.values()) {
-      const lag = v ?? Number.POSITIVE_INFINITY;
-      if (lag > this.opts.lagSloSeconds) over++;
-      if (v !== null) max = Math.max(max, v);
+  /** Catalog errors by operation (the agent keeps running from its last view). */
+  catalogError(op: string): void {
+    this.catalogErrors.inc({ op });
+  }
+
+  /** Heartbeat age of every host the catalog knows (from this agent's view). */
+  heartbeats(hosts: Array<{ id: string; heartbeatAt: number | null }>): void {
+    const now = Date.now();
+    for (const h of hosts) if (h.heartbeatAt !== null) this.heartbeatAge.set({ host: h.id }, Math.max(0, (now - h.heartbeatAt) / 1000));
+  }
+
+  /** Projects by role on this host. */
+  roles(primary: number, replica: number): void {
+    this.projectsByRole.set({ role: 'primary' }, primary);
+    this.projectsByRole.set({ role: 'replica' }, replica);
+  }
+
+  queueDepth(target: string, depth: number): void {
+    this.queue.set({ target }, depth);
+  }
+
+  /** Lags as of now: an unreachable target's lag keeps growing between listings. */
+  private refresh(): void {
+    const now = Date.now() / 1000;
+    for (const [target, m] of this.newest) {
+      let max = 0;
+      let over = 0;
+      for (const [project, at] of m) {
+        const lag = at === null ? Number.POSITIVE_INFINITY : Math.max(0, now - at);
+        if (lag > this.opts.lagSloSeconds) over++;
+        if (at !== null) {
+          max = Math.max(max, lag);
+          if (this.opts.perProjectSeries) this.lagSeconds.set({ project, target }, lag);
+        }
+      }
+      this.lagMax.set({ target }, max);
+      this.overSlo.set({ target }, over);
     }
-    this.lagMax.set({ target }, max);
-    this.overSlo.set({ target }, over);
   }
 
   sent(target: string, bytes: number, seconds: number): void {

@@ -69,9 +69,12 @@ export class SqliteCatalog implements Catalog {
   }
 
   private migrate(): void {
-    const current = this.db.pragma('user_version', { simple: true }) as number;
-    for (let i = current; i < MIGRATIONS.length; i++) {
+    // several processes may open a fresh file at once: read the version inside the
+    // IMMEDIATE transaction, so exactly one of them applies each migration
+    for (let i = 0; i < MIGRATIONS.length; i++) {
       this.db.transaction(() => {
+        const current = this.db.pragma('user_version', { simple: true }) as number;
+        if (current > i) return;
         this.db.exec(MIGRATIONS[i]!);
         this.db.pragma(`user_version = ${i + 1}`);
       }).immediate();

@@ -1,0 +1,180 @@
+// Pure parts of the agent and the protocol: placement, config validation, the SSH
+// command grammar, known_hosts pinning, the resume path's argv on OpenZFS.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { placeReplicas } from '../../src/agent/placement.js';
+import { parseConfig, ConfigError } from '../../src/agent/config.js';
+import { parseRemoteCommand, formatRemoteCommand, RefusedCommand, checkListing } from '../../src/replica/protocol.js';
+import { parseKnownHosts, pinnedKeys, Meter } from '../../src/replica/transport.js';
+import { Zfs, CommandRunner, ZfsUnsupportedError, type RunOptions, type RunResult } from '../../src/zfs/index.js';
+import type { HostRecord } from '../../src/catalog/types.js';
+import { createHmac, randomBytes } from 'node:crypto';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+const fixture = (name: string) => readFileSync(fileURLToPath(new URL(`../../../test/fixtures/${name}`, import.meta.url)), 'utf8');
+
+const H = (id: string, dc: string, load = 0, live = true): HostRecord => ({ id, datacenter: dc, address: `10.0.0.${id.length}`, port: 22, root: 'x', heartbeatAt: live ? 1 : null, load });
+
+describe('placement', () => {
+  const isLive = (h: HostRecord) => h.heartbeatAt !== null;
+  it('prefers other datacenters, then least loaded', () => {
+    const hosts = [H('a', 'dc1'), H('a2', 'dc1'), H('b', 'dc2', 5), H('b2', 'dc2', 1), H('c', 'dc3', 9)];
+    assert.deepEqual(placeReplicas({ primary: hosts[0]!, current: [], factor: 2, hosts, isLive }), ['b2', 'c']);
+  });
+  it('falls back to the same datacenter when others are exhausted, never the primary, never a dead host', () => {
+    const hosts = [H('a', 'dc1'), H('a2', 'dc1', 3), H('b', 'dc2', 0, false), H('c', 'dc3')];
+    assert.deepEqual(placeReplicas({ primary: hosts[0]!, current: [], factor: 3, hosts, isLive }), ['c', 'a2']);
+  });
+  it('keeps existing targets and spreads planned load within a round', () => {
+    const hosts = [H('a', 'dc1'), H('b', 'dc2'), H('b2', 'dc2'), H('c', 'dc3')];
+    const planned = new Map<string, number>();
+    const first = placeReplicas({ primary: hosts[0]!, current: ['c'], factor: 2, hosts, isLive, planned });
+    const second = placeReplicas({ primary: hosts[0]!, current: ['c'], factor: 2, hosts, isLive, planned });
+    assert.deepEqual(first, ['c', 'b']);
+    assert.deepEqual(second, ['c', 'b2']);
+  });
+});
+
+describe('configuration', () => {
+  const good = `
+host: node-1
+datacenter: dc1
+address: 10.0.0.1
+pool: tank
+projectsRoot: tank/projects
+replicasRoot: tank/replicas
+mountBase: /srv/projects
+ssh: { privateKey: /etc/storage-agent/id_ed25519, knownHosts: /etc/storage-agent/known_hosts }
+interval: 1m
+`;
+  it('parses a minimal file with defaults', () => {
+    const c = parseConfig(good, 'config.yaml');
+    assert.equal(c.interval, 60);
+    assert.equal(c.replication.concurrencyPerTarget, 2);
+    assert.equal(c.catalog.backend, 'sqlite');
+    assert.equal(c.ssh.stallTimeout, 120);
+  });
+  it('names every problem with its path and the file', () => {
+    const bad = good.replace('pool: tank', 'pool: "tank;rm"').replace('interval: 1m', 'interval: soon') + 'replication: { concurrencyPerTarget: 0 }\nbogus: 1\n';
+    assert.throws(() => parseConfig(bad, '/etc/x.yaml'), (e: unknown) => {
+      assert.ok(e instanceof ConfigError);
+      assert.match(e.message, /\/etc\/x\.yaml: pool: /);
+      assert.match(e.message, /\/etc\/x\.yaml: interval: expected a duration/);
+      assert.match(e.message, /replication\.concurrencyPerTarget/);
+      assert.match(e.message, /bogus/);
+      return true;
+    });
+  });
+  it('requires the roots inside the pool and disjoint', () => {
+    assert.throws(() => parseConfig(good.replace('replicasRoot: tank/replicas', 'replicasRoot: tank/projects/r'), 'c'), /disjoint/);
+    assert.throws(() => parseConfig(good.replace('projectsRoot: tank/projects', 'projectsRoot: other/projects'), 'c'), /inside pool tank/);
+  });
+  it('reports YAML syntax errors with the file name', () => {
+    assert.throws(() => parseConfig('host: [unclosed', 'broken.yaml'), /broken\.yaml: YAML error/);
+  });
+});
+
+describe('SSH command grammar', () => {
+  const id = '1b4e28ba-2fa1-11d2-883f-0016d3cca427';
+  it('parses every protocol command and round-trips them', () => {
+    for (const c of [
+      { op: 'list' as const },
+      { op: 'capabilities' as const },
+      { op: 'recv' as const, project: id },
+      { op: 'abort-resume' as const, project: id },
+      { op: 'hold' as const, tag: 'storage:replica:a', project: id, snap: '2026-11-22T22:30:05Z' },
+      { op: 'release' as const, tag: 'storage:replica:a', project: id, snap: 'named-1' },
+    ]) {
+      assert.deepEqual(parseRemoteCommand(formatRemoteCommand(c)), c);
+    }
+  });
+  it('refuses metacharacters, wrong arity, unknown ops, foreign tags and non-UUIDs', () => {
+    for (const bad of [undefined, '', 'list', 'storage-v1', 'storage-v1 list x', `storage-v1 recv ${id};id`, 'storage-v1 recv ..', `storage-v1 hold other ${id}@s`, `storage-v1 hold storage:x ${id}`, 'storage-v1 rm -rf', `storage-v1 recv ${id} `, `storage-v1 recv\t${id}`]) {
+      assert.throws(() => parseRemoteCommand(bad), RefusedCommand, JSON.stringify(bad));
+    }
+  });
+  it('validates listings received from other hosts', () => {
+    const ok = { protocol: 'storage-v1', host: 'b', implementation: 'x', datasets: { [id]: { snapshots: [{ snap: 's', guid: '1', createtxg: 1, creation: 2 }] } } };
+    assert.equal(checkListing(ok, 'b').host, 'b');
+    assert.throws(() => checkListing({ ...ok, datasets: { '../x': { snapshots: [] } } }, 'b'), /not a project id/);
+    assert.throws(() => checkListing({ ...ok, datasets: { [id]: { snapshots: [{ snap: 's;x', guid: '1', createtxg: 1, creation: 2 }] } } }, 'b'), /snapshot name/);
+    assert.throws(() => checkListing({ ...ok, protocol: 'v0' }, 'b'), /protocol/);
+  });
+});
+
+describe('known_hosts pinning', () => {
+  const key = randomBytes(51);
+  const b64 = key.toString('base64');
+  it('matches plain and hashed entries, with [addr]:port for non-22 ports', () => {
+    const salt = randomBytes(20);
+    const hash = createHmac('sha1', salt).update('[10.0.0.9]:2222').digest();
+    const text = `# comment\n10.0.0.5,node5 ssh-ed25519 ${b64}\n|1|${salt.toString('base64')}|${hash.toString('base64')} ssh-ed25519 ${b64}\n`;
+    const entries = parseKnownHosts(text);
+    assert.equal(pinnedKeys(entries, '10.0.0.5', 22).length, 1);
+    assert.ok(pinnedKeys(entries, '10.0.0.5', 22)[0]!.equals(key));
+    assert.equal(pinnedKeys(entries, '10.0.0.9', 2222).length, 1);
+    assert.equal(pinnedKeys(entries, '10.0.0.9', 22).length, 0);
+    assert.equal(pinnedKeys(entries, '10.0.0.6', 22).length, 0);
+  });
+});
+
+describe('transfer meter', () => {
+  it('counts bytes and enforces a bandwidth cap', async () => {
+    const meter = new Meter(200_000);
+    const started = Date.now();
+    let got = 0;
+    await pipeline(
+      Readable.from(Array.from({ length: 10 }, () => Buffer.alloc(50_000))),
+      meter,
+      new Writable({
+        write(chunk: Buffer, _e, cb) {
+          got += chunk.length;
+          cb();
+        },
+      }),
+    );
+    assert.equal(meter.bytes, 500_000);
+    assert.equal(got, 500_000);
+    // 500 kB at 200 kB/s with a 200 kB burst: at least ~1.5 s
+    assert.ok(Date.now() - started >= 1300, `took ${Date.now() - started} ms`);
+  });
+});
+
+describe('resume path on OpenZFS (argv only; the real resume is proven in the OpenZFS tier)', () => {
+  class FakeProbe extends CommandRunner {
+    override run(argv: readonly string[], _o?: RunOptions): Promise<RunResult> {
+      const a = argv.join(' ');
+      if (a === 'zfs version') return Promise.resolve({ stdout: fixture('openzfs-2.1.version.txt'), stderr: '' });
+      if (a === 'zfs -?') return Promise.resolve({ stdout: fixture('openzfs-2.1.usage.txt'), stderr: '' });
+      if (a === 'zfs get') return Promise.resolve({ stdout: '', stderr: fixture('openzfs-2.1.get-usage.txt') });
+      if (a === 'zpool -?') return Promise.resolve({ stdout: fixture('openzfs-2.1.zpool-usage.txt'), stderr: '' });
+      return Promise.reject(new Error(`unexpected command ${a}`));
+    }
+  }
+  it('sends with -t TOKEN and receives with -u -s and property overrides', async () => {
+    const z = new Zfs({ runner: new FakeProbe() });
+    assert.deepEqual(await z.sendArgv({ snapshot: 'tank/p@x', resumeToken: '1-abc-def', compressed: true }), ['zfs', 'send', '-c', '-t', '1-abc-def']);
+    assert.deepEqual(await z.sendArgv({ snapshot: 'tank/p@b', from: 'a', incremental: 'I', compressed: true }), ['zfs', 'send', '-R', '-c', '-L', '-e', '-I', '@a', 'tank/p@b']);
+    assert.deepEqual(await z.recvArgv({ target: 'tank/r/p', noMount: true, resumable: true, setProps: { readonly: 'on' }, excludeProps: ['mountpoint'] }), [
+      'zfs', 'receive', '-u', '-s', '-o', 'readonly=on', '-x', 'mountpoint', 'tank/r/p',
+    ]);
+    await assert.rejects(z.sendArgv({ snapshot: 'tank/p@x', resumeToken: 'x;y' }), /resume token/);
+  });
+  it('zfs-fuse refuses a resume with a typed error', async () => {
+    class FuseProbe extends CommandRunner {
+      override run(argv: readonly string[]): Promise<RunResult> {
+        const a = argv.join(' ');
+        if (a === 'zfs version') return Promise.resolve({ stdout: '', stderr: "unrecognized command 'version'" });
+        if (a === 'zfs -?' || a === 'zfs') return Promise.resolve({ stdout: '', stderr: fixture('zfs-fuse.usage.txt') });
+        if (a === 'zfs get') return Promise.resolve({ stdout: '', stderr: fixture('zfs-fuse.get-usage.txt') });
+        return Promise.resolve({ stdout: '', stderr: fixture('zfs-fuse.zpool-usage.txt') });
+      }
+    }
+    const z = new Zfs({ runner: new FuseProbe() });
+    await assert.rejects(z.sendArgv({ snapshot: 'tank/p@x', resumeToken: 'abc' }), ZfsUnsupportedError);
+    assert.deepEqual(await z.recvArgv({ target: 'tank/r/p', noMount: true, resumable: true, setProps: { readonly: 'on' } }), ['zfs', 'receive', 'tank/r/p']);
+  });
+});
