@@ -260,11 +260,13 @@ export async function main(argv: string[]): Promise<void> {
         data.push({ project: p.id, primary: p.primary, state: p.state, replicationFactor: p.replicationFactor, targets: p.targets, replicas, missingReplicas: missing });
       }
       out(!!opts.json, { projects: data }, () => {
-        const rows = [['PROJECT', 'PRIMARY', 'STATE', 'REPLICA', 'NEWEST SNAPSHOT', 'LAG']];
+        const rows = [['PROJECT', 'PRIMARY', 'STATE', 'REPLICA', 'NEWEST SNAPSHOT', 'LAG', 'CONFIRMED']];
         for (const d of data) {
           if (d.replicas.length === 0 && d.missingReplicas.length === 0) rows.push([d.project, d.primary ?? '-', d.state, '-', '-', '-']);
-          d.replicas.forEach((r, i) => rows.push([i === 0 ? d.project : '', i === 0 ? d.primary ?? '-' : '', i === 0 ? d.state : '', r.host, r.snapshot, lagText(r.lagSeconds, config.metrics.lagSloSeconds)]));
-          for (const m of d.missingReplicas) rows.push([d.replicas.length ? '' : d.project, d.replicas.length ? '' : d.primary ?? '-', d.replicas.length ? '' : d.state, m, '(none yet)', lagText(null, config.metrics.lagSloSeconds)]);
+          d.replicas.forEach((r, i) =>
+            rows.push([i === 0 ? d.project : '', i === 0 ? d.primary ?? '-' : '', i === 0 ? d.state : '', r.host, r.snapshot, lagText(r.lagSeconds, config.metrics.lagSloSeconds), `${ago(now - Date.parse(r.confirmedAt))} ago`]),
+          );
+          for (const m of d.missingReplicas) rows.push([d.replicas.length ? '' : d.project, d.replicas.length ? '' : d.primary ?? '-', d.replicas.length ? '' : d.state, m, '(none yet)', lagText(null, config.metrics.lagSloSeconds), '-']);
         }
         return table(rows);
       });
