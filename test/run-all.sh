@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-TIERS=${TEST_TIERS:-"unit zfs-fuse prometheus"}
+TIERS=${TEST_TIERS:-"unit contract zfs-fuse prometheus cassandra"}
 SANDBOX=stt
 export SANDBOX_MANIFEST=/var/tmp/storage-sandbox-$SANDBOX/sandbox.json
 
@@ -40,6 +40,7 @@ export TIER_SUMMARY_FILE=$summary
 status=0
 cleanup() {
   if [ -z "${KEEP_SANDBOX:-}" ]; then bash test/env/sandbox.sh down --name $SANDBOX >/dev/null 2>&1 || true; fi
+  case " $TIERS " in *" cassandra "*) bash test/env/cassandra/cassandra.sh stop >/dev/null 2>&1 || true ;; esac
 }
 trap cleanup EXIT
 
@@ -53,8 +54,18 @@ need_sandbox() {
 
 for tier in $TIERS; do
   case "$tier" in
-    unit)
-      node dist/test/run.js unit || status=1
+    unit|contract)
+      node dist/test/run.js "$tier" || status=1
+      ;;
+    cassandra)
+      say "Cassandra node (cassandra-all from Maven Central on Java 17)"
+      if ! bash test/env/cassandra/cassandra.sh start; then
+        echo "tier cassandra: 0 passed, 1 failed, 0 skipped (the Cassandra node did not start: see above)" | tee -a "$summary"
+        status=1
+        continue
+      fi
+      node dist/test/run.js cassandra || status=1
+      bash test/env/cassandra/cassandra.sh stop || true
       ;;
     zfs-fuse|prometheus)
       if [ "$tier" = prometheus ] && ! bash test/env/prometheus.sh install; then

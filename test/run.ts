@@ -19,6 +19,8 @@ const TIER_DIRS: Record<string, string> = {
   unit: 'unit',
   'zfs-fuse': 'integration',
   prometheus: 'prometheus',
+  contract: 'contract',
+  cassandra: 'cassandra',
 };
 
 function filesOf(dir: string): string[] {

@@ -6,6 +6,7 @@
 // Cost of an idle cycle (nothing changed): 2 local zfs calls (one listing of the
 // projects root, one of the replicas root) + 1 SSH listing per target host.
 import PQueue from 'p-queue';
+import { randomUUID } from 'node:crypto';
 import { Zfs, CommandRunner, ZfsCommandError, type DatasetInfo, type DatasetTree, type Capabilities } from '../zfs/index.js';
 import { SshPool, type SshTarget } from '../replica/transport.js';
 import { checkListing, formatRemoteCommand, type RemoteListing } from '../replica/protocol.js';
@@ -44,6 +45,9 @@ export interface AgentDeps {
   onProgress?: (p: { project: string; target: string; bytes: number; elapsedMs: number }) => void;
   now?: () => number;
 }
+
+/** how often an unchanged, still-confirmed replica row is rewritten (its confirmedAt refreshed) */
+export const CONFIRM_REFRESH_MS = 10 * 60_000;
 
 export function holdTagFor(target: string): string {
   return `storage:replica:${target}`;
@@ -166,7 +170,18 @@ export class Agent {
     this.metrics?.heartbeats(hosts);
     const isLive = this.liveness();
 
-    // 2. one local listing of the projects root
+    // 2. one local listing of the projects root, and meanwhile one listing per target
+    //    already assigned (the two are independent: overlapping them halves an idle cycle)
+    const early = new Map<string, Promise<[RemoteListing, ReplicaRecord[]]>>();
+    for (const p of projects) {
+      for (const t of p.targets) {
+        const target = hostById.get(t);
+        if (!target || early.has(t) || (opts.to && t !== opts.to)) continue;
+        const pr = Promise.all([this.remoteListing(target), this.catalog.listReplicasByHost(t)]);
+        pr.catch(() => undefined); // handled where it is awaited
+        early.set(t, pr);
+      }
+    }
     let local = await this.listRoot(c.projectsRoot, ['mounted', 'mountpoint']);
 
     // 3. dirty detection and snapshots
@@ -224,9 +239,10 @@ export class Agent {
           return;
         }
         try {
-          const listing = await this.remoteListing(target);
+          const [listing, known] = await (early.get(t) ?? Promise.all([this.remoteListing(target), this.catalog.listReplicasByHost(t)]));
           report.listings[t] = (report.listings[t] ?? 0) + 1;
           listings.set(t, listing);
+          this.knownReplicas.set(t, new Map(known.map((r) => [r.project, r])));
           for (const p of ps) {
             const ds = local.get(`${c.projectsRoot}/${p.id}`)!;
             const remote = listing.datasets[p.id];
@@ -387,9 +403,19 @@ export class Agent {
     return checkListing(raw, target.id);
   }
 
+  /** target -> project -> the catalog's replica row, read once per target per cycle */
+  private readonly knownReplicas = new Map<string, Map<string, ReplicaRecord>>();
+
+  /**
+   * Records a replica confirmed by the target's listing. An unchanged row is rewritten
+   * only every CONFIRM_REFRESH_MS (so an idle cycle writes nothing to the catalog).
+   */
   private async confirm(project: string, host: string, at: SnapRef, report: CycleReport): Promise<void> {
+    const known = this.knownReplicas.get(host)?.get(project);
+    if (known && known.guid === at.guid && this.now() - known.confirmedAt < CONFIRM_REFRESH_MS) return;
     const rec: ReplicaRecord = { project, host, snapshot: at.snap, guid: at.guid, snapshotCreation: at.creation, confirmedAt: this.now() };
     await this.catalog.upsertReplica(rec);
+    this.knownReplicas.get(host)?.set(project, rec);
     report.confirmed++;
   }
 
@@ -398,6 +424,9 @@ export class Agent {
     const ds = `${c.projectsRoot}/${job.project.id}`;
     const t0 = this.now();
     const plan = job.plan;
+    // one id per transfer, in every log line about it (both ends: the receiver's audit
+    // log records the same command and time)
+    const log = this.log.child({ transfer: randomUUID().slice(0, 8), project: job.project.id, target: job.target.id });
     let send;
     try {
       if (plan.kind === 'resume') {
@@ -426,7 +455,7 @@ export class Agent {
       report.sends.push({ project: job.project.id, target: job.target.id, kind: plan.kind, bytes: res.bytes, ms });
       if (job.toSnap) this.metrics?.replicaFreshness(job.project.id, job.target.id, job.toSnap.creation);
       this.metrics?.sent(job.target.id, res.bytes, ms / 1000);
-      this.log.info({ project: job.project.id, target: job.target.id, plan: describePlan(plan), bytes: res.bytes, ms }, 'replicated');
+      log.info({ plan: describePlan(plan), bytes: res.bytes, ms }, 'replicated');
       return true;
     } catch (e) {
       send.kill();
@@ -434,13 +463,13 @@ export class Agent {
       const msg = (e as Error).message;
       report.failures.push({ project: job.project.id, target: job.target.id, error: msg });
       this.metrics?.failure(job.target.id, 'transfer');
-      this.log.error({ project: job.project.id, target: job.target.id, plan: describePlan(plan), err: msg }, 'replication failed');
+      log.error({ plan: describePlan(plan), err: msg }, 'replication failed');
       await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: msg }).catch(() => undefined);
       if (plan.kind === 'resume') {
         // a stale token (its source snapshot pruned, or the partial state unusable): discard
         // the partial receive on the target; the next cycle plans from the real snapshots
         const r = await conn.exec(formatRemoteCommand({ op: 'abort-resume', project: job.project.id })).catch((e: Error) => ({ code: -1, stderr: e.message }));
-        this.log.warn({ project: job.project.id, target: job.target.id, code: r.code, stderr: r.stderr }, 'discarded the partial receive after a failed resume');
+        log.warn({ code: r.code, stderr: r.stderr }, 'discarded the partial receive after a failed resume');
       }
       return false;
     }

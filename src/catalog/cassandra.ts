@@ -531,7 +531,17 @@ export class CassandraCatalog implements Catalog {
       await client.connect();
     } catch (e) {
       await client.shutdown().catch(() => undefined);
-      throw new CatalogError(`${where}: cannot connect to ${opts.contactPoints.join(', ')} (port ${opts.port ?? 9042}, local datacenter ${opts.localDataCenter}): ${driverMessage(e)}`, { cause: e });
+      // driver 4.10: when connect() fails after the control connection was opened (e.g. an
+      // unknown localDataCenter), shutdown() is a no-op and that socket stays open forever
+      const cc = (client as unknown as { controlConnection?: { shutdown?(): void; connection?: { close?(): void } | null } }).controlConnection;
+      try {
+        cc?.shutdown?.();
+        cc?.connection?.close?.();
+      } catch {
+        /* best effort */
+      }
+      const port = opts.contactPoints.every((c) => /^(\[[^\]]+\]|[^:]+):\d+$/.test(c)) ? '' : `default port ${opts.port ?? 9042}, `;
+      throw new CatalogError(`${where}: cannot connect to ${opts.contactPoints.join(', ')} (${port}local datacenter ${opts.localDataCenter}): ${driverMessage(e)}`, { cause: e });
     }
     const cat = new CassandraCatalog(client, ks, opts);
     try {
@@ -630,7 +640,28 @@ export class CassandraCatalog implements Catalog {
     }
   }
 
+  /**
+   * Runs `fn` again while the schema it reads is still being created by another process:
+   * system_schema can show a keyspace or table a moment before the node can serve it.
+   */
+  private async schemaSettling<T>(fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        const d = e instanceof CatalogError ? e.cause : e;
+        const racing = d instanceof cassandra.errors.ResponseError && d.code === responseErrorCodes.invalid && /does not exist|unconfigured/i.test(d.message);
+        if (!racing || attempt >= 20) throw e;
+        await sleep(250);
+      }
+    }
+  }
+
   private async migrate(replication: string): Promise<void> {
+    await this.schemaSettling(() => this.migrateOnce(replication));
+  }
+
+  private async migrateOnce(replication: string): Promise<void> {
     const ks = this.keyspace;
     const ksExists = (await this.exec('schema.keyspace_exists', [ks])).rowLength > 0;
     if (!ksExists) {

@@ -265,7 +265,7 @@ export class SqliteCatalog implements Catalog {
     return this.wrap('list events', () => {
       const limit = Math.min(opts.limit ?? 100, 10_000);
       const since = opts.since ?? 0;
-      const rows = opts.project
+      const rows = opts.project !== undefined
         ? this.db.prepare('SELECT at, project, host, kind, detail FROM events WHERE project = ? AND at >= ? ORDER BY at DESC, id DESC LIMIT ?').all(v.projectId(opts.project, 'listEvents'), since, limit)
         : this.db.prepare('SELECT at, project, host, kind, detail FROM events WHERE at >= ? ORDER BY at DESC, id DESC LIMIT ?').all(since, limit);
       return rows as EventRecord[];

@@ -8,7 +8,6 @@ import { Agent, sshOptions, sshTarget } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog } from '../catalog/index.js';
 import { SshPool } from '../replica/transport.js';
 import { checkListing, formatRemoteCommand } from '../replica/protocol.js';
-import { serve } from '../replica/receiver.js';
 import { silentLogger } from '../util/log.js';
 import * as v from '../util/validate.js';
 import { readFileSync } from 'node:fs';
@@ -108,21 +107,8 @@ export async function main(argv: string[]): Promise<void> {
     .command('serve-ssh')
     .description('the SSH forced command of the replication key (reads SSH_ORIGINAL_COMMAND)')
     .action(async () => {
-      let config: Config;
-      try {
-        config = loadConfig(cfg());
-      } catch (e) {
-        process.stderr.write(`storagectl serve-ssh: ${(e as Error).message}\n`);
-        process.exitCode = 3;
-        return;
-      }
-      const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath, capabilitiesCache: `${config.stateDir}/capabilities.json` });
-      process.exitCode = await serve(
-        { zfs, host: config.host, replicasRoot: config.replicasRoot, auditLog: config.receiverLog, client: process.env.SSH_CLIENT },
-        process.env.SSH_ORIGINAL_COMMAND,
-        process.stdout,
-        process.stderr,
-      );
+      const lean = await import('./serve-ssh.js');
+      await lean.main(['--config', cfg()]);
     });
 
   const project = program.command('project').description('project datasets');

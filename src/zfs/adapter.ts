@@ -188,7 +188,10 @@ export class Zfs {
     const maxDepth = opts.depth !== undefined ? Math.max(0, Math.floor(opts.depth)) : undefined;
     const askDepth = maxDepth === undefined ? undefined : maxDepth + (opts.snapshots === false ? 0 : 1);
     const depth = askDepth !== undefined ? ['-d', String(askDepth)] : ['-r'];
-    const core = ['type', 'guid', 'createtxg', 'creation', 'used', 'referenced', ...(caps.written ? ['written'] : []), 'userrefs'];
+    // zfs-fuse answers `zfs get` property by property, so every property costs at 10,000
+    // datasets: ask only for what the planner, retention and dirty tracking use (`type`
+    // and `used` come free with `zfs list -p`; with `zfs get` the type follows from '@')
+    const core = [...(caps.listParsable ? ['type', 'used'] : []), 'guid', 'createtxg', 'creation', 'referenced', ...(caps.written ? ['written'] : []), 'userrefs'];
     const wanted = [...core, ...extra.filter((p) => !core.includes(p))];
     if (caps.listParsable) {
       const cols = ['name', ...wanted];

@@ -10,6 +10,7 @@ export interface SnapshotInfo {
   createtxg: number;
   /** unix seconds */
   creation: number;
+  /** NaN where not listed (zfs-fuse listings skip it) */
   used: number;
   referenced: number;
   /** bytes written since the previous snapshot; undefined where unsupported */

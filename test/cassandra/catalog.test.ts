@@ -11,6 +11,7 @@ import { cpSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import net from 'node:net';
 import cassandra from 'cassandra-driver';
 import { CassandraCatalog, type CassandraCatalogOptions } from '../../src/catalog/cassandra.js';
 import { CatalogError, FencingError, openCatalog, projectLockName } from '../../src/catalog/index.js';
@@ -152,16 +153,28 @@ describe('cassandra catalog specifics', () => {
     await cat.setLocation(id, h1, 'active', lock.token);
     assert.deepEqual([await byHost(h1), await byHost(h3)], [[id], []]);
     // the write timestamps are the project's location_ts
-    const [p] = await cql(`SELECT location_ts FROM ${KEYSPACE}.projects WHERE id = ?`, [id]);
-    const ts = BigInt(String(p?.['location_ts']));
+    const locationTs = async () => BigInt(String((await cql(`SELECT location_ts FROM ${KEYSPACE}.projects WHERE id = ?`, [id]))[0]?.['location_ts']));
+    const ts = await locationTs();
     assert.ok(ts > BigInt(Date.now() - 60_000) * 1000n && ts <= BigInt(Date.now() + 5000) * 1000n, `location_ts ${ts} is not a microsecond time`);
-    // an entry left behind (a process that died between the index write and the CAS) is
-    // ignored by the reader and deleted at the project's location_ts
-    await cql(`INSERT INTO ${KEYSPACE}.projects_by_host (host, project) VALUES (?, ?) USING TIMESTAMP 1`, [h2, id]);
+    // an entry left behind by an attempt older than the last location change is ignored by
+    // the reader and deleted at the project's location_ts
+    await cql(`INSERT INTO ${KEYSPACE}.projects_by_host (host, project) VALUES (?, ?) USING TIMESTAMP ?`, [h2, id, cassandra.types.Long.fromString(String(ts - 1n))]);
     assert.deepEqual(await byHost(h2), [id]);
     assert.deepEqual(await cat.listProjectsByPrimary(h2), []);
     assert.deepEqual(await byHost(h2), [], 'the stale entry was cleaned');
-    assert.deepEqual((await cat.listProjectsByPrimary(h1)).map((x) => x.id), [id]);
+    // one newer than the last change (an attempt whose CAS lost or never ran) is ignored,
+    // and kept until a later location change makes it provably stale: deleting it earlier
+    // could delete the entry of a location change still in flight
+    await cql(`INSERT INTO ${KEYSPACE}.projects_by_host (host, project) VALUES (?, ?) USING TIMESTAMP ?`, [h3, id, cassandra.types.Long.fromString(String(ts + 1000n))]);
+    assert.deepEqual(await cat.listProjectsByPrimary(h3), []);
+    assert.deepEqual(await byHost(h3), [id]);
+    await sleep(5);
+    await cat.setLocation(id, h2, 'active', lock.token);
+    assert.ok((await locationTs()) > ts + 1000n);
+    assert.deepEqual(await cat.listProjectsByPrimary(h3), []);
+    assert.deepEqual(await byHost(h3), [], 'cleaned once provably stale');
+    assert.deepEqual((await cat.listProjectsByPrimary(h2)).map((x) => x.id), [id]);
+    assert.deepEqual(await byHost(h1), []);
   });
 
   it('the lock row: lease cells carry a TTL, the fencing counter does not and survives expiry', async () => {
@@ -298,9 +311,11 @@ describe('cassandra catalog specifics', () => {
     // two processes migrating a fresh keyspace at once: one applies, the other waits for it
     const ks2 = `catalog_mig2_${RUN}`;
     keyspacesToDrop.add(ks2);
-    const pair = await Promise.all([CassandraCatalog.open(options({ keyspace: ks2 })), CassandraCatalog.open(options({ keyspace: ks2 }))]);
-    assert.deepEqual(pair.map((c) => c.appliedMigrations).flat(), ['001_initial.cql']);
+    const settled = await Promise.allSettled([CassandraCatalog.open(options({ keyspace: ks2 })), CassandraCatalog.open(options({ keyspace: ks2 }))]);
+    const pair = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     for (const c of pair) await c.close();
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
+    assert.deepEqual(pair.map((c) => c.appliedMigrations).flat(), ['001_initial.cql']);
   });
 
   it('rows read back are validated: a corrupt row is an error, never a record', async () => {
@@ -345,13 +360,25 @@ describe('cassandra catalog specifics', () => {
       (e: unknown) => e instanceof CatalogError && (e as Error).message.includes('127.0.0.1:1') && /cannot connect/.test((e as Error).message),
     );
     assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
-    // TEST-NET-1 (RFC 5737): nothing answers, the connect timeout decides
-    const t1 = Date.now();
-    await assert.rejects(
-      CassandraCatalog.open(options({ contactPoints: ['192.0.2.1:9042'], connectTimeoutMs: 1000, requestTimeoutMs: 2000 })),
-      (e: unknown) => e instanceof CatalogError && (e as Error).message.includes('192.0.2.1:9042'),
-    );
-    assert.ok(Date.now() - t1 < 10_000, `took ${Date.now() - t1} ms`);
+    // a node that accepts TCP connections and never answers: the timeouts decide
+    const sockets = new Set<net.Socket>();
+    const silent = net.createServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const silentAddr = `127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+    try {
+      const t1 = Date.now();
+      await assert.rejects(
+        CassandraCatalog.open(options({ contactPoints: [silentAddr], connectTimeoutMs: 1000, requestTimeoutMs: 2000 })),
+        (e: unknown) => e instanceof CatalogError && (e as Error).message.includes(silentAddr),
+      );
+      assert.ok(Date.now() - t1 < 10_000, `took ${Date.now() - t1} ms`);
+    } finally {
+      for (const sock of sockets) sock.destroy();
+      await new Promise<void>((r) => silent.close(() => r()));
+    }
     // a wrong local datacenter is refused too, naming it
     await assert.rejects(CassandraCatalog.open(options({ localDataCenter: 'nowhere' })), (e: unknown) => e instanceof CatalogError && /nowhere/.test((e as Error).message));
     // and nothing odd is ever interpolated into CQL

@@ -69,14 +69,25 @@ start_zfs_fuse() {
     grep ' fuse' /proc/mounts | awk '$3 ~ /^fuse/ && $1 ~ /^[a-z]/ {print $2}' | while read -r m; do
       fusermount -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
-    rm -f /var/run/zfs/zfs_socket
-    zfs-fuse --pidfile /run/zfs-fuse.pid || die "zfs-fuse failed to start"
+    # a stale pidfile or socket makes zfs-fuse exit 1 at once
+    rm -f /var/run/zfs/zfs_socket /run/zfs-fuse.pid
+    zfs-fuse --pidfile /run/zfs-fuse.pid || die "zfs-fuse failed to start (exit $?)"
   fi
   for _ in $(seq 1 100); do
     if zpool list -H >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
   die "zfs-fuse is running but 'zpool list' does not answer after 10 s"
+}
+
+restart_zfs_fuse() {
+  local pid
+  pid=$(cat /run/zfs-fuse.pid 2>/dev/null || pgrep -x zfs-fuse || true)
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.1; done
+  pgrep -x zfs-fuse >/dev/null && pkill -9 -x zfs-fuse
+  sleep 0.2
+  start_zfs_fuse
 }
 
 host_names() { for h in $HOSTS_SPEC; do printf '%s\n' "${h%%:*}"; done; }
@@ -100,10 +111,20 @@ down() {
   done
   # pools of this sandbox: names start with "$NAME-"
   if pgrep -x zfs-fuse >/dev/null; then
+    local stuck=()
     for pool in $(zpool list -H -o name 2>/dev/null | grep -E "^$NAME-" || true); do
-      zpool destroy -f "$pool" 2>/dev/null || zpool export -f "$pool" 2>/dev/null ||
-        log "warning: could not destroy pool $pool"
+      zpool destroy -f "$pool" 2>/dev/null || zpool export -f "$pool" 2>/dev/null || stuck+=("$pool")
     done
+    if [ ${#stuck[@]} -gt 0 ]; then
+      # zfs-fuse can keep a pool "busy" after a failed mount inside a receive; only a
+      # restart of the daemon releases it (pools are re-imported from its cache)
+      log "pools ${stuck[*]} are busy: restarting the zfs-fuse daemon to release them"
+      restart_zfs_fuse
+      for pool in "${stuck[@]}"; do
+        zpool destroy -f "$pool" 2>/dev/null || zpool export -f "$pool" 2>/dev/null ||
+          log "warning: could not destroy pool $pool: $(zpool destroy -f "$pool" 2>&1)"
+      done
+    fi
   fi
   # anything still mounted below the sandbox directory (stale FUSE mounts after a crash)
   if [ -d "$DIR" ]; then

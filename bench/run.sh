@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Benchmarks in their own sandbox `stb` (pools of 8 GiB, sparse). Prints figures and ratios.
+#   BENCH_PARTS=throughput,idle  BENCH_DELTA_MB=512  BENCH_RUNS=3  BENCH_DATASETS=2000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench: must run as root" >&2; exit 2; }
+bash test/env/sandbox.sh deps
+npm run --silent build
+trap 'bash test/env/sandbox.sh down --name stb >/dev/null 2>&1 || true' EXIT
+bash test/env/sandbox.sh up --name stb --pool-size 8G >/dev/null
+SANDBOX_MANIFEST=/var/tmp/storage-sandbox-stb/sandbox.json nsenter --net=/run/netns/stb-ctl node dist/bench/replication-bench.js
