@@ -41,7 +41,9 @@ async function runTier(name: string, dir: string, only?: string): Promise<Tally>
     return tally;
   }
   process.stdout.write(`\n=== tier ${name}: ${files.length} file(s) from ${dir}\n`);
-  const stream = run({ files, concurrency: 1, timeout: 20 * 60_000 });
+  // forceExit: a file whose tests are done must not hang the tier on a handle left open
+  // (a driver's reconnection timer, say): it ends, and what it reported stands
+  const stream = run({ files, concurrency: 1, timeout: 20 * 60_000, forceExit: true } as Parameters<typeof run>[0]);
   stream.on('test:pass', (d) => {
     if (d.details?.type === 'suite') return;
     if (d.skip || d.todo) tally.skipped++;

@@ -6,7 +6,8 @@ import { Command } from 'commander';
 import { loadConfig, type Config } from './config.js';
 import { Agent } from './agent.js';
 import { AgentMetrics } from './metrics.js';
-import { openCatalog } from '../catalog/index.js';
+import { openCatalog, type Catalog } from '../catalog/index.js';
+import { ResilientCatalog } from '../catalog/resilient.js';
 import { makeLogger } from '../util/log.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -25,8 +26,17 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = makeLogger({ level: config.log.level, component: 'storage-agent' });
-  const catalog = await openCatalog(config);
   const metrics = new AgentMetrics({ perProjectSeries: config.metrics.perProjectSeries, lagSloSeconds: config.metrics.lagSloSeconds, host: config.host });
+  let catalog: Catalog = await openCatalog(config);
+  if (config.catalog.backend !== 'sqlite') {
+    // a fleet catalog may be unreachable: keep working from the last view, journal writes
+    const resilient = new ResilientCatalog(catalog, `${config.stateDir}/catalog-journal.db`);
+    resilient.onError = (op, e) => {
+      metrics.catalogError(op);
+      log.warn({ op, err: e.message, journaled: resilient.journaled() }, 'catalog unreachable: working from the last known view');
+    };
+    catalog = resilient;
+  }
   const agent = new Agent({ config, catalog, log, metrics });
   await agent.init();
   if (opts.once) {

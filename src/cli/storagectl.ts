@@ -5,7 +5,8 @@ import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError } from '../zfs/index.js';
 import { loadConfig, parseConfig, ConfigError, type Config } from '../agent/config.js';
 import { Agent, sshOptions, sshTarget } from '../agent/agent.js';
-import { openCatalog, CatalogError, type Catalog } from '../catalog/index.js';
+import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
+import { repairCatalog } from '../catalog/repair.js';
 import { SshPool } from '../replica/transport.js';
 import { checkListing, formatRemoteCommand } from '../replica/protocol.js';
 import { silentLogger } from '../util/log.js';
@@ -33,6 +34,14 @@ async function context(configPath: string): Promise<Ctx> {
   const catalog = await openCatalog(config);
   const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath, capabilitiesCache: `${config.stateDir}/capabilities.json` });
   return { config, catalog, zfs };
+}
+
+/** The project's catalog row; with `verb`, also requires that this host serves it. */
+async function projectHere(ctx: Ctx, id: string, verb?: string): Promise<ProjectRecord> {
+  const p = await ctx.catalog.getProject(id);
+  if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+  if (verb && p.primary !== ctx.config.host) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, not ${ctx.config.host}: ${verb} there`);
+  return p;
 }
 
 function out(json: boolean, data: unknown, human: () => string): void {
@@ -140,10 +149,9 @@ export async function main(argv: string[]): Promise<void> {
     .description('mount a project on this host (its primary)')
     .action(async (id: string) => {
       v.projectId(id, 'storagectl open');
-      const { config, catalog, zfs } = await context(cfg());
-      const p = await catalog.getProject(id);
-      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
-      if (p.primary !== config.host) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, not ${config.host}: run open there`);
+      const ctx = await context(cfg());
+      const { config, zfs } = ctx;
+      await projectHere(ctx, id, 'run open');
       const ds = `${config.projectsRoot}/${id}`;
       const { mounted, mountpoint } = await zfs.get(ds, ['mounted', 'mountpoint']);
       if (mounted !== 'yes') await zfs.mount(ds);
@@ -169,10 +177,9 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (id: string, opts: { name?: string }) => {
       v.projectId(id, 'storagectl snapshot');
       if (opts.name !== undefined) v.snapshotName(opts.name, 'storagectl snapshot --name');
-      const { config, catalog, zfs } = await context(cfg());
-      const p = await catalog.getProject(id);
-      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
-      if (p.primary !== config.host) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, not ${config.host}: snapshot it there`);
+      const ctx = await context(cfg());
+      const { config, catalog, zfs } = ctx;
+      await projectHere(ctx, id, 'snapshot it');
       const name = opts.name ?? v.autoSnapshotName(new Date(), config.snapshot.prefix);
       await zfs.snapshot([`${config.projectsRoot}/${id}@${name}`]);
       await catalog.addEvent({ project: id, host: config.host, kind: 'snapshot', detail: name });
@@ -185,9 +192,9 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'machine-readable output')
     .action(async (id: string, opts: { json?: boolean }) => {
       v.projectId(id, 'storagectl snapshots');
-      const { config, catalog, zfs } = await context(cfg());
-      const p = await catalog.getProject(id);
-      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+      const ctx = await context(cfg());
+      const { config, catalog, zfs } = ctx;
+      const p = await projectHere(ctx, id);
       const rows: Array<{ host: string; role: string; snapshot: string; guid: string; creation: string; kind: string }> = [];
       const add = (host: string, role: string, snaps: Array<{ snap: string; guid: string; creation: number }>) => {
         for (const s of snaps) rows.push({ host, role, snapshot: s.snap, guid: s.guid, creation: new Date(s.creation * 1000).toISOString(), kind: v.parseAutoSnapshotName(s.snap) ? 'automatic' : 'named' });
@@ -276,6 +283,32 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   program
+    .command('repair-catalog')
+    .description('rebuild replica rows from the real zfs listings of each host (by guid); changes nothing on the hosts')
+    .option('--host <host>', 'only this host')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { host?: string; json?: boolean }) => {
+      if (opts.host) v.hostId(opts.host, 'storagectl repair-catalog --host');
+      const { config, catalog } = await context(cfg());
+      const pool = new SshPool(sshOptions(config));
+      try {
+        const r = await repairCatalog(catalog, pool, { host: opts.host });
+        out(!!opts.json, r, () => {
+          const lines = r.hosts.map((h) => (h.error ? `${h.host}: NOT LISTED: ${h.error}\n` : `${h.host}: ${h.datasets} replica dataset(s)\n`));
+          for (const x of r.restored) lines.push(`restored ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
+          for (const x of r.updated) lines.push(`updated  ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
+          for (const x of r.targetsAdded) lines.push(`target added: ${x.project} -> ${x.host}\n`);
+          for (const x of r.unknownDatasets) lines.push(`warning: ${x.host} holds ${x.dataset}, which the catalog does not know\n`);
+          lines.push(`${r.restored.length} restored, ${r.updated.length} updated, ${r.targetsAdded.length} targets added\n`);
+          return lines.join('');
+        });
+        if (r.hosts.some((h) => h.error)) process.exitCode = 1;
+      } finally {
+        pool.closeAll();
+      }
+    });
+
+  program
     .command('replicate <project>')
     .description('replicate one project now (to all its replica hosts, or one)')
     .option('--to <host>', 'only this replica host')
@@ -283,10 +316,9 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (id: string, opts: { to?: string; json?: boolean }) => {
       v.projectId(id, 'storagectl replicate');
       if (opts.to) v.hostId(opts.to, 'storagectl replicate --to');
-      const { config, catalog, zfs } = await context(cfg());
-      const p = await catalog.getProject(id);
-      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
-      if (p.primary !== config.host) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, not ${config.host}: replicate from there`);
+      const ctx = await context(cfg());
+      const { config, catalog, zfs } = ctx;
+      await projectHere(ctx, id, 'replicate from');
       const tty = !opts.json && process.stderr.isTTY;
       const { default: cliProgress } = await import('cli-progress');
       const bars = tty ? new cliProgress.MultiBar({ format: '{target} |{bar}| {sent} at {rate}/s', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic) : undefined;

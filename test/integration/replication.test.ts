@@ -6,7 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync, appendFileSync } from 'node:fs';
 import { sandbox, host, treeChecksum } from '../lib/sandbox.js';
 import { startFleet, createProject, sleep, type Fleet } from '../lib/fleet.js';
-import type { CycleReport } from '../../src/agent/agent.js';
+import { sshOptions, type CycleReport } from '../../src/agent/agent.js';
+import { SshPool } from '../../src/replica/transport.js';
+import { repairCatalog } from '../../src/catalog/repair.js';
 
 const sb = sandbox();
 let fleet: Fleet;
@@ -103,6 +105,30 @@ describe('replication on 3 hosts x 20 projects', () => {
       const targets = Object.keys(r.listings);
       assert.equal(targets.length, 2, `${name} listed ${JSON.stringify(r.listings)}`);
       for (const t of targets) assert.equal(r.listings[t], 1, `${name} listed ${t} ${r.listings[t]} times`);
+    }
+  });
+
+  it('repair-catalog restores deleted replica rows from the hosts\' listings, by guid', async () => {
+    const victims = projects.slice(10, 13);
+    const before = new Map<string, string>();
+    for (const p of victims) {
+      for (const r of await fleet.catalog.listReplicas(p.id)) {
+        before.set(`${p.id}@${r.host}`, r.guid);
+        await fleet.catalog.deleteReplica(p.id, r.host);
+      }
+      assert.equal((await fleet.catalog.listReplicas(p.id)).length, 0);
+    }
+    const ssh = new SshPool(sshOptions(fleet.configs.get('a')!));
+    try {
+      const report = await repairCatalog(fleet.catalog, ssh);
+      assert.deepEqual(report.hosts.map((h) => h.error), [undefined, undefined, undefined]);
+      assert.equal(report.restored.length, before.size, JSON.stringify(report.restored));
+    } finally {
+      ssh.closeAll();
+    }
+    for (const p of victims) {
+      for (const r of await fleet.catalog.listReplicas(p.id)) assert.equal(r.guid, before.get(`${p.id}@${r.host}`));
+      assert.equal((await fleet.catalog.listReplicas(p.id)).length, 2);
     }
   });
 
