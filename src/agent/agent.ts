@@ -273,6 +273,11 @@ export class Agent {
         } catch (e) {
           report.failures.push({ target: t, error: (e as Error).message });
           this.metrics?.failure(t, 'listing');
+          // retention still needs this target's confirmed snapshots: one catalog read
+          if (!this.knownReplicas.has(t)) {
+            const rows = await this.catalog.listReplicasByHost(t).catch(() => undefined);
+            if (rows) this.knownReplicas.set(t, new Map(rows.map((r) => [r.project, r])));
+          }
           this.log.error({ target: t, err: (e as Error).message }, 'target listing failed');
         }
       }),
@@ -519,8 +524,9 @@ export class Agent {
           if (newest && byGuid.has(newest.guid)) protect.add(byGuid.get(newest.guid)!);
           continue;
         }
-        // target not listed this cycle: protect its last confirmed snapshot, or prune nothing
-        const rec = (await this.catalog.listReplicas(p.id)).find((r) => r.host === t);
+        // target not listed this cycle: protect its last confirmed snapshot (the catalog's
+        // rows of that host, read once per target), or prune nothing for this project
+        const rec = this.knownReplicas.get(t)?.get(p.id);
         if (rec && byGuid.has(rec.guid)) protect.add(byGuid.get(rec.guid)!);
         else unknown = true;
       }
