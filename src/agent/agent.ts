@@ -184,6 +184,25 @@ export class Agent {
     }
     let local = await this.listRoot(c.projectsRoot, ['mounted', 'mountpoint']);
 
+    // 2b. self-fencing: a project mounted here that the catalog no longer serves from this
+    //     host (failed over or moved while we were cut off) is unmounted, its data kept
+    const mine = new Set(projects.map((p) => p.id));
+    for (const ds of local.values()) {
+      const id = ds.name.slice(c.projectsRoot.length + 1);
+      if (ds.props.mounted !== 'yes' || !isProjectId(id) || mine.has(id) || opts.only) continue;
+      try {
+        const p = await this.catalog.getProject(id);
+        if (!p || p.primary === c.host) continue;
+        await this.zfs.unmount(ds.name, { force: true });
+        await this.zfs.set(ds.name, { readonly: 'on' });
+        ds.props.mounted = 'no';
+        await this.catalog.addEvent({ project: id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} now; unmounted here, data kept in ${ds.name}` });
+        this.log.warn({ project: id, primary: p.primary }, 'demoted: unmounted a project this host no longer serves');
+      } catch (e) {
+        report.failures.push({ project: id, error: `demote: ${(e as Error).message}` });
+      }
+    }
+
     // 3. dirty detection and snapshots
     const dirty = this.dirtyProjects(projects, local, caps);
     this.dirty.sync(projects, local, c.projectsRoot);

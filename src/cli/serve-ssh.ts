@@ -34,7 +34,7 @@ export async function main(argv: string[]): Promise<void> {
     capabilitiesCache: `${config.stateDir}/capabilities.json`,
   });
   process.exitCode = await serve(
-    { zfs, host: config.host, replicasRoot: config.replicasRoot, auditLog: config.receiverLog, client: process.env.SSH_CLIENT },
+    { zfs, host: config.host, replicasRoot: config.replicasRoot, projectsRoot: config.projectsRoot, auditLog: config.receiverLog, client: process.env.SSH_CLIENT },
     process.env.SSH_ORIGINAL_COMMAND,
     process.stdout,
     process.stderr,

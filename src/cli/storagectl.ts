@@ -7,6 +7,7 @@ import { loadConfig, parseConfig, ConfigError, type Config } from '../agent/conf
 import { Agent, sshOptions, sshTarget } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
 import { repairCatalog } from '../catalog/repair.js';
+import { failover, LockedError } from '../agent/failover.js';
 import { SshPool } from '../replica/transport.js';
 import { checkListing, formatRemoteCommand } from '../replica/protocol.js';
 import { silentLogger } from '../util/log.js';
@@ -280,6 +281,32 @@ export async function main(argv: string[]): Promise<void> {
           ...hosts.map((h) => [h.id, h.datacenter, `${h.address}:${h.port}`, h.heartbeatAt === null ? 'never' : `${ago(now - h.heartbeatAt)} ago`, h.live ? color(32, 'live') : color(31, 'dead'), String(h.load)]),
         ]),
       );
+    });
+
+  program
+    .command('failover <project>')
+    .description('serve a project from its freshest live replica (ties: least loaded) after fencing the old primary')
+    .option('--to <host>', 'this replica host (must hold a replica)')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, opts: { to?: string; json?: boolean }) => {
+      v.projectId(id, 'storagectl failover');
+      if (opts.to) v.hostId(opts.to, 'storagectl failover --to');
+      const { config, catalog } = await context(cfg());
+      const pool = new SshPool(sshOptions(config));
+      try {
+        const r = await failover(catalog, pool, id, {
+          to: opts.to,
+          owner: `storagectl@${config.host}:${process.pid}`,
+          graceMs: 3 * config.interval * 1000,
+          onStep: opts.json ? undefined : (s) => process.stderr.write(`failover: ${s}\n`),
+        });
+        out(!!opts.json, r, () => `${id} now served by ${r.to} at snapshot ${r.snapshot} (data-loss window up to ${r.dataLossWindowSeconds}s); old primary ${r.from ?? '-'}: ${r.oldPrimaryFenced}\n`);
+      } catch (e) {
+        if (e instanceof LockedError) throw new UsageError(e.message);
+        throw e;
+      } finally {
+        pool.closeAll();
+      }
     });
 
   program

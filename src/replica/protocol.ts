@@ -6,6 +6,8 @@
 //   storage-v1 list
 //   storage-v1 recv <project-uuid>
 //   storage-v1 abort-resume <project-uuid>
+//   storage-v1 promote <project-uuid>      (failover/move: replica -> mounted primary)
+//   storage-v1 fence <project-uuid>        (failover: unmount the primary, readonly)
 //   storage-v1 hold <tag> <project-uuid>@<snapshot>
 //   storage-v1 release <tag> <project-uuid>@<snapshot>
 //
@@ -19,6 +21,8 @@ export type RemoteCommand =
   | { op: 'list' }
   | { op: 'recv'; project: string }
   | { op: 'abort-resume'; project: string }
+  | { op: 'promote'; project: string }
+  | { op: 'fence'; project: string }
   | { op: 'hold' | 'release'; tag: string; project: string; snap: string };
 
 export class RefusedCommand extends Error {
@@ -55,6 +59,8 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
       return { op };
     case 'recv':
     case 'abort-resume':
+    case 'promote':
+    case 'fence':
       arity(1);
       return { op, project: project(args[0]!) };
     case 'hold':
@@ -89,6 +95,8 @@ export function formatRemoteCommand(c: RemoteCommand): string {
       return `${PROTOCOL} ${c.op}`;
     case 'recv':
     case 'abort-resume':
+    case 'promote':
+    case 'fence':
       return `${PROTOCOL} ${c.op} ${v.projectId(c.project)}`;
     case 'hold':
     case 'release':

@@ -12,6 +12,8 @@ export interface ReceiverEnv {
   zfs: Zfs;
   host: string;
   replicasRoot: string;
+  /** where primaries live (promote renames a replica there); unset = promote/fence refused */
+  projectsRoot?: string;
   auditLog?: string;
   /** SSH_CLIENT of the session, for the audit log */
   client?: string;
@@ -83,6 +85,34 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
     case 'abort-resume': {
       await zfs.abortResumable(`${replicasRoot}/${cmd.project}`);
       return {};
+    }
+    case 'promote': {
+      // replica -> primary: rename under the projects root, drop the replica's readonly
+      // and mountpoint overrides (inherit the root's), mount. Idempotent.
+      if (!env.projectsRoot) throw new Error('promote: this receiver has no projects root configured');
+      const from = `${replicasRoot}/${cmd.project}`;
+      const to = `${env.projectsRoot}/${cmd.project}`;
+      if (!(await zfs.exists(to))) await zfs.rename(from, to);
+      await zfs.set(to, { canmount: 'noauto' });
+      await zfs.inherit(to, 'readonly');
+      await zfs.inherit(to, 'mountpoint');
+      const { mounted, mountpoint } = await zfs.get(to, ['mounted', 'mountpoint']);
+      if (mounted !== 'yes') await zfs.mount(to);
+      stdout.write(JSON.stringify({ promoted: to, mountpoint }) + '\n');
+      return { promoted: to };
+    }
+    case 'fence': {
+      if (!env.projectsRoot) throw new Error('fence: this receiver has no projects root configured');
+      const ds = `${env.projectsRoot}/${cmd.project}`;
+      if (!(await zfs.exists(ds))) {
+        stdout.write(JSON.stringify({ fenced: ds, present: false }) + '\n');
+        return { fenced: ds };
+      }
+      const { mounted } = await zfs.get(ds, ['mounted']);
+      if (mounted === 'yes') await zfs.unmount(ds, { force: true });
+      await zfs.set(ds, { readonly: 'on' });
+      stdout.write(JSON.stringify({ fenced: ds, present: true }) + '\n');
+      return { fenced: ds };
     }
     case 'hold':
       await zfs.hold(cmd.tag, [`${replicasRoot}/${cmd.project}@${cmd.snap}`]);
