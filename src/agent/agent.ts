@@ -194,10 +194,18 @@ export class Agent {
         const p = await this.catalog.getProject(id);
         if (!p || p.primary === c.host) continue;
         await this.zfs.unmount(ds.name, { force: true });
-        await this.zfs.set(ds.name, { readonly: 'on' });
-        ds.props.mounted = 'no';
-        await this.catalog.addEvent({ project: id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} now; unmounted here, data kept in ${ds.name}` });
-        this.log.warn({ project: id, primary: p.primary }, 'demoted: unmounted a project this host no longer serves');
+        // keep whatever was written here aside under a conflict name (never destroyed):
+        // a final snapshot, then the dataset moves to <pool>/conflicts/<uuid>-<time>
+        const stamp = autoSnapshotName(new Date(this.now())).replace(/:/g, '');
+        await this.zfs.snapshot([`${ds.name}@demoted-${stamp}`]);
+        const conflictsRoot = `${c.pool}/conflicts`;
+        if (!(await this.zfs.exists(conflictsRoot))) await this.zfs.create(conflictsRoot, { canmount: 'off', mountpoint: 'none' });
+        const aside = `${conflictsRoot}/${id}-${stamp}`;
+        await this.zfs.rename(ds.name, aside);
+        await this.zfs.set(aside, { readonly: 'on', canmount: 'noauto' });
+        local.delete(ds.name);
+        await this.catalog.addEvent({ project: id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} now; unmounted here, this host's data kept in ${aside}` });
+        this.log.warn({ project: id, primary: p.primary, keptIn: aside }, 'demoted: a project this host no longer serves was unmounted and kept aside');
       } catch (e) {
         report.failures.push({ project: id, error: `demote: ${(e as Error).message}` });
       }

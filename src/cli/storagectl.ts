@@ -2,7 +2,7 @@
 // Exit codes: 0 ok; 1 the operation failed (details on stderr); 2 usage or validation
 // error (nothing was done); 3 environment problem (configuration or catalog missing).
 import { Command, CommanderError } from 'commander';
-import { Zfs, CommandRunner, capabilityRows, ZfsCommandError } from '../zfs/index.js';
+import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
 import { loadConfig, parseConfig, ConfigError, type Config } from '../agent/config.js';
 import { Agent, sshOptions, sshTarget } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
@@ -307,6 +307,28 @@ export async function main(argv: string[]): Promise<void> {
       } finally {
         pool.closeAll();
       }
+    });
+
+  program
+    .command('conflicts')
+    .description('data kept aside on this host when it was demoted (never destroyed automatically)')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { json?: boolean }) => {
+      const { config, zfs } = await context(cfg());
+      const root = `${config.pool}/conflicts`;
+      let tree: DatasetTree;
+      try {
+        tree = await zfs.list(root, { depth: 1 });
+      } catch (e) {
+        if (e instanceof ZfsCommandError && e.kind === 'not-found') tree = new Map();
+        else throw e;
+      }
+      const rows = [...tree.values()]
+        .filter((d) => d.name !== root)
+        .map((d) => ({ dataset: d.name, project: d.name.slice(root.length + 1, root.length + 37), snapshots: d.snapshots.map((x) => x.snap), referenced: d.referenced }));
+      out(!!opts.json, { host: config.host, conflicts: rows }, () =>
+        rows.length ? table([['DATASET', 'PROJECT', 'SNAPSHOTS', 'REFERENCED'], ...rows.map((r) => [r.dataset, r.project, String(r.snapshots.length), `${r.referenced}`])]) : 'no conflicts kept on this host\n',
+      );
     });
 
   program

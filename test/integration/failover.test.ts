@@ -37,6 +37,9 @@ describe('failover', () => {
     assert.deepEqual(r1.failures, []);
     assert.equal(r1.sends.length, 2);
     link('down');
+    // written on the old primary after the partition: must survive, kept aside
+    const { writeFileSync, readFileSync } = await import('node:fs');
+    writeFileSync(`${p.mnt}/after-partition.txt`, 'written on a while cut off');
     const t0 = Date.now();
     const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: 60_000 });
     const ms = Date.now() - t0;
@@ -53,10 +56,17 @@ describe('failover', () => {
     assert.ok(rec!.targets.includes('a'), 'the old primary becomes a replica target');
     process.stdout.write(`# failover of ${p.id} to ${r.to} took ${ms} ms (data-loss window ${r.dataLossWindowSeconds}s)\n`);
 
-    // the old primary comes back: its agent unmounts what it no longer serves
+    // the old primary comes back: its agent unmounts what it no longer serves and keeps
+    // its divergent data under a conflict name
     link('up');
     const back = await fleet.agents.get('a')!.runCycle();
-    assert.equal((await fleet.zfs.get(p.dataset, ['mounted'])).mounted, 'no', JSON.stringify(back.failures));
+    assert.equal(await fleet.zfs.exists(p.dataset), false, JSON.stringify(back.failures));
+    const aside = [...(await fleet.zfs.list(`${A.pool}/conflicts`, { depth: 1 })).keys()].find((n) => n.includes(p.id));
+    assert.ok(aside, 'kept under <pool>/conflicts');
+    await fleet.zfs.set(aside, { mountpoint: `${A.mountBase}/conflict-check` });
+    await fleet.zfs.mount(aside);
+    assert.equal(readFileSync(`${A.mountBase}/conflict-check/after-partition.txt`, 'utf8'), 'written on a while cut off');
+    await fleet.zfs.unmount(aside);
     const mountedOn = [];
     for (const h of sb.hosts) {
       const d = `${h.pool}/projects/${p.id}`;
