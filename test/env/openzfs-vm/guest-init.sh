@@ -3,10 +3,13 @@
 # Mounts proc/sys/dev, mounts the 9p share (tag host0) on /mnt, loads zfs, runs /mnt/job.sh,
 # writes /mnt/output.log and /mnt/rc (the job's exit code), then powers the VM off.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mkdir -p /dev/pts /dev/shm /run /tmp; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /run
+# initramfs-tools already moved /proc /sys /dev /run onto the real root; mount what is missing
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sys /sys
+mountpoint -q /dev || mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm /run /tmp
+mountpoint -q /dev/pts || mount -t devpts devpts /dev/pts
+mountpoint -q /run || mount -t tmpfs tmpfs /run
 mount -o remount,rw / 2>/dev/null
 hostname openzfs-vm
 ip link set lo up 2>/dev/null
@@ -28,6 +31,8 @@ else
   echo "modprobe zfs failed" >/mnt/output.log; rc=126
 fi
 echo "$rc" >/mnt/rc.tmp && mv /mnt/rc.tmp /mnt/rc
-sync; umount /mnt 2>/dev/null; sync
+sync; umount /mnt 2>/dev/null
+# export pools and make / read-only so power-off does not race in-flight I/O
+zpool export -a 2>/dev/null; mount -o remount,ro / 2>/dev/null; sync
 echo o >/proc/sysrq-trigger
 sleep 5; reboot -f
