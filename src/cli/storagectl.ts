@@ -45,6 +45,16 @@ async function projectHere(ctx: Ctx, id: string, verb?: string): Promise<Project
   return p;
 }
 
+/** Runs fn with one SSH connection pool for the command, closed afterwards. */
+async function withSsh<T>(config: Config, fn: (pool: SshPool) => Promise<T>): Promise<T> {
+  const pool = new SshPool(sshOptions(config));
+  try {
+    return await fn(pool);
+  } finally {
+    pool.closeAll();
+  }
+}
+
 function out(json: boolean, data: unknown, human: () => string): void {
   process.stdout.write(json ? JSON.stringify(data, null, 2) + '\n' : human());
 }
@@ -292,21 +302,17 @@ export async function main(argv: string[]): Promise<void> {
       v.projectId(id, 'storagectl failover');
       if (opts.to) v.hostId(opts.to, 'storagectl failover --to');
       const { config, catalog } = await context(cfg());
-      const pool = new SshPool(sshOptions(config));
-      try {
-        const r = await failover(catalog, pool, id, {
+      const r = await withSsh(config, (pool) =>
+        failover(catalog, pool, id, {
           to: opts.to,
           owner: `storagectl@${config.host}:${process.pid}`,
           graceMs: 3 * config.interval * 1000,
           onStep: opts.json ? undefined : (s) => process.stderr.write(`failover: ${s}\n`),
-        });
-        out(!!opts.json, r, () => `${id} now served by ${r.to} at snapshot ${r.snapshot} (data-loss window up to ${r.dataLossWindowSeconds}s); old primary ${r.from ?? '-'}: ${r.oldPrimaryFenced}\n`);
-      } catch (e) {
-        if (e instanceof LockedError) throw new UsageError(e.message);
-        throw e;
-      } finally {
-        pool.closeAll();
-      }
+        }),
+      ).catch((e: unknown) => {
+        throw e instanceof LockedError ? new UsageError(e.message) : e;
+      });
+      out(!!opts.json, r, () => `${id} now served by ${r.to} at snapshot ${r.snapshot} (data-loss window up to ${r.dataLossWindowSeconds}s); old primary ${r.from ?? '-'}: ${r.oldPrimaryFenced}\n`);
     });
 
   program
@@ -339,22 +345,17 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (opts: { host?: string; json?: boolean }) => {
       if (opts.host) v.hostId(opts.host, 'storagectl repair-catalog --host');
       const { config, catalog } = await context(cfg());
-      const pool = new SshPool(sshOptions(config));
-      try {
-        const r = await repairCatalog(catalog, pool, { host: opts.host });
-        out(!!opts.json, r, () => {
-          const lines = r.hosts.map((h) => (h.error ? `${h.host}: NOT LISTED: ${h.error}\n` : `${h.host}: ${h.datasets} replica dataset(s)\n`));
-          for (const x of r.restored) lines.push(`restored ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
-          for (const x of r.updated) lines.push(`updated  ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
-          for (const x of r.targetsAdded) lines.push(`target added: ${x.project} -> ${x.host}\n`);
-          for (const x of r.unknownDatasets) lines.push(`warning: ${x.host} holds ${x.dataset}, which the catalog does not know\n`);
-          lines.push(`${r.restored.length} restored, ${r.updated.length} updated, ${r.targetsAdded.length} targets added\n`);
-          return lines.join('');
-        });
-        if (r.hosts.some((h) => h.error)) process.exitCode = 1;
-      } finally {
-        pool.closeAll();
-      }
+      const r = await withSsh(config, (pool) => repairCatalog(catalog, pool, { host: opts.host }));
+      out(!!opts.json, r, () => {
+        const lines = r.hosts.map((h) => (h.error ? `${h.host}: NOT LISTED: ${h.error}\n` : `${h.host}: ${h.datasets} replica dataset(s)\n`));
+        for (const x of r.restored) lines.push(`restored ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
+        for (const x of r.updated) lines.push(`updated  ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
+        for (const x of r.targetsAdded) lines.push(`target added: ${x.project} -> ${x.host}\n`);
+        for (const x of r.unknownDatasets) lines.push(`warning: ${x.host} holds ${x.dataset}, which the catalog does not know\n`);
+        lines.push(`${r.restored.length} restored, ${r.updated.length} updated, ${r.targetsAdded.length} targets added\n`);
+        return lines.join('');
+      });
+      if (r.hosts.some((h) => h.error)) process.exitCode = 1;
     });
 
   program
