@@ -9,7 +9,8 @@ import PQueue from 'p-queue';
 import { randomUUID } from 'node:crypto';
 import { Zfs, CommandRunner, ZfsCommandError, type DatasetInfo, type DatasetTree, type Capabilities } from '../zfs/index.js';
 import { SshPool, type SshTarget } from '../replica/transport.js';
-import { checkListing, formatRemoteCommand, type RemoteListing } from '../replica/protocol.js';
+import { formatRemoteCommand, type RemoteListing } from '../replica/protocol.js';
+import { fetchListing } from '../replica/listing.js';
 import { planReplication, describePlan, type Plan, type SnapRef } from '../replica/plan.js';
 import { planPrune, parseGrid, DEFAULT_PRIMARY_GRID, DEFAULT_REPLICA_GRID, type GridPolicy } from '../replica/retention.js';
 import { placeReplicas } from './placement.js';
@@ -422,17 +423,8 @@ export class Agent {
     return out;
   }
 
-  private async remoteListing(target: HostRecord): Promise<RemoteListing> {
-    const conn = this.ssh.get(sshTarget(target));
-    const r = await conn.exec(formatRemoteCommand({ op: 'list' }));
-    if (r.code !== 0) throw new Error(`listing of ${target.id} failed (exit ${r.code}): ${r.stderr.trim() || '(no stderr)'}`);
-    let raw: unknown;
-    try {
-      raw = JSON.parse(r.stdout);
-    } catch {
-      throw new Error(`listing of ${target.id} is not JSON: ${JSON.stringify(r.stdout.slice(0, 200))}`);
-    }
-    return checkListing(raw, target.id);
+  private remoteListing(target: HostRecord): Promise<RemoteListing> {
+    return fetchListing(this.ssh, target);
   }
 
   /** target -> project -> the catalog's replica row, read once per target per cycle */

@@ -5,7 +5,8 @@
 import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
 import { projectLockName } from '../catalog/types.js';
 import type { SshPool } from '../replica/transport.js';
-import { checkListing, formatRemoteCommand } from '../replica/protocol.js';
+import { formatRemoteCommand } from '../replica/protocol.js';
+import { fetchListing } from '../replica/listing.js';
 import * as v from '../util/validate.js';
 
 export class LockedError extends Error {
@@ -64,9 +65,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
         continue;
       }
       try {
-        const r = await ssh.get({ host: h.id, address: h.address, port: h.port }).exec(formatRemoteCommand({ op: 'list' }), { timeoutSeconds: 20 });
-        if (r.code !== 0) throw new Error(r.stderr.trim() || `exit ${r.code}`);
-        const snaps = checkListing(JSON.parse(r.stdout), h.id).datasets[projectId]?.snapshots ?? [];
+        const snaps = (await fetchListing(ssh, h, { timeoutSeconds: 20 })).datasets[projectId]?.snapshots ?? [];
         const newest = snaps.reduce<(typeof snaps)[number] | undefined>((a, s) => (!a || s.createtxg > a.createtxg ? s : a), undefined);
         candidates.push(newest ? { host: id, snapshot: newest.snap, creation: newest.creation, load: h.load } : { host: id, load: h.load, error: 'holds no replica' });
       } catch (e) {

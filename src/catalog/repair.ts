@@ -6,7 +6,7 @@
 // added to them. Nothing on any host is changed.
 import type { Catalog, HostRecord } from './types.js';
 import type { SshPool } from '../replica/transport.js';
-import { checkListing, formatRemoteCommand } from '../replica/protocol.js';
+import { fetchListing } from '../replica/listing.js';
 
 export interface RepairReport {
   hosts: Array<{ host: string; datasets: number; error?: string }>;
@@ -26,9 +26,7 @@ export async function repairCatalog(catalog: Catalog, ssh: SshPool, opts: { host
   for (const h of hosts) {
     let listing;
     try {
-      const r = await ssh.get({ host: h.id, address: h.address, port: h.port }).exec(formatRemoteCommand({ op: 'list' }));
-      if (r.code !== 0) throw new Error(`exit ${r.code}: ${r.stderr.trim()}`);
-      listing = checkListing(JSON.parse(r.stdout), h.id);
+      listing = await fetchListing(ssh, h);
     } catch (e) {
       report.hosts.push({ host: h.id, datasets: 0, error: (e as Error).message });
       continue;

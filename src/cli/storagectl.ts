@@ -4,12 +4,12 @@
 import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
 import { loadConfig, parseConfig, ConfigError, type Config } from '../agent/config.js';
-import { Agent, sshOptions, sshTarget } from '../agent/agent.js';
+import { Agent, sshOptions } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
 import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError } from '../agent/failover.js';
 import { SshPool } from '../replica/transport.js';
-import { checkListing, formatRemoteCommand } from '../replica/protocol.js';
+import { fetchListing } from '../replica/listing.js';
 import { silentLogger } from '../util/log.js';
 import * as v from '../util/validate.js';
 import { readFileSync } from 'node:fs';
@@ -216,22 +216,17 @@ export async function main(argv: string[]): Promise<void> {
         add(config.host, 'primary', t.get(`${config.projectsRoot}/${id}`)?.snapshots ?? []);
       } else if (p.primary) errors.push(`primary ${p.primary} is not this host; its snapshots are not listed (run there)`);
       const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
-      const pool = new SshPool(sshOptions(config));
-      try {
+      await withSsh(config, async (pool) => {
         for (const t of p.targets) {
           const h = hosts.get(t);
           if (!h) continue;
           try {
-            const r = await pool.get(sshTarget(h)).exec(formatRemoteCommand({ op: 'list' }));
-            if (r.code !== 0) throw new Error(r.stderr.trim());
-            add(t, 'replica', checkListing(JSON.parse(r.stdout), t).datasets[id]?.snapshots ?? []);
+            add(t, 'replica', (await fetchListing(pool, h)).datasets[id]?.snapshots ?? []);
           } catch (e) {
             errors.push(`${t}: ${(e as Error).message}`);
           }
         }
-      } finally {
-        pool.closeAll();
-      }
+      });
       out(!!opts.json, { project: id, snapshots: rows, errors }, () => {
         const body = table([['HOST', 'ROLE', 'SNAPSHOT', 'CREATED', 'KIND'], ...rows.map((r) => [r.host, r.role, r.snapshot, r.creation, r.kind])]);
         return body + errors.map((e) => `warning: ${e}\n`).join('');
