@@ -7,6 +7,7 @@
 // projects root, one of the replicas root) + 1 SSH listing per target host.
 import PQueue from 'p-queue';
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { Zfs, CommandRunner, ZfsCommandError, type DatasetInfo, type DatasetTree, type Capabilities } from '../zfs/index.js';
 import { SshPool, type SshTarget } from '../replica/transport.js';
 import { formatRemoteCommand, type RemoteListing } from '../replica/protocol.js';
@@ -14,9 +15,10 @@ import { fetchListing } from '../replica/listing.js';
 import { planReplication, describePlan, type Plan, type SnapRef } from '../replica/plan.js';
 import { planPrune, parseGrid, DEFAULT_PRIMARY_GRID, DEFAULT_REPLICA_GRID, type GridPolicy } from '../replica/retention.js';
 import { placeReplicas } from './placement.js';
+import { failover, LockedError } from './failover.js';
 import { DirtyTracker } from './dirty.js';
 import type { Catalog, HostRecord, ProjectRecord, ReplicaRecord } from '../catalog/types.js';
-import type { Config } from './config.js';
+import { deadAfterMs, selfFenceAfterMs, type Config } from './config.js';
 import { autoSnapshotName, isProjectId } from '../util/validate.js';
 import type { Logger } from '../util/log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -43,7 +45,7 @@ export interface AgentDeps {
   log: Logger;
   metrics?: AgentMetrics;
   /** the transfer progress callback (storagectl replicate shows a bar) */
-  onProgress?: (p: { project: string; target: string; bytes: number; elapsedMs: number }) => void;
+  onProgress?: (p: { project: string; target: string; bytes: number; elapsedMs: number; estimate?: number }) => void;
   now?: () => number;
 }
 
@@ -61,6 +63,8 @@ interface Job {
   lagSec: number;
   baseSnap?: string;
   toSnap?: SnapRef;
+  /** estimated stream size (full: referenced; incremental: sum of `written` where listed) */
+  estimate?: number;
 }
 
 export class Agent {
@@ -142,13 +146,13 @@ export class Agent {
   }
 
   private liveness(): (h: HostRecord) => boolean {
-    const grace = 3 * this.config.interval * 1000;
+    const grace = deadAfterMs(this.config);
     const now = this.now();
     return (h) => h.heartbeatAt !== null && now - h.heartbeatAt <= grace;
   }
 
   /** One full cycle. Never throws for per-project problems: they are reported. */
-  async runCycle(opts: { only?: string; to?: string } = {}): Promise<CycleReport> {
+  async runCycle(opts: { only?: string; to?: string; includeMoving?: boolean } = {}): Promise<CycleReport> {
     const c = this.config;
     const startedAt = this.now();
     const callsBefore = new Map(this.runner.counts);
@@ -159,8 +163,11 @@ export class Agent {
     // 1. what the catalog says (cached by the backend's own client)
     let projects: ProjectRecord[];
     let hosts: HostRecord[];
+    let served: ProjectRecord[];
     try {
-      projects = (await this.catalog.listProjectsByPrimary(c.host)).filter((p) => p.state === 'active' || p.state === 'moving');
+      served = (await this.catalog.listProjectsByPrimary(c.host)).filter((p) => servesHere(p, c.host));
+      // a project being moved is snapshotted and sent only by the move itself
+      projects = served.filter((p) => p.state === 'active' || opts.includeMoving);
       hosts = await this.catalog.listHosts();
     } catch (e) {
       this.metrics?.catalogError('read');
@@ -187,26 +194,16 @@ export class Agent {
 
     // 2b. self-fencing: a project mounted here that the catalog no longer serves from this
     //     host (failed over or moved while we were cut off) is unmounted, its data kept
-    const mine = new Set(projects.map((p) => p.id));
+    //     (the fence check between cycles does the same within seconds)
+    const mine = new Set(served.map((p) => p.id));
     for (const ds of local.values()) {
       const id = ds.name.slice(c.projectsRoot.length + 1);
       if (ds.props.mounted !== 'yes' || !isProjectId(id) || mine.has(id) || opts.only) continue;
       try {
         const p = await this.catalog.getProject(id);
-        if (!p || p.primary === c.host) continue;
-        await this.zfs.unmount(ds.name, { force: true });
-        // keep whatever was written here aside under a conflict name (never destroyed):
-        // a final snapshot, then the dataset moves to <pool>/conflicts/<uuid>-<time>
-        const stamp = autoSnapshotName(new Date(this.now())).replace(/:/g, '');
-        await this.zfs.snapshot([`${ds.name}@demoted-${stamp}`]);
-        const conflictsRoot = `${c.pool}/conflicts`;
-        if (!(await this.zfs.exists(conflictsRoot))) await this.zfs.create(conflictsRoot, { canmount: 'off', mountpoint: 'none' });
-        const aside = `${conflictsRoot}/${id}-${stamp}`;
-        await this.zfs.rename(ds.name, aside);
-        await this.zfs.set(aside, { readonly: 'on', canmount: 'noauto' });
+        if (!p || servesHere(p, c.host)) continue;
+        await this.demote(ds.name, p);
         local.delete(ds.name);
-        await this.catalog.addEvent({ project: id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} now; unmounted here, this host's data kept in ${aside}` });
-        this.log.warn({ project: id, primary: p.primary, keptIn: aside }, 'demoted: a project this host no longer serves was unmounted and kept aside');
       } catch (e) {
         report.failures.push({ project: id, error: `demote: ${(e as Error).message}` });
       }
@@ -295,6 +292,7 @@ export class Agent {
                 lagSec,
                 baseSnap: plan.kind === 'incremental' ? plan.from.snap : undefined,
                 toSnap: plan.kind === 'full' || plan.kind === 'incremental' ? plan.to : undefined,
+                estimate: estimateStream(ds, plan),
               });
             }
           }
@@ -391,6 +389,148 @@ export class Agent {
 
   private replicaCount = 0;
 
+  /**
+   * A project this host must no longer serve: unmount it, take a final snapshot and
+   * keep the dataset aside as <pool>/conflicts/<uuid>-<time> (never destroyed; listed by
+   * `storagectl conflicts`). The `demoted` event is what a failover waits for.
+   */
+  async demote(dataset: string, p: ProjectRecord): Promise<string> {
+    const c = this.config;
+    await this.zfs.unmount(dataset, { force: true });
+    const stamp = autoSnapshotName(new Date(this.now())).replace(/:/g, '');
+    await this.zfs.snapshot([`${dataset}@demoted-${stamp}`]);
+    const conflictsRoot = `${c.pool}/conflicts`;
+    if (!(await this.zfs.exists(conflictsRoot))) await this.zfs.create(conflictsRoot, { canmount: 'off', mountpoint: 'none' });
+    const aside = `${conflictsRoot}/${p.id}-${stamp}`;
+    await this.zfs.rename(dataset, aside);
+    await this.zfs.set(aside, { readonly: 'on', canmount: 'noauto' });
+    await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} (${p.state}) now; unmounted here, this host's data kept in ${aside}` });
+    this.log.warn({ project: p.id, primary: p.primary, state: p.state, keptIn: aside }, 'demoted: a project this host no longer serves was unmounted and kept aside');
+    return aside;
+  }
+
+  /** ms since epoch of the last fresh answer of the catalog (the fence check's read) */
+  private lastCatalogOk = Date.now();
+  /** projects this agent unmounted because the catalog was unreachable (remounted when it answers) */
+  private readonly selfFenced = new Set<string>();
+  private lastAutoCheck = 0;
+
+  /** projects mounted here, from /proc/self/mountinfo (no zfs call): dataset names */
+  mountedProjects(): Set<string> {
+    const root = `${this.config.projectsRoot}/`;
+    const out = new Set<string>();
+    for (const m of readMounts()) if ((m.fstype === 'zfs' || m.fstype === 'fuse.zfs') && m.source.startsWith(root) && isProjectId(m.source.slice(root.length))) out.add(m.source);
+    return out;
+  }
+
+  /**
+   * Between cycles, every few seconds (failover.fenceCheck): one catalog read of the
+   * projects this host serves, compared with what is mounted here. A mounted project the
+   * catalog no longer serves from here is demoted at once. With no fresh catalog answer
+   * for failover.selfFenceAfter, every project is unmounted (an isolated primary stops
+   * serving before a replica may be promoted) and remounted when the catalog answers and
+   * still names this host. In auto mode, also fails over projects of dead primaries.
+   */
+  async fenceCheck(): Promise<{ demoted: string[]; selfFenced: string[]; remounted: string[]; failovers: string[] }> {
+    const c = this.config;
+    const res = { demoted: [] as string[], selfFenced: [] as string[], remounted: [] as string[], failovers: [] as string[] };
+    const mounted = this.mountedProjects();
+    let served: ProjectRecord[] | undefined;
+    try {
+      served = await this.catalog.listProjectsByPrimary(c.host);
+      if (!catalogDegraded(this.catalog)) this.lastCatalogOk = this.now();
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'fence check: catalog unreachable');
+    }
+    const fresh = this.now() - this.lastCatalogOk < 1000 * Math.max(c.failover.fenceCheck * 2, 5);
+    if (served && fresh) {
+      const byId = new Map(served.map((p) => [p.id, p]));
+      for (const ds of mounted) {
+        const id = ds.slice(c.projectsRoot.length + 1);
+        const p = byId.get(id);
+        if (p && servesHere(p, c.host)) continue;
+        try {
+          const rec = p ?? (await this.catalog.getProject(id));
+          if (!rec || servesHere(rec, c.host)) continue; // unknown to the catalog: not ours to judge
+          await this.demote(ds, rec);
+          res.demoted.push(id);
+        } catch (e) {
+          this.log.error({ project: id, err: (e as Error).message }, 'fence check: demote failed');
+        }
+      }
+      // the catalog answers again: remount what this agent unmounted itself
+      for (const id of [...this.selfFenced]) {
+        const p = byId.get(id);
+        this.selfFenced.delete(id);
+        if (!p || !servesHere(p, c.host) || mounted.has(`${c.projectsRoot}/${id}`)) continue;
+        try {
+          await this.zfs.mount(`${c.projectsRoot}/${id}`);
+          res.remounted.push(id);
+        } catch (e) {
+          this.log.error({ project: id, err: (e as Error).message }, 'remount after the catalog came back failed');
+        }
+      }
+      if (res.remounted.length) this.log.warn({ projects: res.remounted }, 'catalog reachable again: remounted the projects unmounted by self-fencing');
+    }
+    const selfFence = selfFenceAfterMs(c);
+    if (selfFence !== null && this.now() - this.lastCatalogOk > selfFence) {
+      for (const ds of mounted) {
+        const id = ds.slice(c.projectsRoot.length + 1);
+        try {
+          await this.zfs.unmount(ds, { force: true });
+          this.selfFenced.add(id);
+          res.selfFenced.push(id);
+        } catch (e) {
+          this.log.error({ project: id, err: (e as Error).message }, 'self-fence: unmount failed');
+        }
+      }
+      if (res.selfFenced.length) {
+        this.log.error({ projects: res.selfFenced, lastCatalogContact: new Date(this.lastCatalogOk).toISOString() }, 'self-fenced: no catalog contact for failover.selfFenceAfter; unmounted every project served here');
+        this.metrics?.selfFenced(res.selfFenced.length);
+      }
+    }
+    this.metrics?.fence('demoted', res.demoted.length);
+    this.metrics?.fence('remounted', res.remounted.length);
+    if (c.failover.mode === 'auto' && served && fresh && this.now() - this.lastAutoCheck >= Math.min(c.interval, 3 * c.failover.fenceCheck) * 1000) {
+      this.lastAutoCheck = this.now();
+      res.failovers = await this.autoFailover();
+      this.metrics?.fence('failover', res.failovers.length);
+    }
+    return res;
+  }
+
+  /**
+   * failover: auto. For every dead host (no heartbeat for failover.after), the projects it
+   * served that have a replica here are failed over (to the freshest live replica, which
+   * may be another host); the project lock lets exactly one replica host do it.
+   */
+  private async autoFailover(): Promise<string[]> {
+    const c = this.config;
+    const dead = deadAfterMs(c);
+    const done: string[] = [];
+    const hosts = await this.catalog.listHosts();
+    for (const h of hosts) {
+      if (h.id === c.host || h.heartbeatAt === null || this.now() - h.heartbeatAt <= dead) continue;
+      for (const p of await this.catalog.listProjectsByPrimary(h.id)) {
+        if (p.state !== 'active' || !p.targets.includes(c.host)) continue;
+        try {
+          try {
+            const r = await failover(this.catalog, this.ssh, p.id, { owner: `agent@${c.host}`, graceMs: dead, now: this.now });
+            done.push(p.id);
+            this.log.warn({ project: p.id, from: r.from, to: r.to, snapshot: r.snapshot, dataLossWindowSeconds: r.dataLossWindowSeconds, oldPrimary: r.oldPrimaryFenced }, 'automatic failover done');
+          } catch (e) {
+            if (e instanceof LockedError) continue; // another replica host is doing it
+            throw e;
+          }
+        } catch (e) {
+          this.log.error({ project: p.id, deadPrimary: h.id, err: (e as Error).message }, 'automatic failover failed');
+          await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'failover-failed', detail: (e as Error).message }).catch(() => undefined);
+        }
+      }
+    }
+    return done;
+  }
+
   private async listRoot(root: string, props: string[]): Promise<DatasetTree> {
     try {
       return await this.zfs.list(root, { depth: 1, props });
@@ -471,7 +611,7 @@ export class Agent {
         conn.transfer(formatRemoteCommand({ op: 'recv', project: job.project.id }), send.stream, {
           bandwidthLimit: limit,
           signal: this.abort.signal,
-          onProgress: (p) => this.deps.onProgress?.({ project: job.project.id, target: job.target.id, ...p }),
+          onProgress: (p) => this.deps.onProgress?.({ project: job.project.id, target: job.target.id, ...p, estimate: job.estimate }),
         }),
         send.done,
       ]);
@@ -586,6 +726,60 @@ export class Agent {
     this.metrics?.snapshotsPruned('replica', n);
     return n;
   }
+}
+
+/**
+ * The catalog lets `host` serve (mount writable) this project: it is named primary,
+ * including while a move or failover to it is finishing.
+ */
+export function servesHere(p: ProjectRecord, host: string): boolean {
+  return p.primary === host && (p.state === 'active' || p.state === 'moving' || p.state === 'failing-over');
+}
+
+function catalogDegraded(catalog: Catalog): boolean {
+  const status = (catalog as { status?: () => { degraded: boolean } }).status;
+  return typeof status === 'function' ? status.call(catalog).degraded : false;
+}
+
+/** /proc/self/mountinfo: fstype and source of every mount (octal escapes decoded). */
+export function readMounts(text?: string): Array<{ mountpoint: string; fstype: string; source: string }> {
+  let t = text;
+  if (t === undefined) {
+    try {
+      t = readFileSync('/proc/self/mountinfo', 'utf8');
+    } catch {
+      return [];
+    }
+  }
+  const unesc = (x: string) => x.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const out: Array<{ mountpoint: string; fstype: string; source: string }> = [];
+  for (const line of t.split('\n')) {
+    const f = line.split(' ');
+    const dash = f.indexOf('-');
+    if (dash < 6 || f.length < dash + 3) continue;
+    out.push({ mountpoint: unesc(f[4]!), fstype: f[dash + 1]!, source: unesc(f[dash + 2]!) });
+  }
+  return out;
+}
+
+/** Stream size estimate for progress/ETA, or undefined when the listing cannot tell. */
+export function estimateStream(ds: DatasetInfo, plan: Plan): number | undefined {
+  if (plan.kind === 'full') {
+    const r = ds.snapshots.find((s) => s.snap === plan.to.snap)?.referenced;
+    return r !== undefined && Number.isFinite(r) ? r : undefined;
+  }
+  if (plan.kind === 'incremental') {
+    const i = ds.snapshots.findIndex((s) => s.snap === plan.from.snap);
+    const j = ds.snapshots.findIndex((s) => s.snap === plan.to.snap);
+    if (i < 0 || j <= i) return undefined;
+    let sum = 0;
+    for (const s of ds.snapshots.slice(i + 1, j + 1)) {
+      if (s.written === undefined || !Number.isFinite(s.written)) return undefined; // zfs-fuse: no `written`
+      sum += s.written;
+    }
+    return sum;
+  }
+  return undefined;
 }
 
 function refs(ds: DatasetInfo): SnapRef[] {

@@ -133,6 +133,27 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ listen: '127.0.0.1:9464', perProjectSeries: true, lagSloSeconds: 3600 }),
+    failover: z
+      .object({
+        /**
+         * manual (default): only `storagectl failover`/`open` promote a replica. auto: the
+         * replica hosts of a project whose primary has been dead for `after` fail it over
+         * themselves (one wins the project lock). See docs/failover-move-restore.md.
+         */
+        mode: z.enum(['manual', 'auto']).default('manual'),
+        /** a host is dead after this long without a heartbeat (default 3 intervals) */
+        after: duration.optional(),
+        /**
+         * unmount every project this host serves when the catalog could not be reached
+         * for this long (default: 2 intervals in auto mode, off in manual mode), so an
+         * isolated primary stops serving before anyone may promote a replica
+         */
+        selfFenceAfter: z.union([duration, z.literal('off')]).optional(),
+        /** how often the agent checks that every project mounted here is still its own */
+        fenceCheck: duration.default(2),
+      })
+      .strict()
+      .default({ mode: 'manual', fenceCheck: 2 }),
     log: z
       .object({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') })
       .strict()
@@ -146,6 +167,10 @@ export const ConfigSchema = z
   .superRefine((c, ctx) => {
     for (const [key, root] of [['projectsRoot', c.projectsRoot], ['replicasRoot', c.replicasRoot]] as const) {
       if (!root.startsWith(`${c.pool}/`)) ctx.addIssue({ code: 'custom', path: [key], message: `must be inside pool ${c.pool}` });
+    }
+    const dead = c.failover.after ?? 3 * c.interval;
+    if (typeof c.failover.selfFenceAfter === 'number' && c.failover.selfFenceAfter >= dead) {
+      ctx.addIssue({ code: 'custom', path: ['failover', 'selfFenceAfter'], message: `must be shorter than failover.after (${dead}s): an isolated primary has to stop serving before a replica may be promoted` });
     }
     if (c.projectsRoot === c.replicasRoot || c.projectsRoot.startsWith(`${c.replicasRoot}/`) || c.replicasRoot.startsWith(`${c.projectsRoot}/`)) {
       ctx.addIssue({ code: 'custom', path: ['replicasRoot'], message: 'projectsRoot and replicasRoot must be disjoint' });
@@ -181,4 +206,17 @@ export function loadConfig(path: string): Config {
     throw new ConfigError(`cannot read configuration ${path}: ${(e as Error).message}`);
   }
   return parseConfig(text, path);
+}
+
+/** ms without a heartbeat after which a host counts as dead */
+export function deadAfterMs(c: Config): number {
+  return (c.failover.after ?? 3 * c.interval) * 1000;
+}
+
+/** ms without catalog contact after which this host unmounts what it serves (null: never) */
+export function selfFenceAfterMs(c: Config): number | null {
+  const s = c.failover.selfFenceAfter;
+  if (s === 'off') return null;
+  if (s !== undefined) return s * 1000;
+  return c.failover.mode === 'auto' ? 2 * c.interval * 1000 : null;
 }

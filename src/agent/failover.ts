@@ -24,14 +24,31 @@ export interface FailoverResult {
   snapshotCreation: number;
   /** seconds between the promoted snapshot's creation and the failover */
   dataLossWindowSeconds: number;
-  oldPrimaryFenced: 'unmounted' | 'unreachable' | 'none';
+  /**
+   * how the old primary stopped serving: `unmounted` over SSH; `demoted` by its own
+   * agent after the catalog stopped naming it (acknowledged by its event); `dead` no
+   * heartbeat for the dead-host period (its agent self-fences where configured);
+   * `none` there was no other primary
+   */
+  oldPrimaryFenced: 'unmounted' | 'demoted' | 'dead' | 'none';
+  /** ms spent waiting for the old primary to stop serving */
+  fenceWaitMs: number;
   candidates: Array<{ host: string; snapshot?: string; creation?: number; load: number; error?: string }>;
 }
 
 export interface FailoverOptions {
   to?: string;
   owner: string;
+  /** a host without a heartbeat for this long is dead */
   graceMs: number;
+  /**
+   * how long to wait for an old primary that SSH cannot reach but that still heartbeats
+   * to demote itself (default graceMs + 5 s): past that, the failover stops with the
+   * project unserved rather than risk two writable copies
+   */
+  fenceWaitMs?: number;
+  /** poll period while waiting for the old primary (default 500 ms) */
+  pollMs?: number;
   leaseMs?: number;
   now?: () => number;
   onStep?: (step: string) => void;
@@ -52,67 +69,131 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     if (!p) throw new Error(`project ${projectId} is not in the catalog`);
     const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
     const live = (h: HostRecord) => h.heartbeatAt !== null && now() - h.heartbeatAt <= o.graceMs;
-    const ids = o.to ? [o.to] : p.targets.filter((t) => t !== p.primary);
     const candidates: FailoverResult['candidates'] = [];
-    for (const id of ids) {
-      const h = hosts.get(id);
-      if (!h) {
-        candidates.push({ host: id, load: 0, error: 'not in the catalog' });
-        continue;
+    let chosen: { host: string; snapshot: string; creation: number };
+    let from: string | null;
+    const resumed = p.state === 'failing-over' && p.primary !== null ? await startedEvent(catalog, projectId, p.primary) : undefined;
+    if (resumed && (!o.to || o.to === resumed.to)) {
+      // an interrupted failover (its lease expired): finish it towards the host it named
+      ({ from } = resumed);
+      chosen = { host: resumed.to, snapshot: resumed.snapshot, creation: resumed.creation };
+      step(`resuming the failover from ${from ?? '-'} to ${chosen.host} (${chosen.snapshot})`);
+    } else {
+      from = p.state === 'failing-over' ? resumed?.from ?? null : p.primary;
+      const ids = o.to ? [o.to] : [...new Set([...p.targets, ...(p.state === 'failing-over' && p.primary ? [p.primary] : [])])].filter((t) => t !== from);
+      for (const id of ids) {
+        const h = hosts.get(id);
+        if (!h) {
+          candidates.push({ host: id, load: 0, error: 'not in the catalog' });
+          continue;
+        }
+        if (!live(h)) {
+          candidates.push({ host: id, load: h.load, error: 'no recent heartbeat' });
+          continue;
+        }
+        try {
+          const snaps = (await fetchListing(ssh, h, { timeoutSeconds: 20 })).datasets[projectId]?.snapshots ?? [];
+          const newest = snaps.reduce<(typeof snaps)[number] | undefined>((a, s) => (!a || s.createtxg > a.createtxg ? s : a), undefined);
+          candidates.push(newest ? { host: id, snapshot: newest.snap, creation: newest.creation, load: h.load } : { host: id, load: h.load, error: 'holds no replica' });
+        } catch (e) {
+          candidates.push({ host: id, load: h.load, error: (e as Error).message });
+        }
       }
-      if (!live(h)) {
-        candidates.push({ host: id, load: h.load, error: 'no recent heartbeat' });
-        continue;
-      }
-      try {
-        const snaps = (await fetchListing(ssh, h, { timeoutSeconds: 20 })).datasets[projectId]?.snapshots ?? [];
-        const newest = snaps.reduce<(typeof snaps)[number] | undefined>((a, s) => (!a || s.createtxg > a.createtxg ? s : a), undefined);
-        candidates.push(newest ? { host: id, snapshot: newest.snap, creation: newest.creation, load: h.load } : { host: id, load: h.load, error: 'holds no replica' });
-      } catch (e) {
-        candidates.push({ host: id, load: h.load, error: (e as Error).message });
-      }
+      const usable = candidates.filter((c) => c.snapshot !== undefined).sort((a, b) => b.creation! - a.creation! || a.load - b.load || a.host.localeCompare(b.host));
+      const best = usable[0];
+      if (!best) throw new Error(`no live replica of ${projectId} to fail over to: ${candidates.map((c) => `${c.host}: ${c.error}`).join('; ') || 'no replica hosts'}`);
+      chosen = { host: best.host, snapshot: best.snapshot!, creation: best.creation! };
+      step(`chose ${best.host} (${best.snapshot})`);
+      // fence in the catalog: from here on only the chosen host may serve; the old
+      // primary's agent sees it within seconds and demotes itself
+      await catalog.addEvent({ project: projectId, host: chosen.host, kind: 'failover-started', detail: JSON.stringify({ from, to: chosen.host, snapshot: chosen.snapshot, creation: chosen.creation }) });
+      await catalog.setLocation(projectId, chosen.host, 'failing-over', lock.token);
     }
-    const usable = candidates.filter((c) => c.snapshot !== undefined).sort((a, b) => b.creation! - a.creation! || a.load - b.load || a.host.localeCompare(b.host));
-    const best = usable[0];
-    if (!best) throw new Error(`no live replica of ${projectId} to fail over to: ${candidates.map((c) => `${c.host}: ${c.error}`).join('; ') || 'no replica hosts'}`);
-    step(`chose ${best.host} (${best.snapshot})`);
 
-    // fence: the catalog stops naming the old primary before anyone else may serve
-    await catalog.setLocation(projectId, null, 'failing-over', lock.token);
+    const fenceStart = now();
     let fenced: FailoverResult['oldPrimaryFenced'] = 'none';
-    const old = p.primary ? hosts.get(p.primary) : undefined;
-    if (old && old.id !== best.host) {
+    const old = from ? hosts.get(from) : undefined;
+    if (old && old.id !== chosen.host) {
       try {
         const r = await ssh.get({ host: old.id, address: old.address, port: old.port }).exec(formatRemoteCommand({ op: 'fence', project: projectId }), { timeoutSeconds: 10 });
-        fenced = r.code === 0 ? 'unmounted' : 'unreachable';
+        if (r.code === 0) fenced = 'unmounted';
       } catch {
-        fenced = 'unreachable'; // its agent demotes itself when it sees the catalog
+        /* unreachable over SSH: below */
+      }
+      if (fenced === 'none') {
+        step(`old primary ${old.id} does not answer SSH: waiting until it demotes itself or is dead`);
+        fenced = await waitForFence(catalog, projectId, old.id, fenceStart, o);
       }
     }
+    const fenceWaitMs = now() - fenceStart;
     step(`old primary ${old?.id ?? '-'}: ${fenced}`);
 
-    const target = hosts.get(best.host)!;
+    const target = hosts.get(chosen.host);
+    if (!target) throw new Error(`host ${chosen.host} is not in the catalog any more`);
     const r = await ssh.get({ host: target.id, address: target.address, port: target.port }).exec(formatRemoteCommand({ op: 'promote', project: projectId }), { timeoutSeconds: 60 });
-    if (r.code !== 0) throw new Error(`promote on ${target.id} failed: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw new Error(`promote on ${target.id} failed (exit ${r.code}): ${r.stderr.trim()}; the catalog names ${target.id} (state failing-over): re-run the failover to finish`);
     step(`promoted on ${target.id}`);
 
     await catalog.setLocation(projectId, target.id, 'active', lock.token);
-    const targets = [...p.targets.filter((t) => t !== target.id), ...(p.primary && p.primary !== target.id ? [p.primary] : [])];
+    const targets = [...p.targets.filter((t) => t !== target.id), ...(from && from !== target.id && !p.targets.includes(from) ? [from] : [])];
     await catalog.setTargets(projectId, targets);
     const result: FailoverResult = {
       project: projectId,
-      from: p.primary,
+      from,
       to: target.id,
-      snapshot: best.snapshot!,
-      snapshotCreation: best.creation!,
-      dataLossWindowSeconds: Math.max(0, Math.round(now() / 1000 - best.creation!)),
+      snapshot: chosen.snapshot,
+      snapshotCreation: chosen.creation,
+      dataLossWindowSeconds: Math.max(0, Math.round(now() / 1000 - chosen.creation)),
       oldPrimaryFenced: fenced,
+      fenceWaitMs,
       candidates,
     };
-    await catalog.addEvent({ project: projectId, host: target.id, kind: 'failover', detail: `from ${p.primary ?? '-'} to ${target.id} at ${best.snapshot}; data-loss window up to ${result.dataLossWindowSeconds}s; old primary ${fenced}` });
+    await catalog.addEvent({ project: projectId, host: target.id, kind: 'failover', detail: `from ${from ?? '-'} to ${target.id} at ${chosen.snapshot}; data-loss window up to ${result.dataLossWindowSeconds}s; old primary ${fenced}` });
     return result;
   } finally {
     clearInterval(renew);
     await catalog.releaseLock(projectLockName(projectId), o.owner, lock.token).catch(() => undefined);
+  }
+}
+
+/** The newest `failover-started` event naming `to` (what an interrupted failover had chosen). */
+async function startedEvent(catalog: Catalog, project: string, to: string): Promise<{ from: string | null; to: string; snapshot: string; creation: number } | undefined> {
+  const events = await catalog.listEvents({ project, limit: 200 });
+  for (const e of [...events].sort((a, b) => b.at - a.at)) {
+    if (e.kind !== 'failover-started') continue;
+    try {
+      const d = JSON.parse(e.detail) as { from: unknown; to: unknown; snapshot: unknown; creation: unknown };
+      if (d.to !== to || typeof d.snapshot !== 'string' || typeof d.creation !== 'number') return undefined;
+      return { from: typeof d.from === 'string' ? v.hostId(d.from, 'failover-started event') : null, to, snapshot: v.snapshotName(d.snapshot, 'failover-started event'), creation: d.creation };
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The old primary cannot be reached over SSH. The catalog no longer names it, so its
+ * agent (which checks every few seconds) unmounts the project and records a `demoted`
+ * event; an agent cut off from the catalog stops serving by itself after its
+ * self-fence period, and is declared dead after graceMs without a heartbeat. Returns
+ * when either is observed; throws when the host still heartbeats but never confirms.
+ */
+async function waitForFence(catalog: Catalog, project: string, host: string, since: number, o: FailoverOptions): Promise<'demoted' | 'dead'> {
+  const now = o.now ?? Date.now;
+  const limit = o.fenceWaitMs ?? o.graceMs + 5_000;
+  const poll = o.pollMs ?? 500;
+  for (;;) {
+    const events = await catalog.listEvents({ project, since: since - 1000, limit: 100 });
+    if (events.some((e) => e.kind === 'demoted' && e.host === host)) return 'demoted';
+    const h = await catalog.getHost(host);
+    if (!h || h.heartbeatAt === null || now() - h.heartbeatAt > o.graceMs) return 'dead';
+    if (now() - since > limit) {
+      throw new Error(
+        `old primary ${host} does not answer SSH, still heartbeats (${Math.round((now() - h.heartbeatAt) / 1000)} s ago) and has not confirmed that it stopped serving ${project} within ${Math.round(limit / 1000)} s; ` +
+          `the catalog names no primary now (state failing-over). Check ${host}'s agent and re-run the failover`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, poll));
   }
 }

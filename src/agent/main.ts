@@ -39,6 +39,9 @@ export async function main(argv: string[]): Promise<void> {
   }
   const agent = new Agent({ config, catalog, log, metrics });
   await agent.init();
+  // before anything else: a project mounted here that the catalog no longer serves from
+  // here (failed over while this agent was down) stops being served now
+  await agent.fenceCheck().catch((e: Error) => log.error({ err: e.message }, 'fence check failed'));
   if (opts.once) {
     const r = await agent.runCycle();
     await agent.close();
@@ -47,7 +50,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   await metrics.listen(config.metrics.listen);
-  log.info({ host: config.host, interval: config.interval, metrics: config.metrics.listen }, 'storage-agent started');
+  log.info({ host: config.host, interval: config.interval, metrics: config.metrics.listen, failover: config.failover.mode }, 'storage-agent started');
 
   let stopping = false;
   let timer: NodeJS.Timeout | undefined;
@@ -59,6 +62,19 @@ export async function main(argv: string[]): Promise<void> {
     running = undefined;
     if (!stopping) timer = setTimeout(() => void loop(), agent.config.interval * 1000);
   };
+
+  // the fence check runs between cycles too (never overlapping itself)
+  let fencing = false;
+  const fenceTimer = setInterval(() => {
+    if (fencing || stopping) return;
+    fencing = true;
+    agent
+      .fenceCheck()
+      .catch((e: Error) => log.error({ err: e.message }, 'fence check failed'))
+      .finally(() => {
+        fencing = false;
+      });
+  }, agent.config.failover.fenceCheck * 1000);
 
   process.on('SIGHUP', () => {
     try {
@@ -72,6 +88,7 @@ export async function main(argv: string[]): Promise<void> {
     if (stopping) return;
     stopping = true;
     clearTimeout(timer);
+    clearInterval(fenceTimer);
     log.info({ signal: sig }, 'stopping: no new transfers; waiting for running ones');
     agent.drain();
     const grace = Number(opts.shutdownGrace) * 1000;

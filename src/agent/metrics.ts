@@ -24,6 +24,8 @@ export class AgentMetrics {
   private readonly heartbeatAge: Gauge<'host'>;
   private readonly projectsByRole: Gauge<'role'>;
   private readonly queue: Gauge<'target'>;
+  private readonly selfFencedTotal: Counter;
+  private readonly fenceEvents: Counter<'kind'>;
   private readonly newest = new Map<string, Map<string, number | null>>(); // target -> project -> creation (unix s) of the newest snapshot on target
   private server?: Server;
 
@@ -51,6 +53,8 @@ export class AgentMetrics {
     this.heartbeatAge = new Gauge({ name: 'storage_host_heartbeat_age_seconds', help: 'Seconds since the host last heartbeated into the catalog', labelNames: ['host'], registers: [r] });
     this.projectsByRole = new Gauge({ name: 'storage_projects', help: 'Projects on this host by role', labelNames: ['role'], registers: [r] });
     this.queue = new Gauge({ name: 'storage_replication_queue_depth', help: 'Transfers waiting or running per target', labelNames: ['target'], registers: [r] });
+    this.selfFencedTotal = new Counter({ name: 'storage_self_fenced_projects_total', help: 'Projects unmounted because the catalog could not be reached for failover.selfFenceAfter', registers: [r] });
+    this.fenceEvents = new Counter({ name: 'storage_fence_events_total', help: 'Fencing and failover actions by this agent (demoted, remounted, failover)', labelNames: ['kind'], registers: [r] });
     this.cycleZfsCalls = new Gauge({ name: 'storage_agent_cycle_zfs_calls', help: 'Local zfs calls made by the last cycle', registers: [r] });
   }
 
@@ -83,6 +87,14 @@ export class AgentMetrics {
   roles(primary: number, replica: number): void {
     this.projectsByRole.set({ role: 'primary' }, primary);
     this.projectsByRole.set({ role: 'replica' }, replica);
+  }
+
+  selfFenced(n: number): void {
+    this.selfFencedTotal.inc(n);
+  }
+
+  fence(kind: 'demoted' | 'remounted' | 'failover', n: number): void {
+    if (n > 0) this.fenceEvents.inc({ kind }, n);
   }
 
   queueDepth(target: string, depth: number): void {

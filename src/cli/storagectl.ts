@@ -3,11 +3,13 @@
 // error (nothing was done); 3 environment problem (configuration or catalog missing).
 import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
-import { loadConfig, parseConfig, ConfigError, type Config } from '../agent/config.js';
+import { loadConfig, parseConfig, ConfigError, deadAfterMs, type Config } from '../agent/config.js';
 import { Agent, sshOptions } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
 import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError } from '../agent/failover.js';
+import { move } from '../agent/move.js';
+import { restore, RestoreError } from '../agent/restore.js';
 import { SshPool } from '../replica/transport.js';
 import { fetchListing } from '../replica/listing.js';
 import { silentLogger } from '../util/log.js';
@@ -157,16 +159,32 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('open <project>')
-    .description('mount a project on this host (its primary)')
-    .action(async (id: string) => {
+    .description('mount a project: on this host if it is the primary; when the primary is dead (or none), on the freshest live replica (a failover)')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, opts: { json?: boolean }) => {
       v.projectId(id, 'storagectl open');
       const ctx = await context(cfg());
-      const { config, zfs } = ctx;
-      await projectHere(ctx, id, 'run open');
-      const ds = `${config.projectsRoot}/${id}`;
-      const { mounted, mountpoint } = await zfs.get(ds, ['mounted', 'mountpoint']);
-      if (mounted !== 'yes') await zfs.mount(ds);
-      process.stdout.write(`${id} mounted at ${mountpoint}\n`);
+      const { config, zfs, catalog } = ctx;
+      const p = await projectHere(ctx, id);
+      if (p.primary === config.host) {
+        const ds = `${config.projectsRoot}/${id}`;
+        const { mounted, mountpoint } = await zfs.get(ds, ['mounted', 'mountpoint']);
+        if (mounted !== 'yes') await zfs.mount(ds);
+        out(!!opts.json, { project: id, host: config.host, mountpoint, failover: null }, () => `${id} mounted at ${mountpoint} on ${config.host}\n`);
+        return;
+      }
+      const dead = deadAfterMs(config);
+      const primary = p.primary ? await catalog.getHost(p.primary) : undefined;
+      if (primary && primary.heartbeatAt !== null && Date.now() - primary.heartbeatAt <= dead) {
+        throw new UsageError(`project ${id} is served by ${primary.id}, which is live: open it there (or move it: storagectl move ${id} ${config.host}, run on ${primary.id})`);
+      }
+      // location none or a dead primary: lock, the freshest live replica (ties: least loaded), mount
+      const r = await withSsh(config, (pool) =>
+        failover(catalog, pool, id, { owner: `storagectl-open@${config.host}:${process.pid}`, graceMs: dead, onStep: opts.json ? undefined : (s) => process.stderr.write(`open: ${s}\n`) }),
+      ).catch((e: unknown) => {
+        throw e instanceof LockedError ? new UsageError(e.message) : e;
+      });
+      out(!!opts.json, { project: id, host: r.to, failover: r }, () => `${id} mounted on ${r.to} (primary ${p.primary ?? 'none'} was dead) at snapshot ${r.snapshot}; data-loss window up to ${r.dataLossWindowSeconds}s\n`);
     });
 
   program
@@ -278,7 +296,7 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (opts: { json?: boolean }) => {
       const { config, catalog } = await context(cfg());
       const now = Date.now();
-      const grace = 3 * config.interval * 1000;
+      const grace = deadAfterMs(config);
       const hosts = (await catalog.listHosts()).map((h) => ({ ...h, heartbeatAgeSeconds: h.heartbeatAt === null ? null : Math.round((now - h.heartbeatAt) / 1000), live: h.heartbeatAt !== null && now - h.heartbeatAt <= grace }));
       out(!!opts.json, { hosts }, () =>
         table([
@@ -301,13 +319,108 @@ export async function main(argv: string[]): Promise<void> {
         failover(catalog, pool, id, {
           to: opts.to,
           owner: `storagectl@${config.host}:${process.pid}`,
-          graceMs: 3 * config.interval * 1000,
+          graceMs: deadAfterMs(config),
           onStep: opts.json ? undefined : (s) => process.stderr.write(`failover: ${s}\n`),
         }),
       ).catch((e: unknown) => {
         throw e instanceof LockedError ? new UsageError(e.message) : e;
       });
       out(!!opts.json, r, () => `${id} now served by ${r.to} at snapshot ${r.snapshot} (data-loss window up to ${r.dataLossWindowSeconds}s); old primary ${r.from ?? '-'}: ${r.oldPrimaryFenced}\n`);
+    });
+
+  program
+    .command('move <project> <host>')
+    .description('move a project to another host with seconds of downtime (run on its primary): pre-sync, stop writes, final incremental, verify, switch')
+    .option('--drop-source', 'remove the copy on this host once the target serves (default: it stays a replica)')
+    .option('--force', 'unmount at the source even if processes have files open')
+    .option('--presync-threshold <bytes>', 'pre-sync until a round sends less than this', String(64 * 2 ** 20))
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, to: string, opts: { dropSource?: boolean; force?: boolean; presyncThreshold: string; json?: boolean }) => {
+      v.projectId(id, 'storagectl move');
+      v.hostId(to, 'storagectl move <host>');
+      const threshold = Number(opts.presyncThreshold);
+      if (!Number.isInteger(threshold) || threshold < 0) throw new UsageError(`--presync-threshold: expected bytes, got ${v.describe(opts.presyncThreshold)}`);
+      const { config, catalog, zfs } = await context(cfg());
+      const tty = !opts.json && process.stderr.isTTY;
+      const { default: cliProgress } = await import('cli-progress');
+      const bar = tty ? new cliProgress.SingleBar({ format: 'move |{bar}| {sent} at {rate}/s, ETA {eta_formatted}', hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : undefined;
+      let barOn = false;
+      const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+      const agent = new Agent({
+        config,
+        catalog,
+        zfs,
+        log: silentLogger(),
+        onProgress: (pr) => {
+          if (!bar) return;
+          const rate = pr.elapsedMs > 0 ? pr.bytes / (pr.elapsedMs / 1000) : 0;
+          const total = Math.max(pr.bytes, pr.estimate ?? pr.bytes);
+          if (!barOn) {
+            bar.start(total, 0, { sent: '0 MiB', rate: '0 MiB' });
+            barOn = true;
+          }
+          bar.setTotal(total);
+          bar.update(pr.bytes, { sent: mb(pr.bytes), rate: mb(rate) });
+        },
+      });
+      const step = (s: string) => {
+        if (opts.json) return;
+        if (barOn) {
+          bar!.stop();
+          barOn = false;
+        }
+        process.stderr.write(`move: ${s}\n`);
+      };
+      try {
+        const r = await move(agent, id, to, { owner: `storagectl-move@${config.host}:${process.pid}`, dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, onStep: step }).catch((e: unknown) => {
+          throw e instanceof LockedError ? new UsageError(e.message) : e;
+        });
+        if (barOn) bar!.stop();
+        out(!!opts.json, r, () => `${id} moved from ${r.from} to ${r.to} at ${r.finalSnapshot}${r.resumed ? ' (finished an interrupted move)' : `; writes stopped for ${(r.downtimeMs / 1000).toFixed(1)} s`}; ${r.from} ${r.source === 'replica' ? 'keeps a replica' : 'copy dropped'}\n`);
+      } finally {
+        await agent.close();
+      }
+    });
+
+  program
+    .command('restore <project> <snapshot>')
+    .description('restore a snapshot: clone (read-only mount for file recovery) or rollback (live state := snapshot, keeping every snapshot); fetched from a replica if needed')
+    .option('--mode <mode>', 'clone | rollback', 'clone')
+    .option('--from <host>', 'take the snapshot from this replica host')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, snap: string, opts: { mode: string; from?: string; json?: boolean }) => {
+      v.projectId(id, 'storagectl restore');
+      v.snapshotName(snap, 'storagectl restore <snapshot>');
+      if (opts.mode !== 'clone' && opts.mode !== 'rollback') throw new UsageError(`--mode: expected clone or rollback, got ${v.describe(opts.mode)}`);
+      if (opts.from) v.hostId(opts.from, 'storagectl restore --from');
+      const { config, catalog, zfs } = await context(cfg());
+      const agent = new Agent({ config, catalog, zfs, log: silentLogger() });
+      const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+      let lastShown = 0;
+      try {
+        const r = await restore(agent, id, snap, {
+          mode: opts.mode,
+          from: opts.from,
+          owner: `storagectl-restore@${config.host}:${process.pid}`,
+          onStep: opts.json ? undefined : (s) => process.stderr.write(`restore: ${s}\n`),
+          onProgress: opts.json
+            ? undefined
+            : (bytes, ms) => {
+                if (Date.now() - lastShown < 1000) return;
+                lastShown = Date.now();
+                process.stderr.write(`restore: fetched ${mb(bytes)} at ${mb(ms > 0 ? bytes / (ms / 1000) : 0)}/s\n`);
+              },
+        }).catch((e: unknown) => {
+          throw e instanceof LockedError ? new UsageError(e.message) : e instanceof RestoreError ? new UsageError(e.message) : e;
+        });
+        out(!!opts.json, r, () =>
+          r.mode === 'clone'
+            ? `${id}@${snap} (from ${r.source.host}) is mounted read-only at ${r.clone!.mountpoint}\n`
+            : `${id} live state restored to ${snap} (from ${r.source.host}); the state before is @${r.safetySnapshot}, after @${r.restoredSnapshot}\n`,
+        );
+      } finally {
+        await agent.close();
+      }
     });
 
   program

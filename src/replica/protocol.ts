@@ -8,6 +8,7 @@
 //   storage-v1 abort-resume <project-uuid>
 //   storage-v1 promote <project-uuid>      (failover/move: replica -> mounted primary)
 //   storage-v1 fence <project-uuid>        (failover: unmount the primary, readonly)
+//   storage-v1 send <project-uuid>@<snapshot>  (restore: one snapshot of a replica, full stream on stdout)
 //   storage-v1 hold <tag> <project-uuid>@<snapshot>
 //   storage-v1 release <tag> <project-uuid>@<snapshot>
 //
@@ -23,7 +24,8 @@ export type RemoteCommand =
   | { op: 'abort-resume'; project: string }
   | { op: 'promote'; project: string }
   | { op: 'fence'; project: string }
-  | { op: 'hold' | 'release'; tag: string; project: string; snap: string };
+  | { op: 'hold' | 'release'; tag: string; project: string; snap: string }
+  | { op: 'send'; project: string; snap: string };
 
 export class RefusedCommand extends Error {
   constructor(reason: string, command: string) {
@@ -52,6 +54,17 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
       throw new RefusedCommand((e as Error).message, command);
     }
   };
+  const projectSnap = (s: string): [string, string] => {
+    const at = s.indexOf('@');
+    if (at < 0) throw new RefusedCommand('expected <project>@<snapshot>', command);
+    const snap = s.slice(at + 1);
+    try {
+      v.snapshotName(snap, 'ssh command');
+    } catch (e) {
+      throw new RefusedCommand((e as Error).message, command);
+    }
+    return [project(s.slice(0, at)), snap];
+  };
   switch (op) {
     case 'capabilities':
     case 'list':
@@ -63,6 +76,11 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
     case 'fence':
       arity(1);
       return { op, project: project(args[0]!) };
+    case 'send': {
+      arity(1);
+      const [id, snap] = projectSnap(args[0]!);
+      return { op, project: id, snap };
+    }
     case 'hold':
     case 'release': {
       arity(2);
@@ -73,15 +91,8 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
       } catch (e) {
         throw new RefusedCommand((e as Error).message, command);
       }
-      const at = args[1]!.indexOf('@');
-      if (at < 0) throw new RefusedCommand('expected <project>@<snapshot>', command);
-      const snap = args[1]!.slice(at + 1);
-      try {
-        v.snapshotName(snap, 'ssh command');
-      } catch (e) {
-        throw new RefusedCommand((e as Error).message, command);
-      }
-      return { op, tag, project: project(args[1]!.slice(0, at)), snap };
+      const [id, snap] = projectSnap(args[1]!);
+      return { op, tag, project: id, snap };
     }
     default:
       throw new RefusedCommand(`unknown operation ${v.describe(op ?? '')}`, command);
@@ -101,6 +112,8 @@ export function formatRemoteCommand(c: RemoteCommand): string {
     case 'hold':
     case 'release':
       return `${PROTOCOL} ${c.op} ${v.holdTag(c.tag)} ${v.projectId(c.project)}@${v.snapshotName(c.snap)}`;
+    case 'send':
+      return `${PROTOCOL} send ${v.projectId(c.project)}@${v.snapshotName(c.snap)}`;
   }
 }
 

@@ -114,6 +114,14 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
       stdout.write(JSON.stringify({ fenced: ds, present: true }) + '\n');
       return { fenced: ds };
     }
+    case 'send': {
+      // one snapshot of a replica, as a full stream (restore on the primary receives it
+      // into a new dataset of its own): no -R, so nothing but that snapshot's data
+      const snapshot = `${replicasRoot}/${cmd.project}@${cmd.snap}`;
+      const send = await zfs.sendToStdout({ snapshot, replicate: false });
+      await send.done;
+      return { sent: snapshot };
+    }
     case 'hold':
       await zfs.hold(cmd.tag, [`${replicasRoot}/${cmd.project}@${cmd.snap}`]);
       return {};

@@ -5,7 +5,7 @@
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { Transform, type Readable, type Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
 export interface SshTarget {
@@ -331,6 +331,58 @@ export class SshConnection {
       opts.signal?.removeEventListener('abort', onAbort);
     }
     const result = { code, signal, stdout: Buffer.concat(stdout).toString('utf8'), stderr: err, bytes: meter.bytes };
+    if (code !== 0 || abortReason) {
+      const why = code !== null && code !== 0 ? `remote exit ${code}` : abortReason ?? `remote ended without status${signal ? ` (signal ${signal})` : ''}`;
+      throw new SshError(`ssh ${this.where()} "${command}" failed after ${meter.bytes} bytes: ${why}: ${err.trim() || abortReason || '(no stderr)'}`, this.target.host, command, code, err);
+    }
+    return result;
+  }
+
+  /**
+   * The reverse of transfer: streams a remote command's stdout into `sink` (restore
+   * fetches a snapshot back from a replica). Same stall watchdog; resolves with the
+   * remote exit status, rejects with the command and its stderr.
+   */
+  async download(command: string, sink: Writable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
+    const ch = await this.channel(command);
+    const meter = new Meter(opts.bandwidthLimit ?? 0, opts.onProgress);
+    let err = '';
+    let code: number | null = null;
+    let signal: string | null = null;
+    ch.stderr.on('data', (d: Buffer) => {
+      if (err.length < 65536) err += d.toString('utf8');
+    });
+    ch.on('exit', (c: number | null, s?: string) => {
+      code = c;
+      signal = s ?? null;
+    });
+    const closed = new Promise<void>((r) => ch.once('close', () => r()));
+    ch.end(); // nothing to send: the remote side only writes
+    let abortReason: string | undefined;
+    const stallMs = this.opts.stallTimeoutSeconds * 1000;
+    const watchdog = setInterval(() => {
+      if (Date.now() - meter.lastProgressAt > stallMs) {
+        abortReason = `no progress for ${this.opts.stallTimeoutSeconds} s after ${meter.bytes} bytes`;
+        ch.close();
+      }
+    }, Math.min(1000, stallMs / 4));
+    const onAbort = () => {
+      abortReason = 'aborted';
+      ch.close();
+    };
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await Promise.all([
+        pipeline(ch, meter, sink).catch((e: Error) => {
+          abortReason ??= e.message;
+        }),
+        closed,
+      ]);
+    } finally {
+      clearInterval(watchdog);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    const result = { code, signal, stdout: '', stderr: err, bytes: meter.bytes };
     if (code !== 0 || abortReason) {
       const why = code !== null && code !== 0 ? `remote exit ${code}` : abortReason ?? `remote ended without status${signal ? ` (signal ${signal})` : ''}`;
       throw new SshError(`ssh ${this.where()} "${command}" failed after ${meter.bytes} bytes: ${why}: ${err.trim() || abortReason || '(no stderr)'}`, this.target.host, command, code, err);

@@ -490,6 +490,17 @@ export class Zfs {
     return { argv, done: exitPromise(child, [...this.runner.prefix, ...argv]) };
   }
 
+  /**
+   * `zfs send` writing to this process's own stdout (fd 1) directly: the SSH receiver
+   * hands sshd's pipe to zfs (restore fetches a snapshot back from a replica).
+   */
+  async sendToStdout(o: SendOptions): Promise<{ argv: readonly string[]; done: Promise<void> }> {
+    const argv = await this.sendArgv(o);
+    const child = this.runner.spawn(argv, undefined, { stdout: 'inherit' });
+    child.stdin!.end();
+    return { argv, done: exitPromise(child, [...this.runner.prefix, ...argv]) };
+  }
+
   /** The resume token of an interrupted resumable receive (OpenZFS), if any. */
   async resumeToken(dataset: string): Promise<string | undefined> {
     v.datasetName(dataset, 'resume token');

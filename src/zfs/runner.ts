@@ -71,10 +71,10 @@ export class CommandRunner {
   }
 
   /** Spawns a long-running command (send/recv); the caller owns its streams. */
-  spawn(argv: readonly string[], onExit?: (ok: boolean) => void, opts: { stdin?: 'pipe' | 'inherit' } = {}): ChildProcess {
+  spawn(argv: readonly string[], onExit?: (ok: boolean) => void, opts: { stdin?: 'pipe' | 'inherit'; stdout?: 'pipe' | 'inherit' } = {}): ChildProcess {
     const full = [...this.prefix, ...argv];
     const started = Date.now();
-    const child = spawn(full[0]!, full.slice(1), { stdio: [opts.stdin ?? 'pipe', 'pipe', 'pipe'] });
+    const child = spawn(full[0]!, full.slice(1), { stdio: [opts.stdin ?? 'pipe', opts.stdout ?? 'pipe', 'pipe'] });
     child.once('close', (code) => {
       this.record(argv, started, code === 0);
       onExit?.(code === 0);
