@@ -137,6 +137,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     await catalog.setLocation(projectId, target.id, 'active', lock.token);
     const targets = [...p.targets.filter((t) => t !== target.id), ...(from && from !== target.id && !p.targets.includes(from) ? [from] : [])];
     await catalog.setTargets(projectId, targets);
+    await catalog.deleteReplica(projectId, target.id); // a primary is not its own replica
     const result: FailoverResult = {
       project: projectId,
       from,

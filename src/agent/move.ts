@@ -206,6 +206,11 @@ async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: Mov
   }
   const targets = [...p.targets.filter((t) => t !== target.id && t !== me), ...(source === 'replica' ? [me] : [])];
   await catalog.setTargets(p.id, targets);
+  // replica rows: the new primary is no replica; the source holds exactly the final state
+  await catalog.deleteReplica(p.id, target.id);
+  if (source === 'replica' && newest) {
+    await catalog.upsertReplica({ project: p.id, host: me, snapshot: newest.snap, guid: newest.guid, snapshotCreation: newest.creation, confirmedAt: Date.now() });
+  } else await catalog.deleteReplica(p.id, me);
   await catalog.setLocation(p.id, target.id, 'active', token);
   return { snapshot: newest?.snap ?? '?', guid: newest?.guid ?? '?', source };
 }

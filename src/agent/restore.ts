@@ -125,7 +125,7 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
     let dataset: string;
     if (source.fetched) {
       dataset = copyName;
-      await zfs.set(dataset, { readonly: 'on', mountpoint, canmount: 'noauto' });
+      await setIfDifferent(agent, dataset, { readonly: 'on', canmount: 'noauto', mountpoint });
     } else {
       dataset = copyName;
       if (!(await zfs.exists(restoreRoot))) await zfs.create(restoreRoot, { canmount: 'off', mountpoint: 'none' });
@@ -146,23 +146,27 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
   const tmpMount = `${c.mountBase}/.restore/${projectId}/.rollback-source`;
   let madeTmp = false;
   try {
-    const stamp = v.autoSnapshotName(new Date()).replace(/:/g, '');
-    const safety = `pre-restore-${stamp}`;
-    await zfs.snapshot([`${live}@${safety}`]);
-    step(`safety snapshot ${live}@${safety}`);
     // a read-only view of the snapshot to copy from
     let from: string;
     if (source.fetched) {
-      await zfs.set(copyName, { readonly: 'on', mountpoint: tmpMount, canmount: 'noauto' });
+      await setIfDifferent(agent, copyName, { readonly: 'on', canmount: 'noauto', mountpoint: tmpMount });
       from = copyName;
     } else {
       if (!(await zfs.exists(restoreRoot))) await zfs.create(restoreRoot, { canmount: 'off', mountpoint: 'none' });
-      if (await zfs.exists(tmp)) await zfs.destroyDataset(tmp); // a clone left by an interrupted rollback: it holds no data of its own
+      if (await zfs.exists(tmp)) {
+        // a clone left by an interrupted rollback: it holds no data of its own
+        await zfs.unmount(tmp, { force: true }).catch(() => undefined);
+        await zfs.destroyDataset(tmp);
+      }
       await zfs.clone(origin, tmp, { readonly: true, mountpoint: tmpMount, canmount: 'noauto' });
       madeTmp = true;
       from = tmp;
     }
     if ((await zfs.get(from, ['mounted'])).mounted !== 'yes') await zfs.mount(from);
+    const stamp = v.autoSnapshotName(new Date()).replace(/:/g, '');
+    const safety = `pre-restore-${stamp}`;
+    await zfs.snapshot([`${live}@${safety}`]);
+    step(`safety snapshot ${live}@${safety}`);
     const { mounted, mountpoint: liveMount } = await zfs.get(live, ['mounted', 'mountpoint']);
     const wasMounted = mounted === 'yes';
     if (!wasMounted) await zfs.mount(live);
@@ -175,13 +179,20 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
     // the temporary read-only view goes; a fetched copy is kept for clone-mode access
     await zfs.unmount(from).catch(() => undefined);
     if (madeTmp) await zfs.destroyDataset(tmp);
-    else await zfs.set(copyName, { mountpoint: 'none' });
+    else await setIfDifferent(agent, copyName, { mountpoint: 'none' });
     await catalog.addEvent({ project: projectId, host: c.host, kind: 'restore-rollback', detail: `live state set to ${snapshot} (from ${source.host}); before: @${safety}; after: @${restored}` });
     return { project: projectId, snapshot, mode: 'rollback', source, safetySnapshot: safety, restoredSnapshot: restored };
   } finally {
     clearInterval(renew);
     await catalog.releaseLock(projectLockName(projectId), o.owner, lock.token).catch(() => undefined);
   }
+}
+
+/** zfs set only for the properties whose value differs (a same-value mountpoint set remounts). */
+async function setIfDifferent(agent: Agent, dataset: string, props: Record<string, string>): Promise<void> {
+  const cur = await agent.zfs.get(dataset, Object.keys(props));
+  const change = Object.fromEntries(Object.entries(props).filter(([k, val]) => cur[k] !== val));
+  if (Object.keys(change).length) await agent.zfs.set(dataset, change);
 }
 
 /** rsync -aH --delete from → to (argv, no shell); errors carry the command and stderr. */

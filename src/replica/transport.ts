@@ -320,12 +320,13 @@ export class SshConnection {
         abortReason ??= e.message;
       });
       // wait for the remote exit status (the receiver finishes after stdin EOF)
+      let exitTimer: NodeJS.Timeout | undefined;
       await Promise.race([
         closed,
-        new Promise<void>((_, reject) =>
-          setTimeout(() => reject(new SshError(`ssh ${this.where()} "${command}": no exit status within ${this.opts.operationTimeoutSeconds} s after the stream ended`, this.target.host, command)), this.opts.operationTimeoutSeconds * 1000),
-        ),
-      ]);
+        new Promise<void>((_, reject) => {
+          exitTimer = setTimeout(() => reject(new SshError(`ssh ${this.where()} "${command}": no exit status within ${this.opts.operationTimeoutSeconds} s after the stream ended`, this.target.host, command)), this.opts.operationTimeoutSeconds * 1000);
+        }),
+      ]).finally(() => clearTimeout(exitTimer)); // a pending timer would keep a CLI process alive
     } finally {
       clearInterval(watchdog);
       opts.signal?.removeEventListener('abort', onAbort);

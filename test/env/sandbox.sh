@@ -46,18 +46,18 @@ have_all() {
   command -v zfs-fuse >/dev/null && command -v zfs >/dev/null && command -v zpool >/dev/null &&
     [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null &&
     command -v ip >/dev/null && command -v nft >/dev/null && command -v tc >/dev/null &&
-    command -v fusermount >/dev/null && command -v jq >/dev/null
+    command -v fusermount >/dev/null && command -v jq >/dev/null && command -v rsync >/dev/null
 }
 
 deps() {
   preflight
   if ! have_all; then
-    log "installing missing Debian packages (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq)"
+    log "installing missing Debian packages (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq >/dev/null ||
-      die "apt-get install failed (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq)"
-    have_all || die "packages installed but a tool is still missing (zfs-fuse, zfs, zpool, sshd, ssh, ip, nft, tc, fusermount, jq)"
+    apt-get install -y -qq --no-install-recommends zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync >/dev/null ||
+      die "apt-get install failed (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync)"
+    have_all || die "packages installed but a tool is still missing (zfs-fuse, zfs, zpool, sshd, ssh, ip, nft, tc, fusermount, jq, rsync)"
   fi
   start_zfs_fuse
 }
