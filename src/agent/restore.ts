@@ -200,7 +200,8 @@ async function rsync(from: string, to: string): Promise<void> {
   const bin = ['/usr/bin/rsync', '/bin/rsync'].find((p) => existsSync(p));
   if (!bin) throw new RestoreError('rollback copies the snapshot back with rsync, which is not installed (apt-get install rsync)');
   mkdirSync(to, { recursive: true });
-  const argv = [bin, '-aH', '--delete', '--numeric-ids', from, to];
+  // --checksum: zfs-fuse keeps whole-second mtimes, so size+mtime would skip same-size edits
+  const argv = [bin, '-aH', '--delete', '--checksum', '--numeric-ids', from, to];
   await new Promise<void>((resolve, reject) => {
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';

@@ -1,7 +1,9 @@
-// Failover on the sandbox: the primary is cut off (its link down), `failover` mounts the
-// project on its freshest replica with the last replicated content, concurrent failovers
-// of one project are refused with "locked by", and the old primary demotes itself when
-// it comes back. (Move, restore and the conflict rename are not built yet: issue #5.)
+// Failover on the sandbox: the primary is cut off from the other hosts (its link down)
+// while its agent keeps running; `failover` names the freshest replica in the catalog,
+// cannot reach the old primary over SSH and waits until the old primary's agent has
+// demoted itself (its fence check reads the catalog), then mounts the project on the
+// replica with the last replicated content. Concurrent failovers of one project are
+// refused with "locked by". (Agent processes, kill + partition: failover-auto.test.ts.)
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -41,11 +43,22 @@ describe('failover', () => {
     const { writeFileSync, readFileSync } = await import('node:fs');
     writeFileSync(`${p.mnt}/after-partition.txt`, 'written on a while cut off');
     const t0 = Date.now();
-    const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: 60_000 });
+    // a's agent keeps running during the partition: its fence check every second
+    let fencing = true;
+    const aFence = (async () => {
+      while (fencing) {
+        await fleet.agents.get('a')!.fenceCheck().catch(() => undefined);
+        await new Promise((res) => setTimeout(res, 1000));
+      }
+    })();
+    const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: 60_000 }).finally(() => {
+      fencing = false;
+    });
+    await aFence;
     const ms = Date.now() - t0;
     assert.ok(ms < 30_000, `failover took ${ms} ms`);
     assert.ok(['b', 'c'].includes(r.to));
-    assert.equal(r.oldPrimaryFenced, 'unreachable');
+    assert.equal(r.oldPrimaryFenced, 'demoted', 'the old primary confirmed (by its demoted event) before the replica was mounted');
     const to = host(sb, r.to);
     const ds = `${to.pool}/projects/${p.id}`;
     const props = await fleet.zfs.get(ds, ['mounted', 'readonly', 'mountpoint']);
@@ -54,10 +67,10 @@ describe('failover', () => {
     const rec = await fleet.catalog.getProject(p.id);
     assert.equal(rec!.primary, r.to);
     assert.ok(rec!.targets.includes('a'), 'the old primary becomes a replica target');
-    process.stdout.write(`# failover of ${p.id} to ${r.to} took ${ms} ms (data-loss window ${r.dataLossWindowSeconds}s)\n`);
+    process.stdout.write(`# failover of ${p.id} to ${r.to} took ${ms} ms (waited ${r.fenceWaitMs} ms for a to demote itself; data-loss window ${r.dataLossWindowSeconds}s)\n`);
 
-    // the old primary comes back: its agent unmounts what it no longer serves and keeps
-    // its divergent data under a conflict name
+    // the old primary unmounted its copy and kept it (with what was written during the
+    // partition) under a conflict name; its link comes back
     link('up');
     const back = await fleet.agents.get('a')!.runCycle();
     assert.equal(await fleet.zfs.exists(p.dataset), false, JSON.stringify(back.failures));
