@@ -198,10 +198,14 @@ export class Agent {
     const mine = new Set(served.map((p) => p.id));
     for (const ds of local.values()) {
       const id = ds.name.slice(c.projectsRoot.length + 1);
-      if (ds.props.mounted !== 'yes' || !isProjectId(id) || mine.has(id) || opts.only) continue;
+      // mounted or not (a fence over SSH unmounts it): a copy under projects/ that this host
+      // no longer serves is set aside, so that it can neither be served nor mistaken for a replica
+      if (!isProjectId(id) || mine.has(id) || opts.only) continue;
       try {
         const p = await this.catalog.getProject(id);
-        if (!p || servesHere(p, c.host)) continue;
+        if (!p || servesHere(p, c.host) || p.primary === null) continue;
+        // an unmounted source during a move is the move's to turn into a replica
+        if (p.state === 'moving' && ds.props.mounted !== 'yes') continue;
         await this.demote(ds.name, p);
         local.delete(ds.name);
       } catch (e) {
@@ -396,7 +400,7 @@ export class Agent {
    */
   async demote(dataset: string, p: ProjectRecord): Promise<string> {
     const c = this.config;
-    await this.zfs.unmount(dataset, { force: true });
+    if ((await this.zfs.get(dataset, ['mounted'])).mounted === 'yes') await this.zfs.unmount(dataset, { force: true });
     const stamp = autoSnapshotName(new Date(this.now())).replace(/:/g, '');
     await this.zfs.snapshot([`${dataset}@demoted-${stamp}`]);
     const conflictsRoot = `${c.pool}/conflicts`;

@@ -276,7 +276,11 @@ export async function main(argv: string[]): Promise<void> {
         const missing = p.targets.filter((t) => !replicas.some((r) => r.host === t));
         data.push({ project: p.id, primary: p.primary, state: p.state, replicationFactor: p.replicationFactor, targets: p.targets, replicas, missingReplicas: missing });
       }
-      out(!!opts.json, { projects: data }, () => {
+      // data set aside by demoted hosts (kept until an admin decides): from the events of 30 days
+      const conflicts = (await catalog.listEvents({ since: now - 30 * 86_400_000, limit: 10_000 }))
+        .filter((e) => e.kind === 'demoted' && e.project && (!opts.project || e.project === opts.project))
+        .map((e) => ({ project: e.project!, host: e.host, dataset: /kept in (\S+)/.exec(e.detail)?.[1] ?? null, at: new Date(e.at).toISOString() }));
+      out(!!opts.json, { projects: data, conflicts }, () => {
         const rows = [['PROJECT', 'PRIMARY', 'STATE', 'REPLICA', 'NEWEST SNAPSHOT', 'LAG', 'CONFIRMED']];
         for (const d of data) {
           if (d.replicas.length === 0 && d.missingReplicas.length === 0) rows.push([d.project, d.primary ?? '-', d.state, '-', '-', '-']);
@@ -285,7 +289,11 @@ export async function main(argv: string[]): Promise<void> {
           );
           for (const m of d.missingReplicas) rows.push([d.replicas.length ? '' : d.project, d.replicas.length ? '' : d.primary ?? '-', d.replicas.length ? '' : d.state, m, '(none yet)', lagText(null, config.metrics.lagSloSeconds), '-']);
         }
-        return table(rows);
+        const tail = conflicts.length
+          ? `\n${color(33, `${conflicts.length} conflict(s) kept aside`)} (data a demoted host had; never destroyed automatically; see storagectl conflicts on that host):\n` +
+            table([['PROJECT', 'HOST', 'DATASET', 'SINCE'], ...conflicts.map((x) => [x.project, x.host ?? '-', x.dataset ?? '?', x.at])])
+          : '';
+        return table(rows) + tail;
       });
     });
 

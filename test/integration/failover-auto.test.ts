@@ -142,5 +142,7 @@ describe('failover: auto, with agent processes', () => {
     }
     const conflicts = JSON.parse(spawnSync('nsenter', [`--net=/run/netns/${A.netns}`, `${sb.repo}/bin/storagectl`, '--config', `${A.dir}/agent-auto.yaml`, 'conflicts', '--json'], { encoding: 'utf8' }).stdout) as { conflicts: Array<{ project: string }> };
     assert.ok(conflicts.conflicts.some((x) => x.project === id), 'storagectl conflicts lists it');
+    const status = JSON.parse(spawnSync('nsenter', [`--net=/run/netns/${A.netns}`, `${sb.repo}/bin/storagectl`, '--config', `${A.dir}/agent-auto.yaml`, 'status', '--json', '--project', id], { encoding: 'utf8' }).stdout) as { conflicts: Array<{ project: string; host: string; dataset: string }> };
+    assert.deepEqual(status.conflicts.map((x) => [x.project, x.host, x.dataset]), [[id, 'a', aside]], 'storagectl status lists it');
   });
 });

@@ -5,7 +5,10 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { placeReplicas } from '../../src/agent/placement.js';
-import { parseConfig, ConfigError } from '../../src/agent/config.js';
+import { parseConfig, ConfigError, deadAfterMs, selfFenceAfterMs } from '../../src/agent/config.js';
+import { readMounts, servesHere, estimateStream } from '../../src/agent/agent.js';
+import type { Plan } from '../../src/replica/plan.js';
+import type { DatasetInfo } from '../../src/zfs/index.js';
 import { parseRemoteCommand, formatRemoteCommand, RefusedCommand, checkListing } from '../../src/replica/protocol.js';
 import { parseKnownHosts, pinnedKeys, Meter } from '../../src/replica/transport.js';
 import { Zfs, CommandRunner, ZfsUnsupportedError, type RunOptions, type RunResult } from '../../src/zfs/index.js';
@@ -72,6 +75,18 @@ interval: 1m
     assert.throws(() => parseConfig(good.replace('replicasRoot: tank/replicas', 'replicasRoot: tank/projects/r'), 'c'), /disjoint/);
     assert.throws(() => parseConfig(good.replace('projectsRoot: tank/projects', 'projectsRoot: other/projects'), 'c'), /inside pool tank/);
   });
+  it('failover: manual by default; auto self-fences after 2 intervals, before a host counts as dead', () => {
+    const m = parseConfig(good, 'c');
+    assert.equal(m.failover.mode, 'manual');
+    assert.equal(deadAfterMs(m), 180_000);
+    assert.equal(selfFenceAfterMs(m), null);
+    const a = parseConfig(good + 'failover: { mode: auto }\n', 'c');
+    assert.equal(selfFenceAfterMs(a), 120_000);
+    assert.ok(selfFenceAfterMs(a)! < deadAfterMs(a));
+    assert.equal(selfFenceAfterMs(parseConfig(good + 'failover: { mode: auto, selfFenceAfter: "off" }\n', 'c')), null);
+    assert.throws(() => parseConfig(good + 'failover: { mode: auto, after: 60s, selfFenceAfter: 90s }\n', 'c'), /failover\.selfFenceAfter: must be shorter than failover\.after \(60s\)/);
+    assert.throws(() => parseConfig(good + 'failover: { mode: sometimes }\n', 'c'), /failover\.mode/);
+  });
   it('reports YAML syntax errors with the file name', () => {
     assert.throws(() => parseConfig('host: [unclosed', 'broken.yaml'), /broken\.yaml: YAML error/);
   });
@@ -87,12 +102,15 @@ describe('SSH command grammar', () => {
       { op: 'abort-resume' as const, project: id },
       { op: 'hold' as const, tag: 'storage:replica:a', project: id, snap: '2026-11-22T22:30:05Z' },
       { op: 'release' as const, tag: 'storage:replica:a', project: id, snap: 'named-1' },
+      { op: 'promote' as const, project: id },
+      { op: 'fence' as const, project: id },
+      { op: 'send' as const, project: id, snap: 'named-1' },
     ]) {
       assert.deepEqual(parseRemoteCommand(formatRemoteCommand(c)), c);
     }
   });
   it('refuses metacharacters, wrong arity, unknown ops, foreign tags and non-UUIDs', () => {
-    for (const bad of [undefined, '', 'list', 'storage-v1', 'storage-v1 list x', `storage-v1 recv ${id};id`, 'storage-v1 recv ..', `storage-v1 hold other ${id}@s`, `storage-v1 hold storage:x ${id}`, 'storage-v1 rm -rf', `storage-v1 recv ${id} `, `storage-v1 recv\t${id}`]) {
+    for (const bad of [undefined, '', 'list', 'storage-v1', 'storage-v1 list x', `storage-v1 recv ${id};id`, 'storage-v1 recv ..', `storage-v1 hold other ${id}@s`, `storage-v1 hold storage:x ${id}`, 'storage-v1 rm -rf', `storage-v1 recv ${id} `, `storage-v1 recv\t${id}`, `storage-v1 send ${id}`, `storage-v1 send ${id}@`, `storage-v1 send ${id}@a ${id}@b`, `storage-v1 send x@y`, `storage-v1 send ${id}@..`]) {
       assert.throws(() => parseRemoteCommand(bad), RefusedCommand, JSON.stringify(bad));
     }
   });
@@ -176,5 +194,40 @@ describe('resume path on OpenZFS (argv only; the real resume is proven in the Op
     const z = new Zfs({ runner: new FuseProbe() });
     await assert.rejects(z.sendArgv({ snapshot: 'tank/p@x', resumeToken: 'abc' }), ZfsUnsupportedError);
     assert.deepEqual(await z.recvArgv({ target: 'tank/r/p', noMount: true, resumable: true, setProps: { readonly: 'on' } }), ['zfs', 'receive', 'tank/r/p']);
+  });
+});
+
+describe('fencing helpers', () => {
+  it('reads zfs and zfs-fuse mounts from mountinfo, decoding octal escapes', () => {
+    const text = [
+      '49 27 0:40 / /var/tmp/mnt/a/p rw,relatime - fuse.zfs tank/projects/p rw,user_id=0',
+      '50 27 0:41 / /srv/projects/x\\040y rw - zfs tank/projects/x\\040y rw,xattr',
+      '22 1 8:1 / / rw - ext4 /dev/vda rw',
+      'garbage',
+    ].join('\n');
+    assert.deepEqual(readMounts(text), [
+      { mountpoint: '/var/tmp/mnt/a/p', fstype: 'fuse.zfs', source: 'tank/projects/p' },
+      { mountpoint: '/srv/projects/x y', fstype: 'zfs', source: 'tank/projects/x y' },
+      { mountpoint: '/', fstype: 'ext4', source: '/dev/vda' },
+    ]);
+  });
+  it('a host serves a project only while the catalog names it, active, moving or failing over to it', () => {
+    const p = (primary: string | null, state: 'active' | 'moving' | 'failing-over' | 'fenced') => ({ id: 'x', primary, replicationFactor: 2, quota: null, state, targets: [], locationToken: 0, createdAt: 0 });
+    assert.equal(servesHere(p('a', 'active'), 'a'), true);
+    assert.equal(servesHere(p('a', 'moving'), 'a'), true);
+    assert.equal(servesHere(p('a', 'failing-over'), 'a'), true);
+    assert.equal(servesHere(p('a', 'fenced'), 'a'), false);
+    assert.equal(servesHere(p('b', 'active'), 'a'), false);
+    assert.equal(servesHere(p(null, 'active'), 'a'), false);
+  });
+  it('estimates stream sizes for the progress bar: referenced for full, sum of written for incrementals, unknown without written', () => {
+    const snap = (s: string, referenced: number, written?: number) => ({ name: `t/p@${s}`, dataset: 't/p', snap: s, guid: s, createtxg: 1, creation: 1, used: 0, referenced, written });
+    const ds = (snaps: ReturnType<typeof snap>[]) => ({ name: 't/p', snapshots: snaps }) as unknown as DatasetInfo;
+    const ref = (s: string) => ({ snap: s, guid: s, createtxg: 1, creation: 1 });
+    const full = { kind: 'full', to: ref('b') } as unknown as Plan;
+    const incr = { kind: 'incremental', from: ref('a'), to: ref('c') } as unknown as Plan;
+    assert.equal(estimateStream(ds([snap('a', 10), snap('b', 500)]), full), 500);
+    assert.equal(estimateStream(ds([snap('a', 10, 10), snap('b', 20, 7), snap('c', 30, 5)]), incr), 12);
+    assert.equal(estimateStream(ds([snap('a', 10), snap('b', 20), snap('c', 30)]), incr), undefined);
   });
 });
