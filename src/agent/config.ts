@@ -150,10 +150,10 @@ export const ConfigSchema = z
          */
         selfFenceAfter: z.union([duration, z.literal('off')]).optional(),
         /** how often the agent checks that every project mounted here is still its own */
-        fenceCheck: duration.default(2),
+        fenceCheck: duration.default(5),
       })
       .strict()
-      .default({ mode: 'manual', fenceCheck: 2 }),
+      .default({ mode: 'manual', fenceCheck: 5 }),
     log: z
       .object({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') })
       .strict()

@@ -244,17 +244,20 @@ async function unmountSource(agent: Agent, ds: string, force: boolean, step: (s:
     step('source already unmounted');
     return;
   }
+  // a busy file system (a file open at that instant) is retried for ~5 s; --force then
+  // forces it (note: a forced unmount under active I/O wedged zfs-fuse in our tests)
+  const tries = 10;
   for (let attempt = 1; ; attempt++) {
     try {
-      await zfs.unmount(ds, { force: force && attempt > 3 });
-      step('writes stopped: unmounted at the source');
+      await zfs.unmount(ds, { force: force && attempt > tries });
+      step(`writes stopped: unmounted at the source${attempt > 1 ? ` (attempt ${attempt})` : ''}`);
       return;
     } catch (e) {
       const busy = e instanceof ZfsCommandError && (e.kind === 'busy' || /busy/i.test(e.stderr));
-      if (!busy || attempt > (force ? 4 : 3)) {
+      if (!busy || attempt > (force ? tries : tries - 1)) {
         throw new Error(busy ? `${ds} is busy (processes have files open under its mountpoint): stop them, or re-run with --force to unmount anyway` : (e as Error).message);
       }
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, 500));
     }
   }
 }

@@ -180,7 +180,7 @@ export async function main(argv: string[]): Promise<void> {
       }
       // location none or a dead primary: lock, the freshest live replica (ties: least loaded), mount
       const r = await withSsh(config, (pool) =>
-        failover(catalog, pool, id, { owner: `storagectl-open@${config.host}:${process.pid}`, graceMs: dead, onStep: opts.json ? undefined : (s) => process.stderr.write(`open: ${s}\n`) }),
+        failover(catalog, pool, id, { owner: `storagectl-open@${config.host}:${process.pid}`, graceMs: dead, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
       ).catch((e: unknown) => {
         throw e instanceof LockedError ? new UsageError(e.message) : e;
       });
@@ -328,7 +328,7 @@ export async function main(argv: string[]): Promise<void> {
           to: opts.to,
           owner: `storagectl@${config.host}:${process.pid}`,
           graceMs: deadAfterMs(config),
-          onStep: opts.json ? undefined : (s) => process.stderr.write(`failover: ${s}\n`),
+          onStep: (s) => process.stderr.write(`failover: ${s}\n`), // steps on stderr, also with --json
         }),
       ).catch((e: unknown) => {
         throw e instanceof LockedError ? new UsageError(e.message) : e;
@@ -372,7 +372,7 @@ export async function main(argv: string[]): Promise<void> {
         },
       });
       const step = (s: string) => {
-        if (opts.json) return;
+        // steps go to stderr also with --json (stdout stays one JSON document)
         if (barOn) {
           bar!.stop();
           barOn = false;
@@ -410,7 +410,7 @@ export async function main(argv: string[]): Promise<void> {
           mode: opts.mode,
           from: opts.from,
           owner: `storagectl-restore@${config.host}:${process.pid}`,
-          onStep: opts.json ? undefined : (s) => process.stderr.write(`restore: ${s}\n`),
+          onStep: (s) => process.stderr.write(`restore: ${s}\n`),
           onProgress: opts.json
             ? undefined
             : (bytes, ms) => {

@@ -73,11 +73,12 @@ start_zfs_fuse() {
     rm -f /var/run/zfs/zfs_socket /run/zfs-fuse.pid
     zfs-fuse --pidfile /run/zfs-fuse.pid || die "zfs-fuse failed to start (exit $?)"
   fi
-  for _ in $(seq 1 100); do
+  # it imports every pool of its cache first: under load that takes a while
+  for _ in $(seq 1 300); do
     if zpool list -H >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
-  die "zfs-fuse is running but 'zpool list' does not answer after 10 s"
+  die "zfs-fuse is running but 'zpool list' does not answer after 30 s"
 }
 
 restart_zfs_fuse() {

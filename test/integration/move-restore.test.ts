@@ -65,7 +65,8 @@ describe('move', () => {
     await cycleAll();
     mkdirSync(`${p.mnt}/data`);
     // the writer: one file per write, fsynced, acknowledged only after close; it stops
-    // being acknowledged when the dataset is unmounted (data/ vanishes)
+    // being acknowledged when the dataset is unmounted (data/ vanishes). No --force: the
+    // move's unmount retries while a file is open at that instant
     const acked = new Map<string, Buffer>();
     let stop = false;
     let failures = 0;
@@ -79,6 +80,7 @@ describe('move', () => {
           await fh.sync();
           await fh.close();
           acked.set(name, body);
+          await sleep(5); // an application writes in bursts, not in a spin loop
         } catch {
           failures++;
           await sleep(20);
@@ -136,7 +138,8 @@ describe('move', () => {
     const rec = (await fleet.catalog.getProject(p.id))!;
     assert.deepEqual([rec.primary, rec.state], ['a', 'active']);
     assert.deepEqual(await mountedOn(p.id), ['a']);
-    // re-running succeeds once the target is back
+    // re-running succeeds once the target is back (and heartbeats again)
+    for (const h of ['a', 'b', 'c']) await fleet.catalog.heartbeat(h, 0);
     const again = await storagectl(sb, A, cfg.get('a')!, ['move', p.id, 'c', '--drop-source', '--json']);
     assert.equal(again.code, 0, again.stderr);
     assert.equal((JSON.parse(again.stdout) as { source: string }).source, 'dropped');
