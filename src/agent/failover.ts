@@ -22,8 +22,13 @@ export interface FailoverResult {
   to: string;
   snapshot: string;
   snapshotCreation: number;
-  /** seconds between the promoted snapshot's creation and the failover */
+  /**
+   * seconds between the promoted snapshot's creation and the failure: the old primary's
+   * last heartbeat when it is dead, else now (writes after the snapshot are kept aside)
+   */
   dataLossWindowSeconds: number;
+  /** ms since epoch taken as the failure time (see dataLossWindowSeconds) */
+  failureTime: number;
   /**
    * how the old primary stopped serving: `unmounted` over SSH; `demoted` by its own
    * agent after the catalog stopped naming it (acknowledged by its event); `dead` no
@@ -128,6 +133,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     const fenceWaitMs = now() - fenceStart;
     step(`old primary ${old?.id ?? '-'}: ${fenced}`);
 
+    const failureTime = old && old.heartbeatAt !== null && !live(old) ? old.heartbeatAt : now();
     const target = hosts.get(chosen.host);
     if (!target) throw new Error(`host ${chosen.host} is not in the catalog any more`);
     const r = await ssh.get({ host: target.id, address: target.address, port: target.port }).exec(formatRemoteCommand({ op: 'promote', project: projectId }), { timeoutSeconds: 60 });
@@ -144,12 +150,13 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
       to: target.id,
       snapshot: chosen.snapshot,
       snapshotCreation: chosen.creation,
-      dataLossWindowSeconds: Math.max(0, Math.round(now() / 1000 - chosen.creation)),
+      dataLossWindowSeconds: Math.max(0, Math.round(failureTime / 1000 - chosen.creation)),
+      failureTime,
       oldPrimaryFenced: fenced,
       fenceWaitMs,
       candidates,
     };
-    await catalog.addEvent({ project: projectId, host: target.id, kind: 'failover', detail: `from ${from ?? '-'} to ${target.id} at ${chosen.snapshot}; data-loss window up to ${result.dataLossWindowSeconds}s; old primary ${fenced}` });
+    await catalog.addEvent({ project: projectId, host: target.id, kind: 'failover', detail: `from ${from ?? '-'} to ${target.id} at ${chosen.snapshot}; data-loss window up to ${result.dataLossWindowSeconds}s (snapshot ${new Date(chosen.creation * 1000).toISOString()}, failure ${new Date(failureTime).toISOString()}); old primary ${fenced}` });
     return result;
   } finally {
     clearInterval(renew);

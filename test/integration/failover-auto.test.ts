@@ -127,7 +127,7 @@ describe('failover: auto, with agent processes', () => {
     }
     const worst = sampler.maxReachableWritable();
     process.stdout.write(`# sampler: ${sampler.samples.length} samples; most writable mounts on reachable hosts at once: ${worst.max}; including the partitioned host: ${sampler.maxWritable()}\n`);
-    assert.ok(sampler.samples.length > 20, 'the sampler ran');
+    assert.ok(sampler.samples.length >= 10, `the sampler ran (${sampler.samples.length} samples)`);
     assert.ok(worst.max <= 1, `two writable primaries at ${worst.at}: ${worst.hosts?.join(', ')}`);
     // what a wrote while cut off is intact under <pool>/conflicts
     const aside = [...(await zfs.list(`${A.pool}/conflicts`, { depth: 1 })).keys()].find((n) => n.includes(id));

@@ -97,7 +97,8 @@ export class MountSampler {
     this.busy = true;
     try {
       const reachable = this.reachable();
-      const { stdout } = await execFileP('zfs', ['list', '-H', '-t', 'filesystem', '-o', 'name,mounted,readonly']);
+      // one call over the sandbox hosts' projects roots only (cheap even on a busy zfs-fuse)
+      const { stdout } = await execFileP('zfs', ['list', '-H', '-t', 'filesystem', '-o', 'name,mounted,readonly', '-r', '-d', '1', ...this.sb.hosts.map((h) => `${h.pool}/projects`)]).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }));
       const writable: string[] = [];
       for (const line of stdout.split('\n')) {
         const [name, mounted, ro] = line.split('\t');
