@@ -15,7 +15,7 @@ import { fetchListing } from '../replica/listing.js';
 import { planReplication, describePlan, type Plan, type SnapRef } from '../replica/plan.js';
 import { planPrune, parseGrid, DEFAULT_PRIMARY_GRID, DEFAULT_REPLICA_GRID, type GridPolicy } from '../replica/retention.js';
 import { placeReplicas } from './placement.js';
-import { failover, LockedError } from './failover.js';
+import { failover, LockedError, FailoverNotNeeded } from './failover.js';
 import { DirtyTracker } from './dirty.js';
 import type { Catalog, HostRecord, ProjectRecord, ReplicaRecord } from '../catalog/types.js';
 import { deadAfterMs, selfFenceAfterMs, type Config } from './config.js';
@@ -367,9 +367,11 @@ export class Agent {
     report.pruned += await this.prunePrimaries(projects, local, listings, report);
     report.pruned += await this.pruneReplicas(report);
 
-    // 9. heartbeat
+    // 9. heartbeat (the daemon also heartbeats on its own timer: a long cycle must not
+    //    make this host look dead to the others)
+    this.load = projects.length + this.replicaCount;
     try {
-      await this.catalog.heartbeat(c.host, projects.length + this.replicaCount, this.now());
+      await this.catalog.heartbeat(c.host, this.load, this.now());
     } catch (e) {
       this.metrics?.catalogError('heartbeat');
       report.failures.push({ error: `heartbeat: ${(e as Error).message}` });
@@ -392,6 +394,17 @@ export class Agent {
   }
 
   private replicaCount = 0;
+  private load = 0;
+
+  /** A heartbeat now, with the load of the last cycle (the daemon's timer). */
+  async heartbeat(): Promise<void> {
+    try {
+      await this.catalog.heartbeat(this.config.host, this.load, this.now());
+    } catch (e) {
+      this.metrics?.catalogError('heartbeat');
+      throw e;
+    }
+  }
 
   /**
    * A project this host must no longer serve: unmount it, take a final snapshot and
@@ -512,18 +525,23 @@ export class Agent {
     const c = this.config;
     const dead = deadAfterMs(c);
     const done: string[] = [];
-    const hosts = await this.catalog.listHosts();
-    for (const h of hosts) {
-      if (h.id === c.host || h.heartbeatAt === null || this.now() - h.heartbeatAt <= dead) continue;
+    // liveness judged against the time of this read (a failover below takes seconds: a
+    // later clock against this old read would make live hosts look dead)
+    const t = this.now();
+    const isDead = (h: HostRecord | undefined, at: number) => !!h && h.id !== c.host && h.heartbeatAt !== null && at - h.heartbeatAt > dead;
+    const deadHosts = (await this.catalog.listHosts()).filter((h) => isDead(h, t));
+    for (const h of deadHosts) {
       for (const p of await this.catalog.listProjectsByPrimary(h.id)) {
         if (p.state !== 'active' || !p.targets.includes(c.host)) continue;
+        // still dead right now? (fresh read, fresh clock)
+        if (!isDead(await this.catalog.getHost(h.id), this.now())) break;
         try {
           try {
-            const r = await failover(this.catalog, this.ssh, p.id, { owner: `agent@${c.host}`, graceMs: dead, now: this.now });
+            const r = await failover(this.catalog, this.ssh, p.id, { owner: `agent@${c.host}`, graceMs: dead, now: this.now, expectPrimary: h.id });
             done.push(p.id);
             this.log.warn({ project: p.id, from: r.from, to: r.to, snapshot: r.snapshot, dataLossWindowSeconds: r.dataLossWindowSeconds, oldPrimary: r.oldPrimaryFenced }, 'automatic failover done');
           } catch (e) {
-            if (e instanceof LockedError) continue; // another replica host is doing it
+            if (e instanceof LockedError || e instanceof FailoverNotNeeded) continue; // another replica host did it
             throw e;
           }
         } catch (e) {

@@ -16,6 +16,14 @@ export class LockedError extends Error {
   }
 }
 
+/** The project no longer needs this failover (another one already moved it). */
+export class FailoverNotNeeded extends Error {
+  constructor(project: string, expected: string, actual: string | null, state: string) {
+    super(`project ${project} is no longer served by ${expected} (now ${actual ?? 'no host'}, ${state}): nothing to fail over`);
+    this.name = 'FailoverNotNeeded';
+  }
+}
+
 export interface FailoverResult {
   project: string;
   from: string | null;
@@ -55,6 +63,11 @@ export interface FailoverOptions {
   /** poll period while waiting for the old primary (default 500 ms) */
   pollMs?: number;
   leaseMs?: number;
+  /**
+   * only fail over while this host is still the primary (automatic failover and `open`
+   * decide from a catalog read made before the lock; another host may have been faster)
+   */
+  expectPrimary?: string;
   now?: () => number;
   onStep?: (step: string) => void;
 }
@@ -72,6 +85,9 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     step(`locked (token ${lock.token})`);
     const p: ProjectRecord | undefined = await catalog.getProject(projectId);
     if (!p) throw new Error(`project ${projectId} is not in the catalog`);
+    if (o.expectPrimary !== undefined && !(p.primary === o.expectPrimary && p.state === 'active') && !(p.state === 'failing-over')) {
+      throw new FailoverNotNeeded(projectId, o.expectPrimary, p.primary, p.state);
+    }
     const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
     const live = (h: HostRecord) => h.heartbeatAt !== null && now() - h.heartbeatAt <= o.graceMs;
     const candidates: FailoverResult['candidates'] = [];

@@ -3,7 +3,7 @@
 // taking work, let running transfers finish for a grace period, then abort them (an
 // aborted `zfs recv` leaves the replica at its previous snapshot: no half state).
 import { Command } from 'commander';
-import { loadConfig, type Config } from './config.js';
+import { loadConfig, deadAfterMs, type Config } from './config.js';
 import { Agent } from './agent.js';
 import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
@@ -76,6 +76,11 @@ export async function main(argv: string[]): Promise<void> {
       });
   }, agent.config.failover.fenceCheck * 1000);
 
+  // heartbeats on their own timer, independent of how long a cycle takes (a cycle busy
+  // with a big transfer must not make this host look dead and trigger a failover)
+  const beatMs = Math.max(1000, Math.min(agent.config.interval * 1000, deadAfterMs(agent.config) / 3));
+  const beatTimer = setInterval(() => void agent.heartbeat().catch((e: Error) => log.warn({ err: e.message }, 'heartbeat failed')), beatMs);
+
   process.on('SIGHUP', () => {
     try {
       agent.reconfigure(loadConfig(opts.config));
@@ -89,6 +94,7 @@ export async function main(argv: string[]): Promise<void> {
     stopping = true;
     clearTimeout(timer);
     clearInterval(fenceTimer);
+    clearInterval(beatTimer);
     log.info({ signal: sig }, 'stopping: no new transfers; waiting for running ones');
     agent.drain();
     const grace = Number(opts.shutdownGrace) * 1000;

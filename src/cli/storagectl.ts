@@ -7,7 +7,7 @@ import { loadConfig, parseConfig, ConfigError, deadAfterMs, type Config } from '
 import { Agent, sshOptions } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
 import { repairCatalog } from '../catalog/repair.js';
-import { failover, LockedError } from '../agent/failover.js';
+import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
 import { move } from '../agent/move.js';
 import { restore, RestoreError } from '../agent/restore.js';
 import { SshPool } from '../replica/transport.js';
@@ -180,9 +180,9 @@ export async function main(argv: string[]): Promise<void> {
       }
       // location none or a dead primary: lock, the freshest live replica (ties: least loaded), mount
       const r = await withSsh(config, (pool) =>
-        failover(catalog, pool, id, { owner: `storagectl-open@${config.host}:${process.pid}`, graceMs: dead, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
+        failover(catalog, pool, id, { owner: `storagectl-open@${config.host}:${process.pid}`, graceMs: dead, expectPrimary: p.primary ?? undefined, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
       ).catch((e: unknown) => {
-        throw e instanceof LockedError ? new UsageError(e.message) : e;
+        throw e instanceof LockedError || e instanceof FailoverNotNeeded ? new UsageError(e.message) : e;
       });
       out(!!opts.json, { project: id, host: r.to, failover: r }, () => `${id} mounted on ${r.to} (primary ${p.primary ?? 'none'} was dead) at snapshot ${r.snapshot}; data-loss window up to ${r.dataLossWindowSeconds}s\n`);
     });

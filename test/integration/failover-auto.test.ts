@@ -46,6 +46,7 @@ before(async () => {
 after(async () => {
   link('a', 'up');
   for (const a of agents.values()) await a.kill();
+  dumpAll(); // the agents' logs stay next to the sandbox for a post-mortem
   await catalog.close();
 });
 
