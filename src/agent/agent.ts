@@ -293,7 +293,7 @@ export class Agent {
                 target,
                 plan,
                 lagSec,
-                baseSnap: plan.kind === 'incremental' ? plan.from.snap : undefined,
+                baseSnap: plan.kind === 'incremental' ? plan.from.snap : plan.kind === 'resume' ? newestShared(ds, remote?.snapshots ?? [])?.snap : undefined,
                 toSnap: plan.kind === 'full' || plan.kind === 'incremental' ? plan.to : undefined,
               });
             }
@@ -345,7 +345,13 @@ export class Agent {
         const release: string[] = [];
         for (const job of done) {
           const remote = listing.datasets[job.project.id];
-          const want = job.toSnap;
+          let want = job.toSnap;
+          if (job.plan.kind === 'resume') {
+            // the token names no snapshot: confirm (and hold) the target's newest snapshot
+            // that the source has, by guid; nothing matching = the next cycle plans anew
+            want = newestShared(local.get(`${c.projectsRoot}/${job.project.id}`), remote?.snapshots ?? []);
+            if (!want) continue;
+          }
           const got = remote?.snapshots.find((s) => want && s.guid === want.guid);
           if (!want || !got) {
             report.failures.push({ project: job.project.id, target: t, error: `after the transfer, ${t}'s listing does not show guid ${want?.guid} (${want?.snap})` });
@@ -466,15 +472,13 @@ export class Agent {
     }
     const conn = this.ssh.get(sshTarget(job.target));
     const limit = c.ssh.bandwidthLimitPerTarget[job.target.id] ?? c.ssh.bandwidthLimit;
+    const transfer$ = conn.transfer(formatRemoteCommand({ op: 'recv', project: job.project.id }), send.stream, {
+      bandwidthLimit: limit,
+      signal: this.abort.signal,
+      onProgress: (p) => this.deps.onProgress?.({ project: job.project.id, target: job.target.id, ...p }),
+    });
     try {
-      const [res] = await Promise.all([
-        conn.transfer(formatRemoteCommand({ op: 'recv', project: job.project.id }), send.stream, {
-          bandwidthLimit: limit,
-          signal: this.abort.signal,
-          onProgress: (p) => this.deps.onProgress?.({ project: job.project.id, target: job.target.id, ...p }),
-        }),
-        send.done,
-      ]);
+      const [res] = await Promise.all([transfer$, send.done]);
       const ms = this.now() - t0;
       report.sends.push({ project: job.project.id, target: job.target.id, kind: plan.kind, bytes: res.bytes, ms });
       if (job.toSnap) this.metrics?.replicaFreshness(job.project.id, job.target.id, job.toSnap.creation);
@@ -491,7 +495,10 @@ export class Agent {
       await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: msg }).catch(() => undefined);
       if (plan.kind === 'resume') {
         // a stale token (its source snapshot pruned, or the partial state unusable): discard
-        // the partial receive on the target; the next cycle plans from the real snapshots
+        // the partial receive on the target; the next cycle plans from the real snapshots.
+        // First let the failed receive end (`zfs send -t` of a stale token fails at once,
+        // and `zfs recv -A` while that receive still runs would find the dataset busy).
+        await transfer$.catch(() => undefined);
         const r = await conn.exec(formatRemoteCommand({ op: 'abort-resume', project: job.project.id })).catch((e: Error) => ({ code: -1, stderr: e.message }));
         log.warn({ code: r.code, stderr: r.stderr }, 'discarded the partial receive after a failed resume');
       }
@@ -586,6 +593,21 @@ export class Agent {
     this.metrics?.snapshotsPruned('replica', n);
     return n;
   }
+}
+
+/** The source's snapshot that is the target's newest one the source also has (by guid). */
+function newestShared(src: DatasetInfo | undefined, target: readonly SnapRef[]): SnapRef | undefined {
+  if (!src) return undefined;
+  const byGuid = new Map(refs(src).map((s) => [s.guid, s]));
+  let best: SnapRef | undefined;
+  let bestTxg = -Infinity;
+  for (const t of target) {
+    if (byGuid.has(t.guid) && t.createtxg > bestTxg) {
+      best = byGuid.get(t.guid);
+      bestTxg = t.createtxg;
+    }
+  }
+  return best;
 }
 
 function refs(ds: DatasetInfo): SnapRef[] {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { sandbox, host } from '../lib/sandbox.js';
+import { sandbox, host, scaled } from '../lib/sandbox.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
 import { sleep } from '../lib/fleet.js';
@@ -39,7 +39,8 @@ function startAgent(): ChildProcess {
   return p;
 }
 
-async function waitFor(what: string, fn: () => boolean | Promise<boolean>, ms = 30_000): Promise<void> {
+async function waitFor(what: string, fn: () => boolean | Promise<boolean>, unscaledMs = 30_000): Promise<void> {
+  const ms = scaled(unscaledMs);
   const end = Date.now() + ms;
   while (Date.now() < end) {
     if (await fn()) return;
@@ -86,7 +87,7 @@ describe('storage-agent process', () => {
     const code = await new Promise<number | null>((r) => agent!.once('exit', (c) => r(c)));
     const stopMs = Date.now() - t0;
     assert.equal(code, 0, output.slice(-2000));
-    assert.ok(stopMs < 10_000, `stopped in ${stopMs} ms`);
+    assert.ok(stopMs < scaled(10_000), `stopped in ${stopMs} ms`);
     assert.match(output, /aborting running transfers|cycle done/);
     // the replica on b is exactly at the first snapshot, and b has no partial dataset
     const rds = `${B.pool}/replicas/${id}`;
