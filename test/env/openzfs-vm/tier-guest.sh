@@ -5,6 +5,7 @@
 # as network namespaces on a bridge, each with its own sshd and pool) and runs the tier
 # from the control namespace. Its exit code is the tier's.
 set -eu
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 ts() { awk '{printf "[guest %7.1fs] ", $1}' /proc/uptime; echo "$*"; }
 . /mnt/env.sh
 export TEST_TIMEOUT_SCALE TEST_ONLY CI
