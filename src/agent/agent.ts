@@ -214,7 +214,9 @@ export class Agent {
 
     // 3. dirty detection and snapshots
     const dirty = this.dirtyProjects(projects, local, caps);
-    this.dirty.sync(projects, local, c.projectsRoot);
+    // file watching only where zfs has no `written`: on OpenZFS the watcher's own directory
+    // scans update atimes, which `written` counts, and every cycle would look dirty
+    if (!caps.written) this.dirty.sync(projects, local, c.projectsRoot);
     if (dirty.length) {
       const name = autoSnapshotName(new Date(this.now()), c.snapshot.prefix);
       const todo = dirty.filter((id) => !local.get(`${c.projectsRoot}/${id}`)!.snapshots.some((s) => s.snap === name));

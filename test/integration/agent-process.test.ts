@@ -79,7 +79,11 @@ describe('storage-agent process', () => {
     agent = startAgent();
     await waitFor('the first replica', async () => (await catalog.listReplicas(id)).length === 1);
     const first = (await catalog.listReplicas(id))[0]!;
+    // the agent is paused while the big file is written: a cycle must not snapshot a
+    // half-written file (a slow machine would then send a small delta in time)
+    agent.kill('SIGSTOP');
     writeFileSync(`${A.mountBase}/${id}/big.bin`, randomBytes(24 * 2 ** 20));
+    agent.kill('SIGCONT');
     await waitFor('a second snapshot on the source', async () => ((await zfs.list(ds)).get(ds)?.snapshots.length ?? 0) >= 2);
     await sleep(2500); // the transfer is under way
     const t0 = Date.now();

@@ -41,7 +41,7 @@ describe('failover', () => {
     const { writeFileSync, readFileSync } = await import('node:fs');
     writeFileSync(`${p.mnt}/after-partition.txt`, 'written on a while cut off');
     const t0 = Date.now();
-    const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: 60_000 });
+    const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: scaled(60_000) });
     const ms = Date.now() - t0;
     assert.ok(ms < scaled(30_000), `failover took ${ms} ms (bound 30 s x TEST_TIMEOUT_SCALE)`);
     assert.ok(['b', 'c'].includes(r.to));
@@ -79,7 +79,7 @@ describe('failover', () => {
   it('20 concurrent failovers of one project: exactly one proceeds, the others fail with "locked by <owner>"', async () => {
     const p = await createProject(fleet, A, { files: { f: 'x' } });
     await fleet.agents.get('a')!.runCycle({ only: p.id });
-    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => failover(fleet.catalog, ssh, p.id, { owner: `admin-${i}`, graceMs: 60_000 })));
+    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => failover(fleet.catalog, ssh, p.id, { owner: `admin-${i}`, graceMs: scaled(60_000) })));
     const ok = results.filter((r) => r.status === 'fulfilled');
     const locked = results.filter((r) => r.status === 'rejected' && r.reason instanceof LockedError);
     assert.equal(ok.length, 1, JSON.stringify(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)).slice(0, 3)));
