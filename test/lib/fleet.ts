@@ -28,6 +28,9 @@ export async function startFleet(sb: Sandbox, catalogPath = `${sb.dir}/catalog-$
     // liveness is 3 intervals since the last heartbeat: under emulation (openzfs tier) a
     // test's setup alone can outlast that, and hosts would look dead to placement
     config.interval = config.interval * TIME_SCALE;
+    // and a receiver's start (node + zfs recv in the guest) can take longer than the
+    // sandbox's 30 s stall timeout there
+    config.ssh = { ...config.ssh, stallTimeout: config.ssh.stallTimeout * TIME_SCALE, operationTimeout: config.ssh.operationTimeout * TIME_SCALE };
     configs.set(h.name, config);
     const agent = new Agent({ config, catalog, log: silentLogger() });
     await agent.init();
