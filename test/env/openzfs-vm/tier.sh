@@ -9,7 +9,7 @@
 # Never silent: whatever goes wrong (no image, no VM, no result) ends in a failing line
 #   tier openzfs: 0 passed, 1 failed, 0 skipped (reason)
 # Env: TEST_ONLY, CI (passed to the guest), OPENZFS_TIER_TIMEOUT (s, default 3600),
-#      OPENZFS_TIER_SCALE (timing bounds in tests x this, default 4), OPENZFS_VM_MEM
+#      OPENZFS_TIER_SCALE (timing bounds in tests x this, default 6), OPENZFS_VM_MEM
 #      (MiB, default 6144 here), OPENZFS_VM_SMP, OPENZFS_VM_CACHE, OPENZFS_TIER_KEEP=1.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -42,7 +42,7 @@ cp -L "$JQ" "$SHARE/tools/jq"
 # jq's own shared libraries (the guest's minbase image has libc but not libjq/libonig)
 ldd "$JQ" | awk '$3 ~ /^\// && $1 ~ /^lib(jq|onig)/ {print $3}' | while read -r l; do cp -L "$l" "$SHARE/tools/lib/"; done
 {
-  printf 'TEST_TIMEOUT_SCALE=%q\n' "${OPENZFS_TIER_SCALE:-4}"
+  printf 'TEST_TIMEOUT_SCALE=%q\n' "${OPENZFS_TIER_SCALE:-6}"
   printf 'TEST_ONLY=%q\n' "${TEST_ONLY:-}"
   printf 'CI=%q\n' "${CI:-}"
 } > "$SHARE/env.sh"
