@@ -4,12 +4,16 @@
 # tier and tears the sandbox down. Ends with one line per tier:
 #   tier <name>: N passed, N failed, N skipped
 # Options (environment): TEST_TIERS="unit zfs-fuse" to choose tiers, TEST_ONLY=substr
-# to run only matching test files, KEEP_SANDBOX=1 to leave the sandbox up afterwards.
+# to run only matching test files, KEEP_SANDBOX=1 to leave the sandbox up afterwards,
+# SANDBOX_NAME (default stt) and SANDBOX_SUBNET (default 10.213.0) to run beside another
+# checkout's sandbox. The openzfs tier runs in a qemu VM with real OpenZFS 2.1 (see
+# docs/openzfs-vm.md); it builds the VM image first when none is cached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-TIERS=${TEST_TIERS:-"unit contract zfs-fuse prometheus cassandra"}
-SANDBOX=stt
+TIERS=${TEST_TIERS:-"unit contract zfs-fuse prometheus cassandra openzfs"}
+SANDBOX=${SANDBOX_NAME:-stt}
+CTL_ADDR=${SANDBOX_SUBNET:-10.213.0}.1
 export SANDBOX_MANIFEST=/var/tmp/storage-sandbox-$SANDBOX/sandbox.json
 
 say() { printf '\n### %s\n' "$*"; }
@@ -66,7 +70,7 @@ for tier in $TIERS; do
         continue
       fi
       say "Cassandra node (cassandra-all from Maven Central on Java 17) in $SANDBOX-ctl"
-      export CASSANDRA_LISTEN=10.213.0.1 CASSANDRA_CONTACT=10.213.0.1:9042
+      export CASSANDRA_LISTEN=$CTL_ADDR CASSANDRA_CONTACT=$CTL_ADDR:9042
       if ! nsenter --net=/run/netns/$SANDBOX-ctl bash test/env/cassandra/cassandra.sh start; then
         echo "tier cassandra: 0 passed, 1 failed, 0 skipped (the Cassandra node did not start: see above)" | tee -a "$summary"
         status=1
@@ -88,6 +92,12 @@ for tier in $TIERS; do
       fi
       # nsenter --net keeps the root mount namespace (zfs-fuse mounts must be visible to all)
       nsenter --net=/run/netns/$SANDBOX-ctl node dist/test/run.js "$tier" || status=1
+      ;;
+    openzfs)
+      # real OpenZFS 2.1 (kernel module) in a qemu guest with its own sandbox inside;
+      # tier.sh prints the guest's tier line (or a failing one) into the summary
+      say "openzfs tier (qemu VM, Debian bookworm, OpenZFS 2.1 kernel module)"
+      bash test/env/openzfs-vm/tier.sh || status=1
       ;;
     *)
       echo "unknown tier '$tier'" >&2

@@ -215,7 +215,9 @@ export class Agent {
 
     // 3. dirty detection and snapshots
     const dirty = this.dirtyProjects(projects, local, caps);
-    this.dirty.sync(projects, local, c.projectsRoot);
+    // file watching only where zfs has no `written`: on OpenZFS the watcher's own directory
+    // scans update atimes, which `written` counts, and every cycle would look dirty
+    if (!caps.written) this.dirty.sync(projects, local, c.projectsRoot);
     if (dirty.length) {
       const name = autoSnapshotName(new Date(this.now()), c.snapshot.prefix);
       const todo = dirty.filter((id) => !local.get(`${c.projectsRoot}/${id}`)!.snapshots.some((s) => s.snap === name));
@@ -294,7 +296,7 @@ export class Agent {
                 target,
                 plan,
                 lagSec,
-                baseSnap: plan.kind === 'incremental' ? plan.from.snap : undefined,
+                baseSnap: plan.kind === 'incremental' ? plan.from.snap : plan.kind === 'resume' ? newestShared(ds, remote?.snapshots ?? [])?.snap : undefined,
                 toSnap: plan.kind === 'full' || plan.kind === 'incremental' ? plan.to : undefined,
                 estimate: estimateStream(ds, plan),
               });
@@ -347,7 +349,13 @@ export class Agent {
         const release: string[] = [];
         for (const job of done) {
           const remote = listing.datasets[job.project.id];
-          const want = job.toSnap;
+          let want = job.toSnap;
+          if (job.plan.kind === 'resume') {
+            // the token names no snapshot: confirm (and hold) the target's newest snapshot
+            // that the source has, by guid; nothing matching = the next cycle plans anew
+            want = newestShared(local.get(`${c.projectsRoot}/${job.project.id}`), remote?.snapshots ?? []);
+            if (!want) continue;
+          }
           const got = remote?.snapshots.find((s) => want && s.guid === want.guid);
           if (!want || !got) {
             report.failures.push({ project: job.project.id, target: t, error: `after the transfer, ${t}'s listing does not show guid ${want?.guid} (${want?.snap})` });
@@ -628,15 +636,13 @@ export class Agent {
     }
     const conn = this.ssh.get(sshTarget(job.target));
     const limit = c.ssh.bandwidthLimitPerTarget[job.target.id] ?? c.ssh.bandwidthLimit;
+    const transfer$ = conn.transfer(formatRemoteCommand({ op: 'recv', project: job.project.id }), send.stream, {
+      bandwidthLimit: limit,
+      signal: this.abort.signal,
+      onProgress: (p) => this.deps.onProgress?.({ project: job.project.id, target: job.target.id, ...p, estimate: job.estimate }),
+    });
     try {
-      const [res] = await Promise.all([
-        conn.transfer(formatRemoteCommand({ op: 'recv', project: job.project.id }), send.stream, {
-          bandwidthLimit: limit,
-          signal: this.abort.signal,
-          onProgress: (p) => this.deps.onProgress?.({ project: job.project.id, target: job.target.id, ...p, estimate: job.estimate }),
-        }),
-        send.done,
-      ]);
+      const [res] = await Promise.all([transfer$, send.done]);
       const ms = this.now() - t0;
       report.sends.push({ project: job.project.id, target: job.target.id, kind: plan.kind, bytes: res.bytes, ms });
       if (job.toSnap) this.metrics?.replicaFreshness(job.project.id, job.target.id, job.toSnap.creation);
@@ -653,7 +659,10 @@ export class Agent {
       await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: msg }).catch(() => undefined);
       if (plan.kind === 'resume') {
         // a stale token (its source snapshot pruned, or the partial state unusable): discard
-        // the partial receive on the target; the next cycle plans from the real snapshots
+        // the partial receive on the target; the next cycle plans from the real snapshots.
+        // First let the failed receive end (`zfs send -t` of a stale token fails at once,
+        // and `zfs recv -A` while that receive still runs would find the dataset busy).
+        await transfer$.catch(() => undefined);
         const r = await conn.exec(formatRemoteCommand({ op: 'abort-resume', project: job.project.id })).catch((e: Error) => ({ code: -1, stderr: e.message }));
         log.warn({ code: r.code, stderr: r.stderr }, 'discarded the partial receive after a failed resume');
       }
@@ -802,6 +811,21 @@ export function estimateStream(ds: DatasetInfo, plan: Plan): number | undefined 
     return sum;
   }
   return undefined;
+}
+
+/** The source's snapshot that is the target's newest one the source also has (by guid). */
+function newestShared(src: DatasetInfo | undefined, target: readonly SnapRef[]): SnapRef | undefined {
+  if (!src) return undefined;
+  const byGuid = new Map(refs(src).map((s) => [s.guid, s]));
+  let best: SnapRef | undefined;
+  let bestTxg = -Infinity;
+  for (const t of target) {
+    if (byGuid.has(t.guid) && t.createtxg > bestTxg) {
+      best = byGuid.get(t.guid);
+      bestTxg = t.createtxg;
+    }
+  }
+  return best;
 }
 
 function refs(ds: DatasetInfo): SnapRef[] {

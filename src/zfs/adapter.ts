@@ -305,7 +305,9 @@ export class Zfs {
   // ---- snapshots --------------------------------------------------------------------
 
   /**
-   * Takes the given snapshots (each dataset@name). OpenZFS: one atomic call for all.
+   * Takes the given snapshots (each dataset@name). OpenZFS: one atomic call for all,
+   * except that one call may hold only one snapshot per dataset ("multiple snapshots of
+   * same fs not allowed"): a second snapshot of a dataset starts the next call.
    * zfs-fuse takes one snapshot per call, so this makes one call per snapshot there.
    * Returns the number of zfs calls made.
    */
@@ -315,12 +317,22 @@ export class Zfs {
     const caps = await this.capabilities();
     if (caps.batchSnapshot) {
       // stay well below ARG_MAX: ~1000 names per call
-      let calls = 0;
-      for (let i = 0; i < snapshots.length; i += 1000) {
-        await this.zfs('snapshot', ...snapshots.slice(i, i + 1000));
-        calls++;
+      const batches: string[][] = [];
+      let batch: string[] = [];
+      let inBatch = new Set<string>();
+      for (const s of snapshots) {
+        const ds = s.slice(0, s.indexOf('@'));
+        if (batch.length >= 1000 || inBatch.has(ds)) {
+          batches.push(batch);
+          batch = [];
+          inBatch = new Set();
+        }
+        batch.push(s);
+        inBatch.add(ds);
       }
-      return calls;
+      batches.push(batch);
+      for (const b of batches) await this.zfs('snapshot', ...b);
+      return batches.length;
     }
     for (const s of snapshots) await this.zfs('snapshot', s);
     return snapshots.length;
@@ -370,7 +382,7 @@ export class Zfs {
     const caps = await this.capabilities();
     if (caps.holdsList) {
       const { stdout } = await this.zfs('holds', '-H', snapshot);
-      const tags = stdout.split('\n').filter(Boolean).map((l) => l.split('\t')[1]!);
+      const tags = stdout.split('\n').filter(Boolean).map((l) => l.split('\t')[1]!).sort();
       return { count: tags.length, tags };
     }
     const { userrefs } = await this.get(snapshot, ['userrefs']);

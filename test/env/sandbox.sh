@@ -9,6 +9,12 @@
 #   test/env/sandbox.sh status   [--name NAME]
 #   test/env/sandbox.sh deps     (install missing Debian packages, start zfs-fuse)
 #
+# ZFS implementation: zfs-fuse (default) or the kernel module (--zfs kernel, or
+# SANDBOX_ZFS=kernel: real OpenZFS, e.g. inside the openzfs-vm guest). With the kernel
+# module there is no daemon: pools are created on the same sparse files with
+# `zpool create -f -o cachefile=none`, nothing is installed (the guest has no network)
+# and a missing tool is an error. The subnet is SANDBOX_SUBNET (default 10.213.0).
+#
 # `up` is idempotent: it first removes whatever a previous run of the same NAME left
 # behind (even one that was kill -9'd midway), then builds everything anew and writes
 # a manifest, $SANDBOX_DIR/sandbox.json, that tests and the demo read.
@@ -18,6 +24,7 @@ NAME=${SANDBOX_NAME:-st}
 HOSTS_SPEC=${SANDBOX_HOSTS:-"a:dc1 b:dc2 c:dc3"}
 POOL_SIZE=${SANDBOX_POOL_SIZE:-512M}
 SUBNET=${SANDBOX_SUBNET:-10.213.0}
+ZFS_IMPL=${SANDBOX_ZFS:-fuse}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 die() { printf 'sandbox: error: %s\n' "$*" >&2; exit 1; }
@@ -31,14 +38,22 @@ while [ $# -gt 0 ]; do
     --name) NAME=$2; shift 2 ;;
     --hosts) HOSTS_SPEC=$2; shift 2 ;;
     --pool-size) POOL_SIZE=$2; shift 2 ;;
+    --zfs) ZFS_IMPL=$2; shift 2 ;;
     *) die "unknown argument '$1'" ;;
   esac
 done
 [[ "$NAME" =~ ^[a-z][a-z0-9]{0,5}$ ]] || die "--name '$NAME' must be 1-6 lowercase letters/digits starting with a letter (it prefixes namespace, pool and interface names)"
 DIR=${SANDBOX_DIR:-/var/tmp/storage-sandbox-$NAME}
+case "$ZFS_IMPL" in fuse|kernel) ;; *) die "--zfs '$ZFS_IMPL' must be fuse or kernel" ;; esac
+kernel_zfs() { [ "$ZFS_IMPL" = kernel ]; }
 
 preflight() {
   [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, sshd and zfs need it); you are uid $(id -u)"
+  if kernel_zfs; then
+    [ -c /dev/zfs ] || modprobe zfs 2>/dev/null || true
+    [ -c /dev/zfs ] || die "/dev/zfs is missing: --zfs kernel needs the OpenZFS kernel module loaded (modprobe zfs)"
+    return 0
+  fi
   [ -c /dev/fuse ] || die "/dev/fuse is missing: zfs-fuse needs FUSE (load the fuse module or run on a machine with /dev/fuse)"
 }
 
@@ -51,6 +66,13 @@ have_all() {
 
 deps() {
   preflight
+  if kernel_zfs; then
+    local t missing=()
+    for t in zfs zpool ssh ssh-keygen ip jq nsenter; do command -v "$t" >/dev/null || missing+=("$t"); done
+    [ -x /usr/sbin/sshd ] || missing+=(sshd)
+    [ ${#missing[@]} -eq 0 ] || die "--zfs kernel: missing tools: ${missing[*]} (nothing is installed in this mode)"
+    return 0
+  fi
   if ! have_all; then
     log "installing missing Debian packages (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync)"
     export DEBIAN_FRONTEND=noninteractive
@@ -111,7 +133,12 @@ down() {
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
   done
   # pools of this sandbox: names start with "$NAME-"
-  if pgrep -x zfs-fuse >/dev/null; then
+  if kernel_zfs; then
+    for pool in $(zpool list -H -o name 2>/dev/null | grep -E "^$NAME-" || true); do
+      zpool destroy -f "$pool" 2>/dev/null || zpool export -f "$pool" 2>/dev/null ||
+        log "warning: could not destroy pool $pool: $(zpool destroy -f "$pool" 2>&1)"
+    done
+  elif pgrep -x zfs-fuse >/dev/null; then
     local stuck=()
     for pool in $(zpool list -H -o name 2>/dev/null | grep -E "^$NAME-" || true); do
       zpool destroy -f "$pool" 2>/dev/null || zpool export -f "$pool" 2>/dev/null || stuck+=("$pool")
@@ -169,8 +196,10 @@ up() {
 
     # pool on a sparse file
     truncate -s "$POOL_SIZE" "$DIR/pools/$h.img"
-    zpool create -O mountpoint=none "$pool" "$DIR/pools/$h.img" >/dev/null 2>&1 ||
-      die "zpool create $pool $DIR/pools/$h.img failed: $(zpool create -O mountpoint=none "$pool" "$DIR/pools/$h.img" 2>&1)"
+    local create=(zpool create -O mountpoint=none)
+    kernel_zfs && create=(zpool create -f -o cachefile=none -O mountpoint=none)
+    "${create[@]}" "$pool" "$DIR/pools/$h.img" >/dev/null 2>&1 ||
+      die "${create[*]} $pool $DIR/pools/$h.img failed: $("${create[@]}" "$pool" "$DIR/pools/$h.img" 2>&1)"
 
     # sshd with its own host key and authorized_keys
     ssh-keygen -q -t ed25519 -N '' -C "$ns" -f "$hd/ssh_host_ed25519_key"
@@ -244,10 +273,10 @@ EOF
       '{name:$name, datacenter:$dc, netns:$ns, exec:["nsenter", ("--net=/run/netns/" + $ns)], address:$addr, port:22, pool:$pool, dir:$dir, mountBase:$mnt}')
   done
 
-  jq -n --arg name "$NAME" --arg dir "$DIR" --arg ctl "$NAME-ctl" --arg repo "$REPO" \
+  jq -n --arg name "$NAME" --arg dir "$DIR" --arg ctl "$NAME-ctl" --arg repo "$REPO" --arg zfs "$ZFS_IMPL" \
     --arg admin "$DIR/admin_key" --arg repl "$DIR/repl_key" --arg kh "$DIR/known_hosts" \
     --argjson hosts "[$hosts_json]" \
-    '{name:$name, dir:$dir, controlNetns:$ctl, repo:$repo, adminKey:$admin, replKey:$repl, knownHosts:$kh, hosts:$hosts}' \
+    '{name:$name, zfs:$zfs, dir:$dir, controlNetns:$ctl, repo:$repo, adminKey:$admin, replKey:$repl, knownHosts:$kh, hosts:$hosts}' \
     > "$DIR/sandbox.json"
   # wait until every sshd answers
   for h in $(host_names); do

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { writeFileSync, readFileSync } from 'node:fs';
-import { sandbox, host, treeChecksum } from '../lib/sandbox.js';
+import { sandbox, host, treeChecksum, scaled, TIME_SCALE } from '../lib/sandbox.js';
 import { AgentProcess, MountSampler, waitFor, writeAgentConfig } from '../lib/procs.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
@@ -26,7 +26,8 @@ const link = (h: string, state: 'up' | 'down') => {
   if (state === 'down') linkDown.add(h);
   else linkDown.delete(h);
 };
-const extra = `failover:\n  mode: auto\n  after: 6s\n  fenceCheck: 1s\n`;
+// under emulation (openzfs tier) everything is slower: the dead-host period scales too
+const extra = `failover:\n  mode: auto\n  after: ${6 * TIME_SCALE}s\n  fenceCheck: 1s\n`;
 
 function dumpAll(): void {
   for (const [n, a] of agents) a.dump(`${sb.dir}/agent-auto-${n}.log`);
@@ -36,7 +37,7 @@ before(async () => {
   catalog = new SqliteCatalog(catalogPath);
   let port = 9581;
   for (const h of sb.hosts) {
-    const cfg = writeAgentConfig(h, 'agent-auto', { catalogPath, metricsPort: port++, extra });
+    const cfg = writeAgentConfig(h, 'agent-auto', { catalogPath, metricsPort: port++, extra, interval: `${2 * TIME_SCALE}s` });
     // a dead peer should cost seconds, not the default 10 s connect timeout
     writeFileSync(cfg, readFileSync(cfg, 'utf8').replace('  stallTimeout: 30s', '  stallTimeout: 30s\n  connectTimeout: 3s'));
     agents.set(h.name, new AgentProcess(sb, h, cfg));
@@ -56,7 +57,7 @@ describe('failover: auto, with agent processes', () => {
     const id = randomUUID();
     const ds = `${A.pool}/projects/${id}`;
     const mnt = `${A.mountBase}/${id}`;
-    await waitFor('the three agents registered', async () => (await catalog.listHosts()).filter((h) => h.heartbeatAt !== null).length === 3, 30_000, dumpAll);
+    await waitFor('the three agents registered', async () => (await catalog.listHosts()).filter((h) => h.heartbeatAt !== null).length === 3, scaled(30_000), dumpAll);
     await zfs.create(ds, { canmount: 'noauto' });
     await catalog.createProject({ id, primary: 'a', replicationFactor: 2, quota: null });
     await zfs.mount(ds);
@@ -76,7 +77,7 @@ describe('failover: auto, with agent processes', () => {
         const reps = await catalog.listReplicas(id);
         return reps.length === 2 && reps.every((r) => r.guid === n.guid) && n.referenced >= 200_000;
       },
-      60_000,
+      scaled(60_000),
       dumpAll,
     );
 
@@ -101,26 +102,30 @@ describe('failover: auto, with agent processes', () => {
           }
           return false;
         },
-        30_000,
+        scaled(30_000),
         dumpAll,
       );
-      process.stdout.write(`# auto failover: agent of a killed + link down -> mounted on ${to} after ${ms} ms (limit 30000)\n`);
-      assert.ok(Date.now() - t0 < 30_000);
+      process.stdout.write(`# auto failover: agent of a killed + link down -> mounted on ${to} after ${ms} ms (limit ${scaled(30_000)})\n`);
+      assert.ok(Date.now() - t0 < scaled(30_000));
       const newDs = `${host(sb, to).pool}/projects/${id}`;
       const props = await zfs.get(newDs, ['readonly', 'mountpoint']);
       assert.equal(props.readonly, 'off');
       assert.equal(treeChecksum(props.mountpoint!), sum, 'content equals the last replicated snapshot');
-      await waitFor('the catalog names the new primary, active', async () => {
-        const p = await catalog.getProject(id);
-        return p?.primary === to && p.state === 'active';
-      });
+      await waitFor(
+        'the catalog names the new primary, active',
+        async () => {
+          const p = await catalog.getProject(id);
+          return p?.primary === to && p.state === 'active';
+        },
+        scaled(30_000),
+      );
       const ev = (await catalog.listEvents({ project: id })).find((e) => e.kind === 'failover');
       assert.ok(ev, 'a failover event');
       assert.match(ev.detail, /data-loss window up to \d+s/);
 
       // systemd restarts a's agent; a is still cut off from the other hosts
       agents.get('a')!.start();
-      await waitFor('a demoted itself (its copy moved aside)', async () => !(await zfs.exists(ds)), 30_000, dumpAll);
+      await waitFor('a demoted itself (its copy moved aside)', async () => !(await zfs.exists(ds)), scaled(30_000), dumpAll);
       link('a', 'up');
       await new Promise((r) => setTimeout(r, 3000)); // a few samples with every link up
     } finally {

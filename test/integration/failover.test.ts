@@ -8,7 +8,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { sandbox, host, treeChecksum } from '../lib/sandbox.js';
+import { sandbox, host, treeChecksum, scaled } from '../lib/sandbox.js';
 import { startFleet, createProject, type Fleet } from '../lib/fleet.js';
 import { failover, LockedError } from '../../src/agent/failover.js';
 import { sshOptions } from '../../src/agent/agent.js';
@@ -51,12 +51,12 @@ describe('failover', () => {
         await new Promise((res) => setTimeout(res, 1000));
       }
     })();
-    const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: 60_000 }).finally(() => {
+    const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: scaled(60_000) }).finally(() => {
       fencing = false;
     });
     await aFence;
     const ms = Date.now() - t0;
-    assert.ok(ms < 30_000, `failover took ${ms} ms`);
+    assert.ok(ms < scaled(30_000), `failover took ${ms} ms (bound 30 s x TEST_TIMEOUT_SCALE)`);
     assert.ok(['b', 'c'].includes(r.to));
     assert.equal(r.oldPrimaryFenced, 'demoted', 'the old primary confirmed (by its demoted event) before the replica was mounted');
     const to = host(sb, r.to);
@@ -92,7 +92,7 @@ describe('failover', () => {
   it('20 concurrent failovers of one project: exactly one proceeds, the others fail with "locked by <owner>"', async () => {
     const p = await createProject(fleet, A, { files: { f: 'x' } });
     await fleet.agents.get('a')!.runCycle({ only: p.id });
-    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => failover(fleet.catalog, ssh, p.id, { owner: `admin-${i}`, graceMs: 60_000 })));
+    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => failover(fleet.catalog, ssh, p.id, { owner: `admin-${i}`, graceMs: scaled(60_000) })));
     const ok = results.filter((r) => r.status === 'fulfilled');
     const locked = results.filter((r) => r.status === 'rejected' && r.reason instanceof LockedError);
     assert.equal(ok.length, 1, JSON.stringify(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)).slice(0, 3)));

@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { open as openFile } from 'node:fs/promises';
-import { sandbox, host, treeChecksum } from '../lib/sandbox.js';
+import { sandbox, host, treeChecksum, TIME_SCALE } from '../lib/sandbox.js';
 import { startFleet, createProject, sleep, type Fleet } from '../lib/fleet.js';
 import { MountSampler, storagectl, writeAgentConfig } from '../lib/procs.js';
 import { Agent, sshOptions } from '../../src/agent/agent.js';
@@ -50,7 +50,7 @@ before(async () => {
   fleet = await startFleet(sb, catalogPath);
   ssh = new SshPool({ ...sshOptions(fleet.configs.get('b')!), connectTimeoutSeconds: 3 });
   let port = 9591;
-  for (const h of sb.hosts) cfg.set(h.name, writeAgentConfig(h, 'agent-mv', { catalogPath, metricsPort: port++ }));
+  for (const h of sb.hosts) cfg.set(h.name, writeAgentConfig(h, 'agent-mv', { catalogPath, metricsPort: port++, interval: `${10 * TIME_SCALE}s` }));
 });
 
 after(async () => {

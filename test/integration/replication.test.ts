@@ -16,7 +16,12 @@ const projects: Array<{ id: string; host: string; dataset: string; mnt: string; 
 
 async function cycleAll(): Promise<Map<string, CycleReport>> {
   const out = new Map<string, CycleReport>();
-  for (const [name, agent] of fleet.agents) out.set(name, await agent.runCycle());
+  // deployed agents heartbeat concurrently; here they cycle one after the other, which
+  // under emulation (openzfs tier) can outlast the liveness window of the last one
+  for (const [name, agent] of fleet.agents) {
+    for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
+    out.set(name, await agent.runCycle());
+  }
   return out;
 }
 

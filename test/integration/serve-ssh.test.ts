@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import { sandbox, host, shStatus } from '../lib/sandbox.js';
+import { sandbox, host, shStatus, expectedImplementation } from '../lib/sandbox.js';
 import { SshConnection, HostKeyError } from '../../src/replica/transport.js';
 
 const sb = sandbox();
@@ -80,7 +80,7 @@ describe('serve-ssh (forced command) refuses everything outside its grammar', ()
   it('answers the protocol: capabilities and list', () => {
     const caps = viaSsh('storage-v1 capabilities');
     assert.equal(caps.status, 0, caps.stderr);
-    assert.equal((JSON.parse(caps.stdout) as { capabilities: { implementation: string } }).capabilities.implementation, 'zfs-fuse');
+    assert.equal((JSON.parse(caps.stdout) as { capabilities: { implementation: string } }).capabilities.implementation, expectedImplementation(sb));
     const list = viaSsh('storage-v1 list');
     assert.equal(list.status, 0, list.stderr);
     const l = JSON.parse(list.stdout) as { protocol: string; host: string; datasets: object };

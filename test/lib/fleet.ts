@@ -8,7 +8,7 @@ import { loadConfig, type Config } from '../../src/agent/config.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
 import { silentLogger } from '../../src/util/log.js';
-import type { Sandbox, SandboxHost } from './sandbox.js';
+import { TIME_SCALE, type Sandbox, type SandboxHost } from './sandbox.js';
 
 export interface Fleet {
   catalog: SqliteCatalog;
@@ -25,6 +25,12 @@ export async function startFleet(sb: Sandbox, catalogPath = `${sb.dir}/catalog-$
   for (const h of sb.hosts) {
     const config = { ...loadConfig(`${h.dir}/agent.yaml`) };
     config.catalog = { ...config.catalog, path: catalogPath };
+    // liveness is 3 intervals since the last heartbeat: under emulation (openzfs tier) a
+    // test's setup alone can outlast that, and hosts would look dead to placement
+    config.interval = config.interval * TIME_SCALE;
+    // and a receiver's start (node + zfs recv in the guest) can take longer than the
+    // sandbox's 30 s stall timeout there
+    config.ssh = { ...config.ssh, stallTimeout: config.ssh.stallTimeout * TIME_SCALE, operationTimeout: config.ssh.operationTimeout * TIME_SCALE };
     configs.set(h.name, config);
     const agent = new Agent({ config, catalog, log: silentLogger() });
     await agent.init();

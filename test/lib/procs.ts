@@ -3,7 +3,7 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
-import type { Sandbox, SandboxHost } from './sandbox.js';
+import { scaled, type Sandbox, type SandboxHost } from './sandbox.js';
 import { sleep } from './fleet.js';
 
 const execFileP = promisify(execFile);
@@ -52,7 +52,7 @@ export class AgentProcess {
 }
 
 /** storagectl in a host's namespace; resolves with exit code and output (never rejects). */
-export async function storagectl(sb: Sandbox, h: SandboxHost, configPath: string, args: string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
+export async function storagectl(sb: Sandbox, h: SandboxHost, configPath: string, args: string[], timeoutMs = scaled(120_000)): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
     const r = await execFileP('nsenter', [`--net=/run/netns/${h.netns}`, `${sb.repo}/bin/storagectl`, '--config', configPath, ...args], { timeout: timeoutMs, maxBuffer: 64 << 20 });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };

@@ -19,6 +19,8 @@ export interface SandboxHost {
 
 export interface Sandbox {
   name: string;
+  /** the ZFS the sandbox's pools live on: zfs-fuse (default) or the OpenZFS kernel module */
+  zfs?: 'fuse' | 'kernel';
   dir: string;
   controlNetns: string;
   repo: string;
@@ -45,6 +47,20 @@ export function host(sb: Sandbox, name: string): SandboxHost {
   const h = sb.hosts.find((x) => x.name === name);
   if (!h) throw new Error(`sandbox has no host '${name}' (hosts: ${sb.hosts.map((x) => x.name).join(', ')})`);
   return h;
+}
+
+/** 'openzfs' for kernel-module sandboxes (the openzfs tier), else 'zfs-fuse'. */
+export function expectedImplementation(sb: Sandbox): 'openzfs' | 'zfs-fuse' {
+  return sb.zfs === 'kernel' ? 'openzfs' : 'zfs-fuse';
+}
+
+/**
+ * Wall-clock bounds in tests are multiplied by TEST_TIMEOUT_SCALE (default 1): the
+ * openzfs tier runs under qemu's software emulation, several times slower than a host.
+ */
+export const TIME_SCALE = Math.max(1, Number(process.env.TEST_TIMEOUT_SCALE) || 1);
+export function scaled(ms: number): number {
+  return ms * TIME_SCALE;
 }
 
 /** A unique short component for per-test dataset roots. */

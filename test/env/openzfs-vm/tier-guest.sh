@@ -1,0 +1,32 @@
+#!/bin/sh
+# The openzfs tier's job inside the openzfs-vm guest (see tier.sh): installs the node
+# and jq binaries from the share, unpacks the built project on the guest's own disk
+# (9p is slow), brings up the sandbox on the kernel module (--zfs kernel: hosts a b c
+# as network namespaces on a bridge, each with its own sshd and pool) and runs the tier
+# from the control namespace. Its exit code is the tier's.
+set -eu
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+ts() { awk '{printf "[guest %7.1fs] ", $1}' /proc/uptime; echo "$*"; }
+. /mnt/env.sh
+export TEST_TIMEOUT_SCALE TEST_ONLY CI
+[ -n "$TEST_ONLY" ] || unset TEST_ONLY
+[ -n "$CI" ] || unset CI
+ts "kernel $(uname -r), $(zfs version | head -1) / $(cat /sys/module/zfs/version)"
+install -m 0755 /mnt/tools/node /usr/local/bin/node
+install -m 0755 /mnt/tools/jq /usr/local/bin/jq
+cp /mnt/tools/lib/* /usr/local/lib/ 2>/dev/null || true
+ldconfig
+mkdir -p /opt/storage
+tar -xf /mnt/repo.tar -C /opt/storage
+ts "node $(node -v), jq $(jq --version); project unpacked"
+cd /opt/storage
+export SANDBOX_ZFS=kernel SANDBOX_MANIFEST=/var/tmp/storage-sandbox-stt/sandbox.json OPENZFS_RESULTS_DIR=/mnt/results
+bash test/env/sandbox.sh up --name stt
+ts "sandbox up"
+set +e
+nsenter --net=/run/netns/stt-ctl node dist/test/run.js openzfs
+rc=$?
+set -e
+ts "tier done (exit $rc)"
+bash test/env/sandbox.sh down --name stt || true
+exit $rc
