@@ -68,7 +68,7 @@ deps() {
   preflight
   if kernel_zfs; then
     local t missing=()
-    for t in zfs zpool ssh ssh-keygen ip jq nsenter; do command -v "$t" >/dev/null || missing+=("$t"); done
+    for t in zfs zpool ssh ssh-keygen ip jq nsenter rsync; do command -v "$t" >/dev/null || missing+=("$t"); done
     [ -x /usr/sbin/sshd ] || missing+=(sshd)
     [ ${#missing[@]} -eq 0 ] || die "--zfs kernel: missing tools: ${missing[*]} (nothing is installed in this mode)"
     return 0

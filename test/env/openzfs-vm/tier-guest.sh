@@ -1,6 +1,6 @@
 #!/bin/sh
-# The openzfs tier's job inside the openzfs-vm guest (see tier.sh): installs the node
-# and jq binaries from the share, unpacks the built project on the guest's own disk
+# The openzfs tier's job inside the openzfs-vm guest (see tier.sh): installs the node,
+# jq and rsync binaries from the share, unpacks the built project on the guest's own disk
 # (9p is slow), brings up the sandbox on the kernel module (--zfs kernel: hosts a b c
 # as network namespaces on a bridge, each with its own sshd and pool) and runs the tier
 # from the control namespace. Its exit code is the tier's.
@@ -14,11 +14,12 @@ export TEST_TIMEOUT_SCALE TEST_ONLY CI
 ts "kernel $(uname -r), $(zfs version | head -1) / $(cat /sys/module/zfs/version)"
 install -m 0755 /mnt/tools/node /usr/local/bin/node
 install -m 0755 /mnt/tools/jq /usr/local/bin/jq
+install -m 0755 /mnt/tools/rsync /usr/bin/rsync
 cp /mnt/tools/lib/* /usr/local/lib/ 2>/dev/null || true
 ldconfig
 mkdir -p /opt/storage
 tar -xf /mnt/repo.tar -C /opt/storage
-ts "node $(node -v), jq $(jq --version); project unpacked"
+ts "node $(node -v), jq $(jq --version), $(rsync --version | head -1); project unpacked"
 cd /opt/storage
 export SANDBOX_ZFS=kernel SANDBOX_MANIFEST=/var/tmp/storage-sandbox-stt/sandbox.json OPENZFS_RESULTS_DIR=/mnt/results
 bash test/env/sandbox.sh up --name stt

@@ -41,6 +41,10 @@ JQ=$(command -v jq) || fail "no jq on the host (test/env/sandbox.sh deps install
 cp -L "$JQ" "$SHARE/tools/jq"
 # jq's own shared libraries (the guest's minbase image has libc but not libjq/libonig)
 ldd "$JQ" | awk '$3 ~ /^\// && $1 ~ /^lib(jq|onig)/ {print $3}' | while read -r l; do cp -L "$l" "$SHARE/tools/lib/"; done
+# rsync (restore --mode rollback copies with it) and the libraries minbase lacks
+RSYNC=$(command -v rsync) || fail "no rsync on the host (test/env/sandbox.sh deps installs it)"
+cp -L "$RSYNC" "$SHARE/tools/rsync"
+ldd "$RSYNC" | awk '$3 ~ /^\// && $1 ~ /^lib(popt|lz4|xxhash)/ {print $3}' | while read -r l; do cp -L "$l" "$SHARE/tools/lib/"; done
 {
   printf 'TEST_TIMEOUT_SCALE=%q\n' "${OPENZFS_TIER_SCALE:-6}"
   printf 'TEST_ONLY=%q\n' "${TEST_ONLY:-}"
