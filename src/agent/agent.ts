@@ -83,6 +83,7 @@ export class Agent {
   private targetQueues = new Map<string, PQueue>();
   private globalQueue: PQueue;
   cycles = 0;
+  private draining = false;
 
   constructor(private readonly deps: AgentDeps) {
     this.config = deps.config;
@@ -130,6 +131,8 @@ export class Agent {
 
   /** Stops taking new jobs; running ones continue (SIGTERM, first phase). */
   drain(): void {
+    // jobs planned after this point (the cycle may still be listing) must not start either
+    this.draining = true;
     for (const q of this.targetQueues.values()) q.clear();
     this.globalQueue.clear();
   }
@@ -621,6 +624,11 @@ export class Agent {
     // one id per transfer, in every log line about it (both ends: the receiver's audit
     // log records the same command and time)
     const log = this.log.child({ transfer: randomUUID().slice(0, 8), project: job.project.id, target: job.target.id });
+    if (this.draining || this.abort.signal.aborted) {
+      // stopping (SIGTERM): a transfer planned while the cycle was still listing must not start
+      report.failures.push({ project: job.project.id, target: job.target.id, error: 'not started: the agent is stopping' });
+      return false;
+    }
     let send;
     try {
       if (plan.kind === 'resume') {

@@ -314,6 +314,7 @@ export class SshConnection {
       ch.close();
     };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
+    if (opts.signal?.aborted) onAbort(); // aborted before the channel opened: no event will come
     try {
       await pipeline(source, meter, ch).catch((e: Error) => {
         // the remote side's exit status explains more than EPIPE; keep the first reason
