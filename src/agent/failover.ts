@@ -3,18 +3,13 @@
 // old primary (catalog first, then unmount over SSH if it answers), promote the replica,
 // switch the location with the token, release. Safe to re-run after a crash at any step.
 import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
-import { projectLockName } from '../catalog/types.js';
+import { LockedError, withProjectLease } from '../lock/lease.js';
 import type { SshPool } from '../replica/transport.js';
 import { formatRemoteCommand } from '../replica/protocol.js';
 import { fetchListing } from '../replica/listing.js';
 import * as v from '../util/validate.js';
 
-export class LockedError extends Error {
-  constructor(project: string, readonly owner: string, readonly until: number) {
-    super(`project ${project} is locked by ${owner} until ${new Date(until).toISOString()}`);
-    this.name = 'LockedError';
-  }
-}
+export { LockedError };
 
 /** The project no longer needs this failover (another one already moved it). */
 export class FailoverNotNeeded extends Error {
@@ -77,11 +72,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
   if (o.to) v.hostId(o.to, 'failover --to');
   const now = o.now ?? Date.now;
   const step = o.onStep ?? (() => {});
-  const lease = o.leaseMs ?? 60_000;
-  const lock = await catalog.acquireLock(projectLockName(projectId), o.owner, lease);
-  if (!lock.ok) throw new LockedError(projectId, lock.owner, lock.expiresAt);
-  const renew = setInterval(() => void catalog.renewLock(projectLockName(projectId), o.owner, lock.token, lease).catch(() => undefined), lease / 3);
-  try {
+  return withProjectLease(catalog, projectId, o.owner, o.leaseMs ?? 60_000, async (lock) => {
     step(`locked (token ${lock.token})`);
     const p: ProjectRecord | undefined = await catalog.getProject(projectId);
     if (!p) throw new Error(`project ${projectId} is not in the catalog`);
@@ -174,10 +165,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     };
     await catalog.addEvent({ project: projectId, host: target.id, kind: 'failover', detail: `from ${from ?? '-'} to ${target.id} at ${chosen.snapshot}; data-loss window up to ${result.dataLossWindowSeconds}s (snapshot ${new Date(chosen.creation * 1000).toISOString()}, failure ${new Date(failureTime).toISOString()}); old primary ${fenced}` });
     return result;
-  } finally {
-    clearInterval(renew);
-    await catalog.releaseLock(projectLockName(projectId), o.owner, lock.token).catch(() => undefined);
-  }
+  });
 }
 
 /** The newest `failover-started` event naming `to` (what an interrupted failover had chosen). */

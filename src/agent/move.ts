@@ -12,12 +12,11 @@
 // active again: the project is served by the source. After, re-running the same command
 // on the source finishes the move (every later step is idempotent).
 import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
-import { projectLockName } from '../catalog/types.js';
+import { withProjectLease } from '../lock/lease.js';
 import { formatRemoteCommand } from '../replica/protocol.js';
 import { fetchListing } from '../replica/listing.js';
 import { ZfsCommandError } from '../zfs/index.js';
 import { Agent, holdTagFor, sshTarget, type CycleReport } from './agent.js';
-import { LockedError } from './failover.js';
 import { deadAfterMs } from './config.js';
 import * as v from '../util/validate.js';
 
@@ -67,11 +66,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
   const step = o.onStep ?? (() => {});
   if (to === me) throw new MoveError(`${projectId}: the target ${to} is this host (the source)`, me);
   const ds = `${c.projectsRoot}/${projectId}`;
-  const lease = o.leaseMs ?? 120_000;
-  const lock = await catalog.acquireLock(projectLockName(projectId), o.owner, lease);
-  if (!lock.ok) throw new LockedError(projectId, lock.owner, lock.expiresAt);
-  const renew = setInterval(() => void catalog.renewLock(projectLockName(projectId), o.owner, lock.token, lease).catch(() => undefined), lease / 3);
-  try {
+  return withProjectLease(catalog, projectId, o.owner, o.leaseMs ?? 120_000, async (lock) => {
     step(`locked (token ${lock.token})`);
     const p = await catalog.getProject(projectId);
     if (!p) throw new MoveError(`project ${projectId} is not in the catalog`, null);
@@ -148,10 +143,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
     const downtimeMs = Date.now() - unmountedAt;
     await catalog.addEvent({ project: projectId, host: to, kind: 'moved', detail: `from ${me} to ${to} at ${final.snap} (guid ${final.guid}); writes stopped for ${(downtimeMs / 1000).toFixed(1)} s; source ${fin.source}` });
     return { project: projectId, from: me, to, finalSnapshot: final.snap, finalGuid: final.guid, rounds, downtimeMs, source: fin.source, resumed: false };
-  } finally {
-    clearInterval(renew);
-    await catalog.releaseLock(projectLockName(projectId), o.owner, lock.token).catch(() => undefined);
-  }
+  });
 }
 
 /** Promote on the target, turn the source's dataset into a replica (or drop it), go active. */

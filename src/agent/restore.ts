@@ -15,10 +15,9 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import type { Agent } from './agent.js';
 import { sshTarget } from './agent.js';
-import { projectLockName } from '../catalog/types.js';
+import { withProjectLease } from '../lock/lease.js';
 import { formatRemoteCommand } from '../replica/protocol.js';
 import { fetchListing } from '../replica/listing.js';
-import { LockedError } from './failover.js';
 import * as v from '../util/validate.js';
 
 export type RestoreMode = 'clone' | 'rollback';
@@ -139,13 +138,10 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
   }
 
   // rollback: under the project lock (no move or failover meanwhile)
-  const lock = await catalog.acquireLock(projectLockName(projectId), o.owner, 120_000);
-  if (!lock.ok) throw new LockedError(projectId, lock.owner, lock.expiresAt);
-  const renew = setInterval(() => void catalog.renewLock(projectLockName(projectId), o.owner, lock.token, 120_000).catch(() => undefined), 40_000);
   const tmp = `${restoreRoot}/${projectId}-rollback`;
   const tmpMount = `${c.mountBase}/.restore/${projectId}/.rollback-source`;
   let madeTmp = false;
-  try {
+  return withProjectLease(catalog, projectId, o.owner, 120_000, async () => {
     // a read-only view of the snapshot to copy from
     let from: string;
     if (source.fetched) {
@@ -181,11 +177,8 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
     if (madeTmp) await zfs.destroyDataset(tmp);
     else await setIfDifferent(agent, copyName, { mountpoint: 'none' });
     await catalog.addEvent({ project: projectId, host: c.host, kind: 'restore-rollback', detail: `live state set to ${snapshot} (from ${source.host}); before: @${safety}; after: @${restored}` });
-    return { project: projectId, snapshot, mode: 'rollback', source, safetySnapshot: safety, restoredSnapshot: restored };
-  } finally {
-    clearInterval(renew);
-    await catalog.releaseLock(projectLockName(projectId), o.owner, lock.token).catch(() => undefined);
-  }
+    return { project: projectId, snapshot, mode: 'rollback', source, safetySnapshot: safety, restoredSnapshot: restored } as RestoreResult;
+  });
 }
 
 /** zfs set only for the properties whose value differs (a same-value mountpoint set remounts). */
