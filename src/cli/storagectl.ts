@@ -4,7 +4,7 @@
 import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
 import { loadConfig, parseConfig, ConfigError, deadAfterMs, type Config } from '../agent/config.js';
-import { Agent, sshOptions } from '../agent/agent.js';
+import { Agent, sshOptions, type AgentDeps } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
 import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
@@ -56,6 +56,13 @@ async function withSsh<T>(config: Config, fn: (pool: SshPool) => Promise<T>): Pr
     pool.closeAll();
   }
 }
+
+/** An Agent for one CLI command (no metrics, quiet log), optionally reporting transfer progress. */
+function cliAgent(ctx: Pick<Ctx, 'config' | 'catalog' | 'zfs'>, onProgress?: AgentDeps['onProgress']): Agent {
+  return new Agent({ config: ctx.config, catalog: ctx.catalog, zfs: ctx.zfs, log: silentLogger(), onProgress });
+}
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
 function out(json: boolean, data: unknown, human: () => string): void {
   process.stdout.write(json ? JSON.stringify(data, null, 2) + '\n' : human());
@@ -147,7 +154,7 @@ export async function main(argv: string[]): Promise<void> {
       const rf = Number(opts.replicationFactor);
       if (!Number.isInteger(rf) || rf < 0 || rf > 10) throw new UsageError(`--replication-factor: expected 0-10, got ${v.describe(opts.replicationFactor)}`);
       const { config, catalog, zfs } = await context(cfg());
-      const agent = new Agent({ config, catalog, zfs, log: silentLogger() });
+      const agent = cliAgent({ config, catalog, zfs });
       await agent.init();
       const ds = `${config.projectsRoot}/${id}`;
       if (await catalog.getProject(id)) throw new UsageError(`project ${id} already exists in the catalog`);
@@ -353,23 +360,17 @@ export async function main(argv: string[]): Promise<void> {
       const { default: cliProgress } = await import('cli-progress');
       const bar = tty ? new cliProgress.SingleBar({ format: 'move |{bar}| {sent} at {rate}/s, ETA {eta_formatted}', hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : undefined;
       let barOn = false;
-      const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
-      const agent = new Agent({
-        config,
-        catalog,
-        zfs,
-        log: silentLogger(),
-        onProgress: (pr) => {
-          if (!bar) return;
-          const rate = pr.elapsedMs > 0 ? pr.bytes / (pr.elapsedMs / 1000) : 0;
-          const total = Math.max(pr.bytes, pr.estimate ?? pr.bytes);
-          if (!barOn) {
-            bar.start(total, 0, { sent: '0 MiB', rate: '0 MiB' });
-            barOn = true;
-          }
-          bar.setTotal(total);
-          bar.update(pr.bytes, { sent: mb(pr.bytes), rate: mb(rate) });
-        },
+      const mb = mib;
+      const agent = cliAgent({ config, catalog, zfs }, (pr) => {
+        if (!bar) return;
+        const rate = pr.elapsedMs > 0 ? pr.bytes / (pr.elapsedMs / 1000) : 0;
+        const total = Math.max(pr.bytes, pr.estimate ?? pr.bytes);
+        if (!barOn) {
+          bar.start(total, 0, { sent: '0 MiB', rate: '0 MiB' });
+          barOn = true;
+        }
+        bar.setTotal(total);
+        bar.update(pr.bytes, { sent: mb(pr.bytes), rate: mb(rate) });
       });
       const step = (s: string) => {
         // steps go to stderr also with --json (stdout stays one JSON document)
@@ -402,7 +403,7 @@ export async function main(argv: string[]): Promise<void> {
       if (opts.mode !== 'clone' && opts.mode !== 'rollback') throw new UsageError(`--mode: expected clone or rollback, got ${v.describe(opts.mode)}`);
       if (opts.from) v.hostId(opts.from, 'storagectl restore --from');
       const { config, catalog, zfs } = await context(cfg());
-      const agent = new Agent({ config, catalog, zfs, log: silentLogger() });
+      const agent = cliAgent({ config, catalog, zfs });
       const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
       let lastShown = 0;
       try {
@@ -489,19 +490,13 @@ export async function main(argv: string[]): Promise<void> {
       const { default: cliProgress } = await import('cli-progress');
       const bars = tty ? new cliProgress.MultiBar({ format: '{target} |{bar}| {sent} at {rate}/s', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic) : undefined;
       const perTarget = new Map<string, ReturnType<NonNullable<typeof bars>['create']>>();
-      const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
-      const agent = new Agent({
-        config,
-        catalog,
-        zfs,
-        log: silentLogger(),
-        onProgress: (pr) => {
-          if (!bars) return;
-          let bar = perTarget.get(pr.target);
-          if (!bar) perTarget.set(pr.target, (bar = bars.create(1, 0, { target: pr.target, sent: '0 MiB', rate: '0 MiB' })));
-          const rate = pr.elapsedMs > 0 ? pr.bytes / (pr.elapsedMs / 1000) : 0;
-          bar.update(0, { sent: mb(pr.bytes), rate: mb(rate) });
-        },
+      const mb = mib;
+      const agent = cliAgent({ config, catalog, zfs }, (pr) => {
+        if (!bars) return;
+        let bar = perTarget.get(pr.target);
+        if (!bar) perTarget.set(pr.target, (bar = bars.create(1, 0, { target: pr.target, sent: '0 MiB', rate: '0 MiB' })));
+        const rate = pr.elapsedMs > 0 ? pr.bytes / (pr.elapsedMs / 1000) : 0;
+        bar.update(0, { sent: mb(pr.bytes), rate: mb(rate) });
       });
       try {
         const r = await agent.runCycle({ only: id, to: opts.to });
