@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import { sandbox, host, shStatus, expectedImplementation } from '../lib/sandbox.js';
+import { sandbox, host, shStatus, expectedImplementation, TIME_SCALE } from '../lib/sandbox.js';
 import { SshConnection, HostKeyError } from '../../src/replica/transport.js';
 
 const sb = sandbox();
@@ -30,8 +30,9 @@ const sshOpts = (knownHostsFile: string) => ({
   knownHostsFile,
   keepaliveSeconds: 15,
   connectTimeoutSeconds: 5,
-  operationTimeoutSeconds: 30,
-  stallTimeoutSeconds: 30,
+  // x TEST_TIMEOUT_SCALE: six receivers starting at once take ~30 s under emulation
+  operationTimeoutSeconds: 30 * TIME_SCALE,
+  stallTimeoutSeconds: 30 * TIME_SCALE,
   compression: false,
 });
 
