@@ -17,7 +17,10 @@ interface Tally {
 
 const TIER_DIRS: Record<string, string | string[]> = {
   unit: 'unit',
-  'zfs-fuse': 'integration',
+  // zfs-fuse also runs the long operational scenarios (failover with agent processes,
+  // move under writes, restore): implementation-neutral logic over the same adapter calls
+  // the openzfs tier proves; under qemu's emulation they would double that tier's time
+  'zfs-fuse': ['integration', 'operations'],
   // real OpenZFS (kernel module) in the openzfs-vm guest: the same integration files as
   // zfs-fuse, plus the tests of what only OpenZFS offers (resumable receive, written, ...)
   openzfs: ['integration', 'openzfs'],
