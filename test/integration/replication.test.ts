@@ -4,7 +4,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync, appendFileSync } from 'node:fs';
-import { sandbox, host, treeChecksum } from '../lib/sandbox.js';
+import { spawnSync } from 'node:child_process';
+import { sandbox, host, treeChecksum, expectedImplementation } from '../lib/sandbox.js';
 import { startFleet, createProject, sleep, type Fleet } from '../lib/fleet.js';
 import { sshOptions, type CycleReport } from '../../src/agent/agent.js';
 import { SshPool } from '../../src/replica/transport.js';
@@ -145,6 +146,12 @@ describe('replication on 3 hosts x 20 projects', () => {
       p.sum = treeChecksum(p.mnt);
     }
     await sleep(1500); // file-watch events are asynchronous; and a new snapshot name needs a new second
+    // OpenZFS: `written` moves when the txg commits (up to zfs_txg_timeout, 5 s); without
+    // this the first host's cycle could still see 0 and leave its change to the next cycle
+    if (expectedImplementation(sb) === 'openzfs') {
+      const r = spawnSync('zpool', ['sync'], { encoding: 'utf8' });
+      assert.equal(r.status, 0, `zpool sync: ${r.stderr}`);
+    }
     const third = await cycleAll();
     const sends = [...third.values()].flatMap((r) => r.sends);
     for (const [name, r] of third) assert.deepEqual(r.failures, [], name);
