@@ -281,7 +281,47 @@ export class SshConnection {
    * resolves with the remote exit status. A transfer that moves no byte for
    * stallTimeoutSeconds is aborted.
    */
-  async transfer(command: string, source: Readable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
+  transfer(command: string, source: Readable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
+    return this.stream(command, opts, (s) => source.destroy(new Error(s)), async (ch, meter, closed) => {
+      let pipeErr: Error | undefined;
+      await pipeline(source, meter, ch).catch((e: Error) => (pipeErr = e));
+      // wait for the remote exit status (the receiver finishes after stdin EOF); it
+      // explains a failure better than the local EPIPE
+      let exitTimer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        closed,
+        new Promise<void>((_, reject) => {
+          exitTimer = setTimeout(() => reject(new SshError(`ssh ${this.where()} "${command}": no exit status within ${this.opts.operationTimeoutSeconds} s after the stream ended`, this.target.host, command)), this.opts.operationTimeoutSeconds * 1000);
+        }),
+      ]).finally(() => clearTimeout(exitTimer)); // a pending timer would keep a CLI process alive
+      if (pipeErr) throw pipeErr;
+    });
+  }
+
+  /**
+   * The reverse of transfer: streams a remote command's stdout into `sink` (restore
+   * fetches a snapshot back from a replica). Same watchdog, abort and error reporting.
+   */
+  download(command: string, sink: Writable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
+    return this.stream(command, opts, () => undefined, async (ch, meter, closed) => {
+      ch.end(); // nothing to send: the remote side only writes
+      let pipeErr: Error | undefined;
+      await Promise.all([pipeline(ch, meter, sink).catch((e: Error) => (pipeErr = e)), closed]);
+      if (pipeErr) throw pipeErr;
+    });
+  }
+
+  /**
+   * What transfer and download share: the channel's stderr and exit status, the byte
+   * meter, the stall watchdog, the abort signal, and one error naming the command, the
+   * bytes moved, the remote exit code and stderr.
+   */
+  private async stream(
+    command: string,
+    opts: TransferOptions,
+    stopLocal: (reason: string) => void,
+    run: (ch: ClientChannel, meter: Meter, closed: Promise<void>) => Promise<void>,
+  ): Promise<ExecResult & { bytes: number }> {
     const ch = await this.channel(command);
     const meter = new Meter(opts.bandwidthLimit ?? 0, opts.onProgress);
     let err = '';
@@ -300,91 +340,29 @@ export class SshConnection {
     });
     const closed = new Promise<void>((r) => ch.once('close', () => r()));
     let abortReason: string | undefined;
-    const stallMs = this.opts.stallTimeoutSeconds * 1000;
-    const watchdog = setInterval(() => {
-      if (Date.now() - meter.lastProgressAt > stallMs) {
-        abortReason = `no progress for ${this.opts.stallTimeoutSeconds} s after ${meter.bytes} bytes`;
-        source.destroy(new Error(abortReason));
-        ch.close();
-      }
-    }, Math.min(1000, stallMs / 4));
-    const onAbort = () => {
-      abortReason = 'aborted';
-      source.destroy(new Error('aborted'));
+    const stop = (reason: string) => {
+      abortReason = reason;
+      stopLocal(reason);
       ch.close();
     };
+    const stallMs = this.opts.stallTimeoutSeconds * 1000;
+    const watchdog = setInterval(() => {
+      if (Date.now() - meter.lastProgressAt > stallMs) stop(`no progress for ${this.opts.stallTimeoutSeconds} s after ${meter.bytes} bytes`);
+    }, Math.min(1000, stallMs / 4));
+    const onAbort = () => stop('aborted');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     if (opts.signal?.aborted) onAbort(); // aborted before the channel opened: no event will come
     try {
-      await pipeline(source, meter, ch).catch((e: Error) => {
+      await run(ch, meter, closed).catch((e: Error) => {
         // the remote side's exit status explains more than EPIPE; keep the first reason
+        if (e instanceof SshError && !abortReason) throw e;
         abortReason ??= e.message;
       });
-      // wait for the remote exit status (the receiver finishes after stdin EOF)
-      let exitTimer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        closed,
-        new Promise<void>((_, reject) => {
-          exitTimer = setTimeout(() => reject(new SshError(`ssh ${this.where()} "${command}": no exit status within ${this.opts.operationTimeoutSeconds} s after the stream ended`, this.target.host, command)), this.opts.operationTimeoutSeconds * 1000);
-        }),
-      ]).finally(() => clearTimeout(exitTimer)); // a pending timer would keep a CLI process alive
     } finally {
       clearInterval(watchdog);
       opts.signal?.removeEventListener('abort', onAbort);
     }
     const result = { code, signal, stdout: Buffer.concat(stdout).toString('utf8'), stderr: err, bytes: meter.bytes };
-    if (code !== 0 || abortReason) {
-      const why = code !== null && code !== 0 ? `remote exit ${code}` : abortReason ?? `remote ended without status${signal ? ` (signal ${signal})` : ''}`;
-      throw new SshError(`ssh ${this.where()} "${command}" failed after ${meter.bytes} bytes: ${why}: ${err.trim() || abortReason || '(no stderr)'}`, this.target.host, command, code, err);
-    }
-    return result;
-  }
-
-  /**
-   * The reverse of transfer: streams a remote command's stdout into `sink` (restore
-   * fetches a snapshot back from a replica). Same stall watchdog; resolves with the
-   * remote exit status, rejects with the command and its stderr.
-   */
-  async download(command: string, sink: Writable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
-    const ch = await this.channel(command);
-    const meter = new Meter(opts.bandwidthLimit ?? 0, opts.onProgress);
-    let err = '';
-    let code: number | null = null;
-    let signal: string | null = null;
-    ch.stderr.on('data', (d: Buffer) => {
-      if (err.length < 65536) err += d.toString('utf8');
-    });
-    ch.on('exit', (c: number | null, s?: string) => {
-      code = c;
-      signal = s ?? null;
-    });
-    const closed = new Promise<void>((r) => ch.once('close', () => r()));
-    ch.end(); // nothing to send: the remote side only writes
-    let abortReason: string | undefined;
-    const stallMs = this.opts.stallTimeoutSeconds * 1000;
-    const watchdog = setInterval(() => {
-      if (Date.now() - meter.lastProgressAt > stallMs) {
-        abortReason = `no progress for ${this.opts.stallTimeoutSeconds} s after ${meter.bytes} bytes`;
-        ch.close();
-      }
-    }, Math.min(1000, stallMs / 4));
-    const onAbort = () => {
-      abortReason = 'aborted';
-      ch.close();
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      await Promise.all([
-        pipeline(ch, meter, sink).catch((e: Error) => {
-          abortReason ??= e.message;
-        }),
-        closed,
-      ]);
-    } finally {
-      clearInterval(watchdog);
-      opts.signal?.removeEventListener('abort', onAbort);
-    }
-    const result = { code, signal, stdout: '', stderr: err, bytes: meter.bytes };
     if (code !== 0 || abortReason) {
       const why = code !== null && code !== 0 ? `remote exit ${code}` : abortReason ?? `remote ended without status${signal ? ` (signal ${signal})` : ''}`;
       throw new SshError(`ssh ${this.where()} "${command}" failed after ${meter.bytes} bytes: ${why}: ${err.trim() || abortReason || '(no stderr)'}`, this.target.host, command, code, err);
