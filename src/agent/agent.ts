@@ -117,8 +117,8 @@ export class Agent {
   async init(): Promise<void> {
     const c = this.config;
     await this.catalog.upsertHost({ id: c.host, datacenter: c.datacenter, address: c.address, port: c.port, root: c.replicasRoot });
-    if (!(await this.zfs.exists(c.projectsRoot))) await this.zfs.create(c.projectsRoot, { parents: true, mountpoint: c.mountBase, canmount: 'off' });
-    if (!(await this.zfs.exists(c.replicasRoot))) await this.zfs.create(c.replicasRoot, { parents: true, mountpoint: 'none', canmount: 'off', readonly: true });
+    await this.zfs.ensureDataset(c.projectsRoot, { parents: true, mountpoint: c.mountBase, canmount: 'off' });
+    await this.zfs.ensureDataset(c.replicasRoot, { parents: true, mountpoint: 'none', canmount: 'off', readonly: true });
     await this.catalog.heartbeat(c.host, 0, this.now());
   }
 
@@ -205,12 +205,7 @@ export class Agent {
       // no longer serves is set aside, so that it can neither be served nor mistaken for a replica
       if (!isProjectId(id) || mine.has(id) || opts.only) continue;
       try {
-        const p = await this.catalog.getProject(id);
-        if (!p || servesHere(p, c.host) || p.primary === null) continue;
-        // an unmounted source during a move is the move's to turn into a replica
-        if (p.state === 'moving' && ds.props.mounted !== 'yes') continue;
-        await this.demote(ds.name, p);
-        local.delete(ds.name);
+        if (await this.demoteIfNotServed(ds.name, ds.props.mounted === 'yes')) local.delete(ds.name);
       } catch (e) {
         report.failures.push({ project: id, error: `demote: ${(e as Error).message}` });
       }
@@ -428,13 +423,27 @@ export class Agent {
     const stamp = autoSnapshotName(new Date(this.now())).replace(/:/g, '');
     await this.zfs.snapshot([`${dataset}@demoted-${stamp}`]);
     const conflictsRoot = `${c.pool}/conflicts`;
-    if (!(await this.zfs.exists(conflictsRoot))) await this.zfs.create(conflictsRoot, { canmount: 'off', mountpoint: 'none' });
+    await this.zfs.ensureDataset(conflictsRoot, { canmount: 'off', mountpoint: 'none' });
     const aside = `${conflictsRoot}/${p.id}-${stamp}`;
     await this.zfs.rename(dataset, aside);
     await this.zfs.set(aside, { readonly: 'on', canmount: 'noauto' });
     await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} (${p.state}) now; unmounted here, this host's data kept in ${aside}` });
     this.log.warn({ project: p.id, primary: p.primary, state: p.state, keptIn: aside }, 'demoted: a project this host no longer serves was unmounted and kept aside');
     return aside;
+  }
+
+  /**
+   * The one rule for a copy under projects/ (used by the cycle and the fence check): set it
+   * aside unless the catalog lets this host serve it. Left alone: a project unknown to the
+   * catalog or with no primary (not ours to judge), and an unmounted copy of a project
+   * being moved (the move turns it into a replica). `known`: a fresh catalog row, if read.
+   */
+  private async demoteIfNotServed(dataset: string, mounted: boolean, known?: ProjectRecord): Promise<boolean> {
+    const p = known ?? (await this.catalog.getProject(dataset.slice(this.config.projectsRoot.length + 1)));
+    if (!p || servesHere(p, this.config.host) || p.primary === null) return false;
+    if (p.state === 'moving' && !mounted) return false;
+    await this.demote(dataset, p);
+    return true;
   }
 
   /** ms since epoch of the last fresh answer of the catalog (the fence check's read) */
@@ -478,10 +487,7 @@ export class Agent {
         const p = byId.get(id);
         if (p && servesHere(p, c.host)) continue;
         try {
-          const rec = p ?? (await this.catalog.getProject(id));
-          if (!rec || servesHere(rec, c.host)) continue; // unknown to the catalog: not ours to judge
-          await this.demote(ds, rec);
-          res.demoted.push(id);
+          if (await this.demoteIfNotServed(ds, true, p)) res.demoted.push(id);
         } catch (e) {
           this.log.error({ project: id, err: (e as Error).message }, 'fence check: demote failed');
         }

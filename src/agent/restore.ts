@@ -65,6 +65,7 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
   const safe = snapshot.replace(/:/g, '');
   const copyName = `${restoreRoot}/${projectId}-${safe}`;
   const mountpoint = `${c.mountBase}/.restore/${projectId}/${safe}`;
+  await zfs.ensureDataset(restoreRoot, { canmount: 'off', mountpoint: 'none' });
 
   // 1. where the snapshot is
   let source: RestoreResult['source'];
@@ -74,7 +75,6 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
     source = { host: c.host, fetched: false };
     origin = `${live}@${snapshot}`;
   } else {
-    if (!(await zfs.exists(restoreRoot))) await zfs.create(restoreRoot, { canmount: 'off', mountpoint: 'none' });
     const copySnaps = (await zfs.exists(copyName)) ? (await zfs.list(copyName, { depth: 0 })).get(copyName)?.snapshots ?? [] : undefined;
     if (copySnaps?.some((s) => s.snap === snapshot)) {
       step(`using the copy fetched earlier: ${copyName}`);
@@ -121,13 +121,10 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
   }
 
   if (o.mode === 'clone') {
-    let dataset: string;
-    if (source.fetched) {
-      dataset = copyName;
-      await setIfDifferent(agent, dataset, { readonly: 'on', canmount: 'noauto', mountpoint });
-    } else {
-      dataset = copyName;
-      if (!(await zfs.exists(restoreRoot))) await zfs.create(restoreRoot, { canmount: 'off', mountpoint: 'none' });
+    // the fetched copy itself, or a clone of the local snapshot, under the same name
+    const dataset = copyName;
+    if (source.fetched) await setIfDifferent(agent, dataset, { readonly: 'on', canmount: 'noauto', mountpoint });
+    else {
       if (await zfs.exists(dataset)) throw new RestoreError(`${dataset} already exists (an earlier restore of this snapshot?): it is mounted at ${mountpoint}, or remove it first`);
       await zfs.clone(origin, dataset, { readonly: true, mountpoint, canmount: 'noauto' });
     }
@@ -148,7 +145,6 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
       await setIfDifferent(agent, copyName, { readonly: 'on', canmount: 'noauto', mountpoint: tmpMount });
       from = copyName;
     } else {
-      if (!(await zfs.exists(restoreRoot))) await zfs.create(restoreRoot, { canmount: 'off', mountpoint: 'none' });
       if (await zfs.exists(tmp)) {
         // a clone left by an interrupted rollback: it holds no data of its own
         await zfs.unmount(tmp, { force: true }).catch(() => undefined);

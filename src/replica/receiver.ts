@@ -70,7 +70,7 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
       return { datasets: Object.keys(listing.datasets).length };
     }
     case 'recv': {
-      await ensureRoot(zfs, replicasRoot);
+      await zfs.ensureDataset(replicasRoot, { parents: true, canmount: 'off', mountpoint: 'none', readonly: true });
       const target = `${replicasRoot}/${cmd.project}`;
       const caps = await zfs.capabilities();
       const recv = await zfs.recvFromStdin({ target, noMount: true, resumable: true, setProps: caps.recvPropertyOverride ? { readonly: 'on' } : undefined, excludeProps: caps.recvPropertyOverride ? ['mountpoint'] : undefined });
@@ -153,13 +153,4 @@ export async function listReplicas(env: ReceiverEnv): Promise<RemoteListing> {
     };
   }
   return listing;
-}
-
-async function ensureRoot(zfs: Zfs, root: string): Promise<void> {
-  if (await zfs.exists(root)) return;
-  try {
-    await zfs.create(root, { parents: true, canmount: 'off', mountpoint: 'none', readonly: true });
-  } catch (e) {
-    if (!(e instanceof ZfsCommandError && e.kind === 'exists')) throw e;
-  }
 }

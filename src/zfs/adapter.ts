@@ -265,6 +265,19 @@ export class Zfs {
   }
 
   /**
+   * Creates the dataset unless it exists (a concurrent creator's "already exists" is
+   * fine). For the fixed roots: projects, replicas, conflicts, restore.
+   */
+  async ensureDataset(dataset: string, opts: CreateOptions = {}): Promise<void> {
+    if (await this.exists(dataset)) return;
+    try {
+      await this.create(dataset, opts);
+    } catch (e) {
+      if (!(e instanceof ZfsCommandError && e.kind === 'exists')) throw e;
+    }
+  }
+
+  /**
    * Destroys ONE dataset that has no children and no snapshots. Never recursive.
    * Unmounts it first (zfs-fuse answers "dataset is busy" to a destroy of a mounted fs).
    */
