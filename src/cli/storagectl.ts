@@ -188,9 +188,7 @@ export async function main(argv: string[]): Promise<void> {
       // location none or a dead primary: lock, the freshest live replica (ties: least loaded), mount
       const r = await withSsh(config, (pool) =>
         failover(catalog, pool, id, { owner: `storagectl-open@${config.host}:${process.pid}`, graceMs: dead, expectPrimary: p.primary ?? undefined, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
-      ).catch((e: unknown) => {
-        throw e instanceof LockedError || e instanceof FailoverNotNeeded ? new UsageError(e.message) : e;
-      });
+      );
       out(!!opts.json, { project: id, host: r.to, failover: r }, () => `${id} mounted on ${r.to} (primary ${p.primary ?? 'none'} was dead) at snapshot ${r.snapshot}; data-loss window up to ${r.dataLossWindowSeconds}s\n`);
     });
 
@@ -337,9 +335,7 @@ export async function main(argv: string[]): Promise<void> {
           graceMs: deadAfterMs(config),
           onStep: (s) => process.stderr.write(`failover: ${s}\n`), // steps on stderr, also with --json
         }),
-      ).catch((e: unknown) => {
-        throw e instanceof LockedError ? new UsageError(e.message) : e;
-      });
+      );
       out(!!opts.json, r, () => `${id} now served by ${r.to} at snapshot ${r.snapshot} (data-loss window up to ${r.dataLossWindowSeconds}s); old primary ${r.from ?? '-'}: ${r.oldPrimaryFenced}\n`);
     });
 
@@ -381,9 +377,7 @@ export async function main(argv: string[]): Promise<void> {
         process.stderr.write(`move: ${s}\n`);
       };
       try {
-        const r = await move(agent, id, to, { owner: `storagectl-move@${config.host}:${process.pid}`, dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, onStep: step }).catch((e: unknown) => {
-          throw e instanceof LockedError ? new UsageError(e.message) : e;
-        });
+        const r = await move(agent, id, to, { owner: `storagectl-move@${config.host}:${process.pid}`, dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, onStep: step });
         if (barOn) bar!.stop();
         out(!!opts.json, r, () => `${id} moved from ${r.from} to ${r.to} at ${r.finalSnapshot}${r.resumed ? ' (finished an interrupted move)' : `; writes stopped for ${(r.downtimeMs / 1000).toFixed(1)} s`}; ${r.from} ${r.source === 'replica' ? 'keeps a replica' : 'copy dropped'}\n`);
       } finally {
@@ -419,8 +413,6 @@ export async function main(argv: string[]): Promise<void> {
                 lastShown = Date.now();
                 process.stderr.write(`restore: fetched ${mb(bytes)} at ${mb(ms > 0 ? bytes / (ms / 1000) : 0)}/s\n`);
               },
-        }).catch((e: unknown) => {
-          throw e instanceof LockedError ? new UsageError(e.message) : e instanceof RestoreError ? new UsageError(e.message) : e;
         });
         out(!!opts.json, r, () =>
           r.mode === 'clone'
@@ -524,6 +516,7 @@ export async function main(argv: string[]): Promise<void> {
     const msg = e instanceof Error ? e.message : String(e);
     process.stderr.write(`storagectl: ${msg}\n`);
     process.exitCode =
-      e instanceof UsageError || e instanceof v.ValidationError || e instanceof ConfigError ? 2 : e instanceof EnvError || e instanceof CatalogError ? 3 : e instanceof ZfsCommandError ? 1 : 1;
+      // refused before anything was done: bad input, or the project is busy / not applicable
+      e instanceof UsageError || e instanceof v.ValidationError || e instanceof ConfigError || e instanceof LockedError || e instanceof FailoverNotNeeded || e instanceof RestoreError ? 2 : e instanceof EnvError || e instanceof CatalogError ? 3 : e instanceof ZfsCommandError ? 1 : 1;
   }
 }
