@@ -18,7 +18,9 @@
 # `up` is idempotent: it first removes whatever a previous run of the same NAME left
 # behind (even one that was kill -9'd midway), then builds everything anew and writes
 # a manifest, $SANDBOX_DIR/sandbox.json, that tests and the demo read.
-set -euo pipefail
+set -Eeuo pipefail
+# set -e ends the script at the first failing command; say which one, never exit silently
+trap 'rc=$?; printf "sandbox: error: line %s: %s (exit %s)\n" "$LINENO" "$BASH_COMMAND" "$rc" >&2' ERR
 
 NAME=${SANDBOX_NAME:-st}
 HOSTS_SPEC=${SANDBOX_HOSTS:-"a:dc1 b:dc2 c:dc3"}
@@ -88,7 +90,9 @@ start_zfs_fuse() {
   if ! pgrep -x zfs-fuse >/dev/null; then
     log "starting zfs-fuse daemon"
     # A daemon that was killed leaves its socket and FUSE mounts behind.
-    grep ' fuse' /proc/mounts | awk '$3 ~ /^fuse/ && $1 ~ /^[a-z]/ {print $2}' | while read -r m; do
+    # (awk, not grep: on a fresh machine there is no FUSE mount, and a grep that matches
+    # nothing would end this script under pipefail without a word)
+    awk '$3 ~ /^fuse/ && $1 ~ /^[a-z]/ {print $2}' /proc/mounts | while read -r m; do
       fusermount -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     # a stale pidfile or socket makes zfs-fuse exit 1 at once
