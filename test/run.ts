@@ -43,6 +43,11 @@ function filesOf(dirs: string[]): string[] {
 async function runTier(name: string, dirs: string[], only?: string): Promise<Tally> {
   const tally: Tally = { passed: 0, failed: 0, skipped: 0, failures: [] };
   const dir = dirs.join(', ');
+  // a directory named for the tier that is not there is a failure, not a smaller tier
+  for (const d of dirs.filter((d) => !existsSync(d))) {
+    tally.failed++;
+    tally.failures.push(`no such test directory: ${d}`);
+  }
   let files = filesOf(dirs);
   if (only) files = files.filter((f) => f.includes(only));
   if (files.length === 0) {

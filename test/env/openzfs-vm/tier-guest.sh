@@ -25,7 +25,12 @@ export SANDBOX_ZFS=kernel SANDBOX_MANIFEST=/var/tmp/storage-sandbox-stt/sandbox.
 bash test/env/sandbox.sh up --name stt
 ts "sandbox up"
 set +e
-nsenter --net=/run/netns/stt-ctl node dist/test/run.js openzfs
+tier=openzfs
+if [ -n "${OPENZFS_TIER_DIRS:-}" ]; then
+  tier="openzfs=$(printf '%s' "$OPENZFS_TIER_DIRS" | sed 's#[^,][^,]*#dist/test/&#g')"
+fi
+ts "running $tier"
+nsenter --net=/run/netns/stt-ctl node dist/test/run.js "$tier"
 rc=$?
 set -e
 ts "tier done (exit $rc)"

@@ -8,7 +8,9 @@
 # its `tier openzfs: ...` line is appended to $TIER_SUMMARY_FILE.
 # Never silent: whatever goes wrong (no image, no VM, no result) ends in a failing line
 #   tier openzfs: 0 passed, 1 failed, 0 skipped (reason)
-# Env: TEST_ONLY, CI (passed to the guest), OPENZFS_TIER_TIMEOUT (s, default 3600),
+# Env: TEST_ONLY, CI (passed to the guest), OPENZFS_TIER_DIRS (test directories under
+#      dist/test, comma-separated; default: the tier's own, integration,openzfs; e.g.
+#      integration,openzfs,operations), OPENZFS_TIER_TIMEOUT (s, default 3600),
 #      OPENZFS_TIER_SCALE (timing bounds in tests x this, default 6), OPENZFS_VM_MEM
 #      (MiB, default 6144 here), OPENZFS_VM_SMP, OPENZFS_VM_CACHE, OPENZFS_TIER_KEEP=1.
 set -uo pipefail
@@ -49,6 +51,7 @@ ldd "$RSYNC" | awk '$3 ~ /^\// && $1 ~ /^lib(popt|lz4|xxhash)/ {print $3}' | whi
   printf 'TEST_TIMEOUT_SCALE=%q\n' "${OPENZFS_TIER_SCALE:-6}"
   printf 'TEST_ONLY=%q\n' "${TEST_ONLY:-}"
   printf 'CI=%q\n' "${CI:-}"
+  printf 'OPENZFS_TIER_DIRS=%q\n' "${OPENZFS_TIER_DIRS:-}"
 } > "$SHARE/env.sh"
 
 echo "openzfs tier: booting the guest (qemu TCG, ${OPENZFS_VM_SMP:-2} cores, ${OPENZFS_VM_MEM:-6144} MiB); guest output follows"
