@@ -127,6 +127,9 @@ cmd_fetch() {
         dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >"$tmp.mvn.log" 2>&1); then
     tail -n 30 "$tmp.mvn.log" >&2
     rm -rf "$tmp" "$tmp.mvn.log"
+    if [ -z "$(ip route show default 2>/dev/null)" ] && [ -z "$(ip -6 route show default 2>/dev/null)" ]; then
+      die "fetching cassandra-all $VERSION failed: this network namespace has no default route, so Maven Central is unreachable from here; run '$0 fetch' in the root namespace first (Maven output above)"
+    fi
     die "fetching cassandra-all $VERSION failed (see Maven output above; is Maven Central reachable? does version $VERSION exist?)"
   fi
   rm -f "$tmp.mvn.log"
