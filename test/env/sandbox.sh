@@ -86,6 +86,14 @@ deps() {
   start_zfs_fuse
 }
 
+# does the daemon answer? (a zpool that a dying daemon aborts is reported by bash; the
+# command substitution keeps that report on its own stderr, /dev/null)
+zpool_answers() {
+  local rc
+  rc=$( { zpool list -H >/dev/null 2>&1; echo $?; } 2>/dev/null )
+  [ "$rc" = 0 ]
+}
+
 start_zfs_fuse() {
   if ! pgrep -x zfs-fuse >/dev/null; then
     log "starting zfs-fuse daemon"
@@ -101,7 +109,14 @@ start_zfs_fuse() {
   fi
   # it imports every pool of its cache first: under load that takes a while
   for _ in $(seq 1 300); do
-    if zpool list -H >/dev/null 2>&1; then return 0; fi
+    if zpool_answers; then return 0; fi
+    # the daemon seen above was exiting (stopped just before): start a new one, once
+    if ! pgrep -x zfs-fuse >/dev/null && [ -z "${_zfs_fuse_restarted:-}" ]; then
+      _zfs_fuse_restarted=1
+      log "the zfs-fuse daemon exited while we waited for it; starting a new one"
+      start_zfs_fuse
+      return
+    fi
     sleep 0.1
   done
   die "zfs-fuse is running but 'zpool list' does not answer after 30 s"
