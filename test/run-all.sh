@@ -11,8 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-# openzfs (the VM tier) runs last: it is the longest (~25-35 min with the image build on a
-# fresh machine, docs/openzfs-vm.md), and the fast tiers report first
+# openzfs (the VM tier) runs last: it is the longest (image build + tier: ~11 min measured
+# on a fresh machine, up to ~40 min on a 3x slower one; docs/openzfs-vm.md), and the fast
+# tiers report first
 TIERS=${TEST_TIERS:-"unit contract zfs-fuse prometheus cassandra openzfs"}
 SANDBOX=${SANDBOX_NAME:-stt}
 CTL_ADDR=${SANDBOX_SUBNET:-10.213.0}.1
