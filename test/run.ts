@@ -6,7 +6,8 @@
 import { run } from 'node:test';
 import { spec } from 'node:test/reporters';
 import { readdirSync, existsSync, appendFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 interface Tally {
   passed: number;
@@ -57,15 +58,44 @@ async function runTier(name: string, dirs: string[], only?: string): Promise<Tal
   }
   process.stdout.write(`\n=== tier ${name}: ${files.length} file(s) from ${dir}\n`);
   // forceExit: a file whose tests are done must not hang the tier on a handle left open
-  // (a driver's reconnection timer, say): it ends, and what it reported stands
+  // (cassandra-driver orphans connections across a node restart, say): it ends. Its exit
+  // can lose the file's last reports (nodejs/node#64833): lib/flush-on-exit.js, preloaded
+  // into every file's process, prevents that, and the checks below fail the tier if any
+  // result is missing all the same.
   const scale = Number(process.env.TEST_TIMEOUT_SCALE) || 1;
+  const preload = `--import=${pathToFileURL(join(dirname(fileURLToPath(import.meta.url)), 'lib', 'flush-on-exit.js')).href}`;
+  if (!(process.env.NODE_OPTIONS ?? '').includes(preload)) process.env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} ${preload}`.trim();
   const stream = run({ files, concurrency: 1, timeout: 20 * 60_000 * scale, forceExit: true } as Parameters<typeof run>[0]);
+  // Every test that started must end in a pass or a fail, and every file must report.
+  // Without this, a file whose results were cut off looks smaller and green: seen once in
+  // a loaded CI run, a suite's last three tests and the suite itself never reported, and
+  // the tier said 157 passed, 0 failed instead of 160.
+  const open = new Map<string, { file: string; name: string; count: number }>();
+  const reported = new Set<string>();
+  const key = (d: TestId) => `${d.file ?? ''}:${d.line ?? 0}:${d.column ?? 0}:${d.nesting}:${d.name}`;
+  stream.on('test:start', (d) => {
+    const k = key(d);
+    const o = open.get(k) ?? { file: d.file ?? '', name: d.name, count: 0 };
+    o.count++;
+    open.set(k, o);
+  });
+  // Node stands in a test named after the file when the file's process gave no results:
+  // as a fail when it exited non-zero, as a PASS when it exited 0 (process.exit() with its
+  // reports still buffered). Only a file's own tests count as its results.
+  const standIn = (d: TestId): boolean => d.nesting === 0 && d.file !== undefined && d.name === d.file;
+  const ended = (d: TestId): void => {
+    if (d.file && !standIn(d)) reported.add(resolve(d.file));
+    const o = open.get(key(d));
+    if (o && --o.count === 0) open.delete(key(d));
+  };
   stream.on('test:pass', (d) => {
-    if (d.details?.type === 'suite') return;
+    ended(d);
+    if (d.details?.type === 'suite' || standIn(d)) return;
     if (d.skip || d.todo) tally.skipped++;
     else tally.passed++;
   });
   stream.on('test:fail', (d) => {
+    ended(d);
     if (d.details?.type === 'suite') {
       // a suite fails on its own only when a hook or the file itself failed
       const err = d.details?.error as { failureType?: string } | undefined;
@@ -80,7 +110,23 @@ async function runTier(name: string, dirs: string[], only?: string): Promise<Tal
     out.on('end', resolveDone);
     out.on('error', reject);
   });
+  for (const o of open.values()) {
+    tally.failed += o.count;
+    tally.failures.push(`${o.file} > ${o.name}: started but never reported a result (the file's results were cut off)`);
+  }
+  for (const f of files.filter((f) => !reported.has(resolve(f)))) {
+    tally.failed++;
+    tally.failures.push(`${f}: reported no test result (its process ended before its reports arrived)`);
+  }
   return tally;
+}
+
+interface TestId {
+  name: string;
+  nesting: number;
+  file?: string;
+  line?: number;
+  column?: number;
 }
 
 async function main(): Promise<void> {
