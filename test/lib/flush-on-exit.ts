@@ -11,13 +11,16 @@ if (isTestFile) {
   (process.stdout as unknown as { _handle?: { setBlocking?(b: boolean): void } })._handle?.setBlocking?.(true);
   const exit = process.exit.bind(process);
   let exiting = false;
+  let exitCode: number | undefined;
   process.exit = ((code?: number) => {
+    // the last call's code wins (the runner's own exit comes last), as without this wrapper
+    if (code !== undefined) exitCode = code;
     if (exiting) return undefined as never;
     exiting = true;
     void (async () => {
       // the reports move through stream pipes a tick at a time; let them reach the fd
       for (let i = 0; i < 20 && (i < 3 || process.stdout.writableLength > 0); i++) await sleep(10);
-      exit(code);
+      exit(exitCode);
     })();
     return undefined as never;
   }) as typeof process.exit;
