@@ -41,7 +41,7 @@ async function throughput(): Promise<void> {
   await zfs.create(base, { mountpoint: baseMnt });
   // seed both targets with a first (small) snapshot
   const agentA = fleet.agents.get('a')!;
-  const seed = await agentA.runCycle({ only: id });
+  const seed = await agentA.replicateProject(id);
   if (seed.failures.length) throw new Error(JSON.stringify(seed.failures));
   await zfs.snapshot([`${base}@r0`]);
   openssh(['zfs', 'send', `${base}@r0`], baseTarget);
@@ -56,7 +56,7 @@ async function throughput(): Promise<void> {
     sh(['sync']);
     await sleep(1100); // a new second for the automatic snapshot name
     const measureOurs = async () => {
-      const r = await agentA.runCycle({ only: id });
+      const r = await agentA.replicateProject(id);
       if (r.failures.length || r.sends.length !== 1) throw new Error(`agent cycle: ${JSON.stringify(r.failures)} sends=${r.sends.length}`);
       const s = r.sends[0]!;
       ours.push(s.bytes / 2 ** 20 / (s.ms / 1000));

@@ -1,23 +1,24 @@
-// The per-host agent: one cycle = snapshot what changed, plan and send what each
-// target lacks, confirm by the target's listing, move holds, prune, heartbeat.
-// Planning is pure (replica/plan.ts, replica/retention.ts, agent/placement.ts);
-// this file is the edge where zfs, ssh and the catalog are called.
-//
-// Cost of an idle cycle (nothing changed): 2 local zfs calls (one listing of the
-// projects root, one of the replicas root) + 1 SSH listing per target host.
+// The per-host agent: one cycle = observe what changed, plan, act (snapshot, send,
+// confirm by a scoped listing of the target, move holds, prune). Decisions are pure
+// (agent/cycle-plan.ts, replica/plan.ts, replica/retention.ts, agent/placement.ts);
+// this file is the edge where zfs, ssh and the catalog are called. What the agent knows
+// between cycles lives in its state cache (agent/state.ts). docs/replication.md has the
+// algorithm and the cost of a cycle.
 import PQueue from 'p-queue';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { Zfs, CommandRunner, ZfsCommandError, type DatasetInfo, type DatasetTree, type Capabilities } from '../zfs/index.js';
+import { Zfs, CommandRunner, ZfsCommandError, type Capabilities } from '../zfs/index.js';
 import { SshPool, type SshTarget } from '../replica/transport.js';
-import { formatRemoteCommand, type RemoteListing } from '../replica/protocol.js';
+import { formatRemoteCommand } from '../replica/protocol.js';
 import { fetchListing } from '../replica/listing.js';
-import { planReplication, describePlan, type Plan, type SnapRef } from '../replica/plan.js';
+import { describePlan, type Plan, type SnapRef } from '../replica/plan.js';
 import { planPrune, parseGrid, DEFAULT_PRIMARY_GRID, DEFAULT_REPLICA_GRID, type GridPolicy } from '../replica/retention.js';
 import { placeReplicas } from './placement.js';
 import { failover, LockedError, FailoverNotNeeded } from './failover.js';
 import { DirtyTracker } from './dirty.js';
-import type { Catalog, HostRecord, ProjectRecord, ReplicaRecord } from '../catalog/types.js';
+import { StateCache, type Snap } from './state.js';
+import { auditSlice, decidePairs, freshnessAsOf, newestShared, pairAction, type PairDecision, type PairInput, type PairKnowledge } from './cycle-plan.js';
+import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
 import { deadAfterMs, selfFenceAfterMs, type Config } from './config.js';
 import { autoSnapshotName, isProjectId } from '../util/validate.js';
 import type { Logger } from '../util/log.js';
@@ -29,7 +30,18 @@ export interface CycleReport {
   localZfsCalls: number;
   zfsCallsByVerb: Record<string, number>;
   snapshotsTaken: number;
+  /** zfs calls that listed snapshots, and the snapshot rows they returned */
+  snapshotListings: number;
+  snapshotsListed: number;
+  /** SSH round trips of scoped listings per target, and the bytes they returned */
   listings: Record<string, number>;
+  listingBytes: Record<string, number>;
+  /** local datasets listed (the audit slice, new or changed datasets) */
+  auditSlice: number;
+  /** the audit slice's own share of the listings above */
+  audit: { datasets: number; snapshotListings: number; snapshotsListed: number; targetRoundTrips: number };
+  /** catalog reads the cycle made (writes: confirmed + placement + events) */
+  catalogReads: number;
   sends: Array<{ project: string; target: string; kind: string; bytes: number; ms: number }>;
   failures: Array<{ project?: string; target?: string; error: string }>;
   conflicts: Array<{ project: string; target: string; message: string }>;
@@ -47,10 +59,9 @@ export interface AgentDeps {
   /** the transfer progress callback (storagectl replicate shows a bar) */
   onProgress?: (p: { project: string; target: string; bytes: number; elapsedMs: number; estimate?: number }) => void;
   now?: () => number;
+  /** the state cache (default: stateDir/state.db) */
+  state?: StateCache;
 }
-
-/** how often an unchanged, still-confirmed replica row is rewritten (its confirmedAt refreshed) */
-export const CONFIRM_REFRESH_MS = 10 * 60_000;
 
 export function holdTagFor(target: string): string {
   return `storage:replica:${target}`;
@@ -74,6 +85,7 @@ export class Agent {
   readonly ssh: SshPool;
   readonly catalog: Catalog;
   readonly dirty: DirtyTracker;
+  readonly state: StateCache;
   private readonly log: Logger;
   private readonly metrics?: AgentMetrics;
   private readonly now: () => number;
@@ -95,6 +107,7 @@ export class Agent {
     this.zfs = deps.zfs ?? new Zfs({ runner: this.runner, zfs: deps.config.zfs.zfsPath, zpool: deps.config.zfs.zpoolPath, capabilitiesCache: `${deps.config.stateDir}/capabilities.json` });
     this.ssh = deps.ssh ?? new SshPool(sshOptions(deps.config));
     this.dirty = new DirtyTracker(deps.log);
+    this.state = deps.state ?? new StateCache(`${deps.config.stateDir}/state.db`);
     this.primaryGrid = deps.config.retention.primary ? parseGrid(deps.config.retention.primary, 'retention.primary') : DEFAULT_PRIMARY_GRID;
     this.replicaGrid = deps.config.retention.replica ? parseGrid(deps.config.retention.replica, 'retention.replica') : DEFAULT_REPLICA_GRID;
     this.globalQueue = new PQueue({ concurrency: deps.config.replication.globalConcurrency });
@@ -140,6 +153,7 @@ export class Agent {
   async close(): Promise<void> {
     await this.dirty.close();
     this.ssh.closeAll();
+    this.state.close();
   }
 
   private targetQueue(host: string): PQueue {
@@ -154,166 +168,463 @@ export class Agent {
     return (h) => h.heartbeatAt !== null && now - h.heartbeatAt <= grace;
   }
 
-  /** One full cycle. Never throws for per-project problems: they are reported. */
-  async runCycle(opts: { only?: string; to?: string; includeMoving?: boolean } = {}): Promise<CycleReport> {
-    const c = this.config;
-    const startedAt = this.now();
-    const callsBefore = new Map(this.runner.counts);
-    const report: CycleReport = { startedAt, durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, listings: {}, sends: [], failures: [], conflicts: [], pruned: 0, confirmed: 0 };
-    if (this.abort.signal.aborted) this.abort = new AbortController();
+  // ---- the cycle: observe -> plan -> act ----------------------------------------------
+  //
+  // A cycle costs what changed, not what exists. Idle (nothing written, nothing received
+  // to confirm, the audit aside) it makes: one catalog read (this host's generation), no
+  // catalog write, no target round trip, no snapshot listing, and locally one `zfs get
+  // written` of the MOUNTED projects on OpenZFS (none on zfs-fuse, where the file watcher
+  // says what changed; none anywhere when nothing is mounted). Everything else comes from
+  // the state cache (state.ts), which the agent's own operations and listings keep current
+  // and the rolling audit re-checks against zfs (a slice per cycle, all within audit.period).
+
+  /** One cycle. Never throws for per-project problems: they are reported. */
+  async runCycle(): Promise<CycleReport> {
+    const run = this.startRun();
     const caps = await this.zfs.capabilities();
 
-    // 1. what the catalog says (cached by the backend's own client)
-    let projects: ProjectRecord[];
-    let hosts: HostRecord[];
-    let served: ProjectRecord[];
+    // observe: the catalog's view (re-read only when this host's generation moved), what
+    // is mounted (/proc), what changed, and which datasets the audit re-lists this cycle
+    const view = await this.observeCatalog(run.report);
+    const mounted = this.mountedProjects();
+    await this.setAsideUnserved(view.served, mounted, run.report);
+    const projects = view.served.filter((p) => p.state === 'active');
+    await this.discoverDatasets(run.report);
+    const unknown = projects.map((p) => this.dsOf(p.id)).filter((d) => !this.state.knows(d));
+    if (unknown.length) await this.listLocal(unknown, run.report, projects);
+    const changed = await this.detectChanges(projects, mounted, caps);
+    const audit = this.auditNext();
+
+    // act locally: snapshot what changed, then list just those datasets (their new guids)
+    const snapshotted = await this.takeSnapshots(changed, run.report);
+    await this.listLocal(snapshotted, run.report, projects);
+    await this.placeReplicas(projects, run.report);
+
+    // the audit slice: these datasets listed again from zfs, and for the primaries among
+    // them, their targets asked again (accounted apart in the report)
+    const auditStats = this.zfs.stats.snapshotListings;
+    const auditRows = this.zfs.stats.snapshotsListed;
+    await this.listLocal(audit, run.report, projects);
+    const audited = new Set(audit);
+    const auditPairs = this.pairsOf(projects).filter((k) => audited.has(this.dsOf(k.project)));
+    const trips = Object.values(run.report.listings).reduce((a, b) => a + b, 0);
+    await this.listTargets(auditPairs, run.report);
+    run.report.audit = {
+      datasets: audit.length,
+      snapshotListings: this.zfs.stats.snapshotListings - auditStats,
+      snapshotsListed: this.zfs.stats.snapshotsListed - auditRows,
+      targetRoundTrips: Object.values(run.report.listings).reduce((a, b) => a + b, 0) - trips,
+    };
+
+    // plan: the pairs whose cache state says something to do; targets are asked only
+    // about pairs never asked before
+    const pairs = this.pairsOf(projects);
+    await this.listTargets(pairs.filter((k) => pairAction(k) === 'list-target'), run.report);
+    const decisions = this.decide(this.pairsOf(projects), run.report);
+
+    // act: conflicts, confirmations, transfers (confirmed by a scoped listing), holds
+    await this.execute(decisions, new Map(projects.map((p) => [p.id, p])), run.report);
+    run.report.pruned += await this.prunePrimaries(projects.filter((p) => snapshotted.includes(this.dsOf(p.id)) || audited.has(this.dsOf(p.id))), run.report);
+    run.report.pruned += await this.pruneReplicas(audit.filter((d) => d.startsWith(`${this.config.replicasRoot}/`)), run.report);
+    this.updateFreshness(projects, changed);
+    this.load = projects.length + this.state.datasets(`${this.config.replicasRoot}/`).length;
+    this.metrics?.roles(projects.length, this.state.datasets(`${this.config.replicasRoot}/`).length);
+    return this.finishRun(run, 'cycle done');
+  }
+
+  /**
+   * The narrow entry point of `storagectl replicate` and `move`: for ONE project served
+   * here, snapshot it if it changed (opts.snapshot), list it and its targets afresh, plan,
+   * transfer, confirm, move holds. No retention, no heartbeat, no other project.
+   */
+  async replicateProject(id: string, opts: { to?: string; includeMoving?: boolean; snapshot?: 'if-changed' | 'never' } = {}): Promise<CycleReport> {
+    const run = this.startRun();
+    const p = await this.catalog.getProject(id);
+    if (!p || !servesHere(p, this.config.host)) throw new Error(`project ${id} is not served by ${this.config.host} (primary: ${p?.primary ?? 'none'}, ${p?.state ?? 'unknown'})`);
+    if (p.state !== 'active' && !opts.includeMoving) throw new Error(`project ${id} is ${p.state}: only the operation in progress replicates it`);
+    await this.refreshHosts();
+    // a project short of replicas is placed first (a move manages its targets itself)
+    if (p.state === 'active') await this.placeReplicas([p], run.report);
+    const project = opts.to ? { ...p, targets: p.targets.filter((t) => t === opts.to) } : p;
+    if (opts.to && project.targets.length === 0) throw new Error(`${opts.to} is not a replica host of project ${id} (targets: ${p.targets.join(', ') || 'none'})`);
+    const ds = this.dsOf(id);
+    await this.listLocal([ds], run.report, [p]);
+    if ((opts.snapshot ?? 'if-changed') === 'if-changed' && (await this.changedSinceNewest(ds))) {
+      await this.takeSnapshots([ds], run.report);
+      await this.listLocal([ds], run.report, [p]);
+    }
+    const pairs = this.pairsOf([project]);
+    await this.listTargets(pairs, run.report);
+    await this.execute(this.decide(this.pairsOf([project]), run.report), new Map([[id, project]]), run.report);
+    return this.finishRun(run, 'replicated one project');
+  }
+
+  private startRun(): { report: CycleReport; calls: Map<string, number>; listings: number; listed: number } {
+    if (this.abort.signal.aborted) this.abort = new AbortController();
+    const report: CycleReport = { startedAt: this.now(), durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, snapshotListings: 0, snapshotsListed: 0, listings: {}, listingBytes: {}, auditSlice: 0, audit: { datasets: 0, snapshotListings: 0, snapshotsListed: 0, targetRoundTrips: 0 }, catalogReads: 0, sends: [], failures: [], conflicts: [], pruned: 0, confirmed: 0 };
+    return { report, calls: new Map(this.runner.counts), listings: this.zfs.stats.snapshotListings, listed: this.zfs.stats.snapshotsListed };
+  }
+
+  private finishRun(run: ReturnType<Agent['startRun']>, what: string): CycleReport {
+    const r = run.report;
+    for (const [verb, n] of this.runner.counts) {
+      const d = n - (run.calls.get(verb) ?? 0);
+      if (d > 0) r.zfsCallsByVerb[verb] = d;
+    }
+    r.localZfsCalls = Object.values(r.zfsCallsByVerb).reduce((a, b) => a + b, 0);
+    r.snapshotListings = this.zfs.stats.snapshotListings - run.listings;
+    r.snapshotsListed = this.zfs.stats.snapshotsListed - run.listed;
+    r.durationMs = this.now() - r.startedAt;
+    this.cycles++;
+    this.metrics?.cycle(r);
+    this.log.info(
+      { cycle: this.cycles, ms: r.durationMs, zfsCalls: r.localZfsCalls, snapshotListings: r.snapshotListings, snapshots: r.snapshotsTaken, sends: r.sends.length, failures: r.failures.length, conflicts: r.conflicts.length, pruned: r.pruned, audited: r.auditSlice },
+      what,
+    );
+    return r;
+  }
+
+  private dsOf(project: string): string {
+    return `${this.config.projectsRoot}/${project}`;
+  }
+
+  /** the catalog's view of this host: one generation read; the projects only when it moved */
+  private view: { gen: string; served: ProjectRecord[]; readAt: number } | undefined;
+
+  private async observeCatalog(report: CycleReport): Promise<{ served: ProjectRecord[] }> {
     try {
-      served = (await this.catalog.listProjectsByPrimary(c.host)).filter((p) => servesHere(p, c.host));
-      // a project being moved is snapshotted and sent only by the move itself
-      projects = served.filter((p) => p.state === 'active' || opts.includeMoving);
-      hosts = await this.catalog.listHosts();
+      const before = this.catalogReadCount;
+      const view = await this.readView();
+      report.catalogReads += this.catalogReadCount - before;
+      if (!this.hosts.length) await this.refreshHosts();
+      return view;
     } catch (e) {
       this.metrics?.catalogError('read');
+      if (this.view) {
+        report.failures.push({ error: `catalog: ${(e as Error).message} (working from the view of ${new Date(this.view.readAt).toISOString()})` });
+        return this.view;
+      }
       throw e;
     }
-    if (opts.only) projects = projects.filter((p) => p.id === opts.only);
-    const hostById = new Map(hosts.map((h) => [h.id, h]));
-    this.metrics?.heartbeats(hosts);
-    const isLive = this.liveness();
+  }
 
-    // 2. one local listing of the projects root, and meanwhile one listing per target
-    //    already assigned (the two are independent: overlapping them halves an idle cycle)
-    const early = new Map<string, Promise<[RemoteListing, ReplicaRecord[]]>>();
+  private catalogReadCount = 0;
+
+  /**
+   * The projects this host serves, as the cycle and the fence check see them: one read of
+   * this host's generation, and the projects themselves only when it moved (or once per
+   * audit period, for a change whose generation bump was lost by a writer that died).
+   */
+  private async readView(): Promise<{ gen: string; served: ProjectRecord[]; readAt: number }> {
+    const c = this.config;
+    const gen = await this.catalog.hostGeneration(c.host);
+    this.catalogReadCount++;
+    const stale = !this.view || this.now() - this.view.readAt > c.audit.period * 1000;
+    if (!this.view || this.view.gen !== gen || stale) {
+      const served = (await this.catalog.listProjectsByPrimary(c.host)).filter((p) => servesHere(p, c.host));
+      this.catalogReadCount++;
+      this.view = { gen, served, readAt: this.now() };
+      this.forgetProjectsGone(served);
+    }
+    return this.view;
+  }
+
+  /** projects that left this host: their per-project metric series and cached pair state go */
+  private forgetProjectsGone(served: ProjectRecord[]): void {
+    const now = new Map(served.map((p) => [p.id, p]));
+    for (const [id, targets] of this.servedTargets) {
+      const p = now.get(id);
+      for (const t of targets) {
+        if (!p || !p.targets.includes(t)) {
+          this.metrics?.forgetPair(id, t);
+          this.conflictsSeen.delete(`${id} ${t}`);
+        }
+      }
+    }
+    this.servedTargets = new Map(served.map((p) => [p.id, [...p.targets]]));
+  }
+
+  private servedTargets = new Map<string, string[]>();
+  /** hosts as of the last heartbeat (the daemon's timer reads them with each beat) */
+  private hosts: HostRecord[] = [];
+
+  private async refreshHosts(): Promise<void> {
+    this.hosts = await this.catalog.listHosts();
+    this.metrics?.heartbeats(this.hosts);
+  }
+
+  /** A copy mounted here that the catalog does not serve from here is set aside. */
+  private async setAsideUnserved(served: ProjectRecord[], mounted: Set<string>, report: CycleReport): Promise<void> {
+    const mine = new Set(served.map((p) => this.dsOf(p.id)));
+    const gen = this.view?.gen ?? '';
+    // a copy judged already (e.g. one the catalog does not know) is judged again only when
+    // this host's generation moves: no catalog read per stray per cycle
+    const strays = [...mounted, ...this.unservedFound].filter((d) => !mine.has(d) && this.straysJudged.get(d) !== gen);
+    this.unservedFound.clear();
+    for (const ds of strays) {
+      try {
+        this.straysJudged.set(ds, gen);
+        if (await this.demoteIfNotServed(ds, mounted.has(ds))) this.state.forget(ds);
+      } catch (e) {
+        report.failures.push({ project: ds.slice(this.config.projectsRoot.length + 1), error: `demote: ${(e as Error).message}` });
+      }
+    }
+  }
+
+  /** dataset -> the generation at which it was last judged a stray */
+  private readonly straysJudged = new Map<string, string>();
+  /** unmounted copies under projects/ that the last discovery found and the catalog does not serve from here */
+  private readonly unservedFound = new Set<string>();
+  private lastDiscovery = 0;
+
+  /**
+   * Once per audit period (and at start): the NAMES of the datasets under both roots (no
+   * snapshot, no other column), so that a replica received from a peer, a dataset
+   * created by hand, or one destroyed by hand joins or leaves the audit rotation.
+   */
+  private async discoverDatasets(report: CycleReport): Promise<void> {
+    const c = this.config;
+    if (this.lastDiscovery && this.now() - this.lastDiscovery < c.audit.period * 1000) return;
+    this.lastDiscovery = this.now();
+    const served = new Set((this.view?.served ?? []).map((p) => this.dsOf(p.id)));
+    for (const root of [c.projectsRoot, c.replicasRoot]) {
+      let names: string[];
+      try {
+        names = await this.zfs.childNames(root);
+      } catch (e) {
+        report.failures.push({ error: `discovery of ${root}: ${(e as Error).message}` });
+        continue;
+      }
+      const present = new Set(names);
+      const fresh: string[] = [];
+      for (const d of names) {
+        if (!isProjectId(d.slice(root.length + 1))) continue;
+        if (root === c.projectsRoot && !served.has(d)) this.unservedFound.add(d);
+        else if (!this.state.knows(d)) fresh.push(d);
+      }
+      for (const d of this.state.datasets(`${root}/`)) if (!present.has(d)) this.state.forget(d);
+      // new ones join the rotation as never audited: the next slices list them first
+      if (fresh.length) this.state.putListings(new Map(fresh.map((d) => [d, []])), 0);
+    }
+  }
+
+  /**
+   * What changed since its newest snapshot, among the projects served here. Only mounted
+   * datasets can change between cycles (the agent mounts on demand; an unmounted one
+   * changes only through zfs operations, which the audit finds). OpenZFS: `written` of
+   * the mounted ones, by name, in one call. zfs-fuse (no `written`): the file watcher,
+   * plus a size check of the mounts it had not watched before. A project with no snapshot
+   * yet always counts.
+   */
+  private async detectChanges(projects: ProjectRecord[], mounted: Set<string>, caps: Capabilities): Promise<string[]> {
+    const out = new Set<string>();
+    const servedMounted: string[] = [];
     for (const p of projects) {
-      for (const t of p.targets) {
-        const target = hostById.get(t);
-        if (!target || early.has(t) || (opts.to && t !== opts.to)) continue;
-        const pr = Promise.all([this.remoteListing(target), this.catalog.listReplicasByHost(t)]);
-        pr.catch(() => undefined); // handled where it is awaited
-        early.set(t, pr);
+      const ds = this.dsOf(p.id);
+      if (this.state.knows(ds) && this.state.newestOf(ds) === undefined) out.add(ds);
+      if (mounted.has(ds)) servedMounted.push(ds);
+    }
+    if (caps.written) {
+      if (servedMounted.length) {
+        const { values } = await this.zfs.getMany(servedMounted, ['written']);
+        for (const [ds, v] of values) if (Number(v.written) > 0) out.add(ds);
+      }
+      return [...out];
+    }
+    const mountpoints = new Map<string, string>();
+    for (const m of readMounts()) if (mounted.has(m.source)) mountpoints.set(m.source.slice(this.config.projectsRoot.length + 1), m.mountpoint);
+    const newlyWatched = this.dirty.syncMounts(new Map([...mountpoints].filter(([id]) => servedMounted.includes(this.dsOf(id)))));
+    for (const id of this.dirty.dirtyIds()) if (mounted.has(this.dsOf(id))) out.add(this.dsOf(id));
+    const check = newlyWatched.map((id) => this.dsOf(id)).filter((ds) => !out.has(ds) && this.state.newestOf(ds));
+    if (check.length) {
+      const names = check.flatMap((ds) => [ds, `${ds}@${this.state.newestOf(ds)!.snap}`]);
+      const { values } = await this.zfs.getMany(names, ['referenced']);
+      for (const ds of check) {
+        const now = values.get(ds)?.referenced;
+        const then = values.get(`${ds}@${this.state.newestOf(ds)!.snap}`)?.referenced;
+        if (now !== undefined && now !== then) out.add(ds);
       }
     }
-    let local = await this.listRoot(c.projectsRoot, ['mounted', 'mountpoint']);
+    return [...out];
+  }
 
-    // 2b. self-fencing: a project mounted here that the catalog no longer serves from this
-    //     host (failed over or moved while we were cut off) is unmounted, its data kept
-    //     (the fence check between cycles does the same within seconds)
-    const mine = new Set(served.map((p) => p.id));
-    for (const ds of local.values()) {
-      const id = ds.name.slice(c.projectsRoot.length + 1);
-      // mounted or not (a fence over SSH unmounts it): a copy under projects/ that this host
-      // no longer serves is set aside, so that it can neither be served nor mistaken for a replica
-      if (!isProjectId(id) || mine.has(id) || opts.only) continue;
-      try {
-        if (await this.demoteIfNotServed(ds.name, ds.props.mounted === 'yes')) local.delete(ds.name);
-      } catch (e) {
-        report.failures.push({ project: id, error: `demote: ${(e as Error).message}` });
-      }
+  /** For `replicate` (no watcher in a CLI process): one call naming the dataset and its newest snapshot. */
+  private async changedSinceNewest(ds: string): Promise<boolean> {
+    const newest = this.state.newestOf(ds);
+    if (!newest) return true;
+    const caps = await this.zfs.capabilities();
+    if (caps.written) return Number((await this.zfs.getMany([ds], ['written'])).values.get(ds)?.written ?? 0) > 0;
+    const { values } = await this.zfs.getMany([ds, `${ds}@${newest.snap}`], ['referenced']);
+    return values.get(ds)?.referenced !== values.get(`${ds}@${newest.snap}`)?.referenced;
+  }
+
+  /** fractional audit credit carried between cycles (datasets owed to the period) */
+  private auditCredit = 0;
+  private lastAuditAt = 0;
+
+  /**
+   * The datasets the rolling audit re-lists this cycle: the share of the period that the
+   * time since the last cycle covers (so every dataset is re-listed once per period,
+   * spread evenly), oldest-listed first, at most audit.maxPerCycle.
+   */
+  private auditNext(): string[] {
+    const c = this.config;
+    const listedAt = new Map<string, number>();
+    for (const d of [...this.state.datasets(`${c.projectsRoot}/`), ...this.state.datasets(`${c.replicasRoot}/`)]) listedAt.set(d, this.state.listedAtOf(d));
+    const now = this.now();
+    const elapsedSec = this.lastAuditAt ? Math.min(c.audit.period, Math.max(0, (now - this.lastAuditAt) / 1000)) : 0;
+    this.lastAuditAt = now;
+    this.auditCredit = Math.min(c.audit.maxPerCycle, this.auditCredit + (listedAt.size * elapsedSec) / c.audit.period);
+    const n = Math.floor(this.auditCredit);
+    this.auditCredit -= n;
+    // datasets never listed (new, or a cold cache) are due at once
+    const never = [...listedAt].filter(([, at]) => at === 0).length;
+    return auditSlice(listedAt, { count: Math.min(c.audit.maxPerCycle, Math.max(n, never)) });
+  }
+
+  private async takeSnapshots(datasets: string[], report: CycleReport): Promise<string[]> {
+    if (!datasets.length) return [];
+    const name = autoSnapshotName(new Date(this.now()), this.config.snapshot.prefix);
+    const todo = datasets.filter((ds) => this.state.newestOf(ds)?.snap !== name);
+    try {
+      await this.zfs.snapshot(todo.map((ds) => `${ds}@${name}`));
+    } catch (e) {
+      report.failures.push({ error: `snapshot: ${(e as Error).message}` });
+      this.log.error({ err: (e as Error).message }, 'snapshot failed');
+      return [];
     }
+    report.snapshotsTaken += todo.length;
+    for (const ds of todo) this.dirty.clear(ds.slice(this.config.projectsRoot.length + 1));
+    this.metrics?.snapshotsCreated(todo.length);
+    return todo;
+  }
 
-    // 3. dirty detection and snapshots
-    const dirty = this.dirtyProjects(projects, local, caps);
-    // file watching only where zfs has no `written`: on OpenZFS the watcher's own directory
-    // scans update atimes, which `written` counts, and every cycle would look dirty
-    if (!caps.written) this.dirty.sync(projects, local, c.projectsRoot);
-    if (dirty.length) {
-      const name = autoSnapshotName(new Date(this.now()), c.snapshot.prefix);
-      const todo = dirty.filter((id) => !local.get(`${c.projectsRoot}/${id}`)!.snapshots.some((s) => s.snap === name));
-      try {
-        await this.zfs.snapshot(todo.map((id) => `${c.projectsRoot}/${id}@${name}`));
-        report.snapshotsTaken = todo.length;
-        for (const id of todo) this.dirty.clear(id);
-        this.metrics?.snapshotsCreated(todo.length);
-      } catch (e) {
-        report.failures.push({ error: `snapshot: ${(e as Error).message}` });
-        this.log.error({ err: (e as Error).message }, 'snapshot failed');
-      }
-      // the new snapshots' guids are needed by the planner: list again (only when something changed)
-      local = await this.listRoot(c.projectsRoot, ['mounted', 'mountpoint']);
+  /** A scoped listing of these datasets (cheap columns) into the cache. */
+  private async listLocal(datasets: string[], report: CycleReport, served: ProjectRecord[]): Promise<void> {
+    if (!datasets.length) return;
+    const projectsPrefix = `${this.config.projectsRoot}/`;
+    report.auditSlice += datasets.length;
+    let res;
+    try {
+      res = await this.zfs.listSnapshots(datasets, { knownCreation: (d, s, g) => this.state.creationOf(d, s, g) });
+    } catch (e) {
+      report.failures.push({ error: `listing: ${(e as Error).message}` });
+      return;
     }
+    this.state.putListings(res.snapshots, this.now());
+    const servedIds = new Set(served.map((p) => p.id));
+    for (const ds of res.missing) {
+      this.state.forget(ds);
+      const id = ds.slice(projectsPrefix.length);
+      if (ds.startsWith(projectsPrefix) && servedIds.has(id)) report.failures.push({ project: id, error: `dataset ${ds} is missing on ${this.config.host} (the catalog says this host is primary)` });
+    }
+  }
 
-    // 4. placement for projects short of replicas
+  private async placeReplicas(projects: ProjectRecord[], report: CycleReport): Promise<void> {
+    const c = this.config;
+    const me = this.hosts.find((h) => h.id === c.host);
+    if (!me) return;
     const planned = new Map<string, number>();
-    const me = hostById.get(c.host);
+    const isLive = this.liveness();
     for (const p of projects) {
-      if (!me || p.targets.length >= p.replicationFactor) continue;
-      const targets = placeReplicas({ primary: me, current: p.targets, factor: p.replicationFactor, hosts, isLive, planned });
-      if (targets.length !== p.targets.length) {
+      if (p.targets.length >= p.replicationFactor) continue;
+      const targets = placeReplicas({ primary: me, current: p.targets, factor: p.replicationFactor, hosts: this.hosts, isLive, planned });
+      if (targets.length === p.targets.length) continue;
+      try {
         await this.catalog.setTargets(p.id, targets);
         p.targets = targets;
         await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'placement', detail: `replicas on ${targets.join(', ')}` });
+      } catch (e) {
+        report.failures.push({ project: p.id, error: `placement: ${(e as Error).message}` });
       }
     }
+  }
 
-    // 5. one listing per target host, then plan every (project, target)
-    const byTarget = new Map<string, ProjectRecord[]>();
+  /** what the cache knows of every (project, target) pair of these projects */
+  private pairsOf(projects: ProjectRecord[]): PairKnowledge[] {
+    const out: PairKnowledge[] = [];
     for (const p of projects) {
-      if (!local.has(`${c.projectsRoot}/${p.id}`)) {
-        report.failures.push({ project: p.id, error: `dataset ${c.projectsRoot}/${p.id} is missing on ${c.host} (the catalog says this host is primary)` });
-        continue;
-      }
+      const ds = this.dsOf(p.id);
+      if (!this.state.knows(ds)) continue;
       for (const t of p.targets) {
-        if (opts.to && t !== opts.to) continue;
-        if (!byTarget.has(t)) byTarget.set(t, []);
-        byTarget.get(t)!.push(p);
+        const remote = this.state.remoteSummary(p.id, t);
+        out.push({ project: p.id, target: t, localNewest: this.state.newestOf(ds), remote: remote && { newest: remote.newest, resumable: remote.resumable }, conflictAt: this.conflictsSeen.get(`${p.id} ${t}`) });
       }
     }
-    const jobs: Job[] = [];
-    const listings = new Map<string, RemoteListing>();
+    return out;
+  }
+
+  /** the source's newest guid when a conflict was reported, per "project target" */
+  private readonly conflictsSeen = new Map<string, string>();
+
+  /** Scoped listings: each target is asked only about these pairs' projects (batched). */
+  private async listTargets(pairs: PairKnowledge[], report: CycleReport): Promise<void> {
+    const byTarget = new Map<string, string[]>();
+    for (const k of pairs) {
+      if (!byTarget.has(k.target)) byTarget.set(k.target, []);
+      byTarget.get(k.target)!.push(k.project);
+    }
     await Promise.all(
-      [...byTarget.entries()].map(async ([t, ps]) => {
-        const target = hostById.get(t);
-        if (!target) {
+      [...byTarget].map(async ([t, ids]) => {
+        const host = this.hosts.find((h) => h.id === t);
+        if (!host) {
           report.failures.push({ target: t, error: `target host ${t} is not in the catalog` });
           return;
         }
         try {
-          const [listing, known] = await (early.get(t) ?? Promise.all([this.remoteListing(target), this.catalog.listReplicasByHost(t)]));
-          report.listings[t] = (report.listings[t] ?? 0) + 1;
-          listings.set(t, listing);
-          this.knownReplicas.set(t, new Map(known.map((r) => [r.project, r])));
-          for (const p of ps) {
-            const ds = local.get(`${c.projectsRoot}/${p.id}`)!;
-            const remote = listing.datasets[p.id];
-            const plan = planReplication({ source: refs(ds), target: remote ? remote.snapshots : null, targetResumeToken: remote?.resumeToken });
-            const newestRemote = remote?.snapshots.length ? Math.max(...remote.snapshots.map((s) => s.creation)) : 0;
-            const lagSec = newestRemote ? Math.max(0, this.now() / 1000 - newestRemote) : Number.POSITIVE_INFINITY;
-            // up to date with a source unchanged since its newest snapshot: fresh as of now
-            const unchanged = plan.kind === 'up-to-date' && !dirty.includes(p.id) && !this.dirty.isDirty(p.id);
-            this.metrics?.replicaFreshness(p.id, t, unchanged ? this.now() / 1000 : newestRemote || null);
-            if (plan.kind === 'conflict') {
-              report.conflicts.push({ project: p.id, target: t, message: plan.conflict.message });
-              this.metrics?.failure(t, plan.conflict.kind);
-              await this.catalog.addEvent({ project: p.id, host: t, kind: 'conflict', detail: plan.conflict.message });
-              this.log.warn({ project: p.id, target: t, conflict: plan.conflict.kind }, plan.conflict.message);
-            } else if (plan.kind === 'up-to-date') {
-              await this.confirm(p.id, t, plan.at, report);
-            } else if (plan.kind !== 'nothing-to-send') {
-              jobs.push({
-                project: p,
-                target,
-                plan,
-                lagSec,
-                baseSnap: plan.kind === 'incremental' ? plan.from.snap : plan.kind === 'resume' ? newestShared(ds, remote?.snapshots ?? [])?.snap : undefined,
-                toSnap: plan.kind === 'full' || plan.kind === 'incremental' ? plan.to : undefined,
-                estimate: estimateStream(ds, plan),
-              });
-            }
-          }
+          const stats = { bytes: 0, roundTrips: 0 };
+          const listing = await fetchListing(this.ssh, host, { projects: [...new Set(ids)], stats });
+          report.listings[t] = (report.listings[t] ?? 0) + stats.roundTrips;
+          report.listingBytes[t] = (report.listingBytes[t] ?? 0) + stats.bytes;
+          this.state.putRemotes([...new Set(ids)].map((id) => ({ project: id, target: t, view: listing.datasets[id] ?? null })), this.now());
+          for (const id of ids) this.conflictsSeen.delete(`${id} ${t}`); // re-listed: judged afresh
         } catch (e) {
           report.failures.push({ target: t, error: (e as Error).message });
           this.metrics?.failure(t, 'listing');
-          // retention still needs this target's confirmed snapshots: one catalog read
-          if (!this.knownReplicas.has(t)) {
-            const rows = await this.catalog.listReplicasByHost(t).catch(() => undefined);
-            if (rows) this.knownReplicas.set(t, new Map(rows.map((r) => [r.project, r])));
-          }
           this.log.error({ target: t, err: (e as Error).message }, 'target listing failed');
         }
       }),
     );
+  }
 
-    // 6. transfers: most lagging first, per-target concurrency plus a global cap
+  /** The planner for every pair the cache says needs it (pure: cycle-plan.ts). */
+  private decide(pairs: PairKnowledge[], report: CycleReport): PairDecision[] {
+    const inputs: PairInput[] = [];
+    for (const k of pairs) {
+      if (pairAction(k) !== 'plan') continue;
+      const remote = this.state.remote(k.project, k.target);
+      if (!remote && !this.state.remoteSummary(k.project, k.target)) continue; // the target could not be asked
+      inputs.push({ project: k.project, target: k.target, source: this.state.snapshots(this.dsOf(k.project)), remote: remote ?? null });
+    }
+    void report;
+    return decidePairs(inputs, this.now() / 1000);
+  }
+
+  private async execute(decisions: PairDecision[], projects: Map<string, ProjectRecord>, report: CycleReport): Promise<void> {
+    const jobs: Job[] = [];
+    for (const d of decisions) {
+      if (d.kind === 'conflict') {
+        const message = d.plan.conflict.message;
+        report.conflicts.push({ project: d.project, target: d.target, message });
+        this.conflictsSeen.set(`${d.project} ${d.target}`, this.state.newestOf(this.dsOf(d.project))?.guid ?? '');
+        this.metrics?.failure(d.target, d.plan.conflict.kind);
+        this.log.warn({ project: d.project, target: d.target, conflict: d.plan.conflict.kind }, message);
+        await this.catalog.addEvent({ project: d.project, host: d.target, kind: 'conflict', detail: message }).catch(() => undefined);
+      } else if (d.kind === 'confirm') {
+        await this.confirm(d.project, d.target, d.at, report);
+      } else if (d.kind === 'send') {
+        const target = this.hosts.find((h) => h.id === d.target);
+        const project = projects.get(d.project);
+        if (!target || !project) continue;
+        jobs.push({ project, target, plan: d.plan, lagSec: d.lagSec, baseSnap: d.baseSnap, toSnap: d.toSnap });
+      }
+    }
+    const succeeded = await this.runTransfers(jobs, report);
+    await this.confirmTransfers(succeeded, report);
+  }
+
+  /** most lagging first, per-target concurrency plus a global cap */
+  private async runTransfers(jobs: Job[], report: CycleReport): Promise<Map<string, Job[]>> {
     jobs.sort((a, b) => b.lagSec - a.lagSec);
     const succeeded = new Map<string, Job[]>();
     const perTarget = new Map<string, number>();
@@ -324,8 +635,7 @@ export class Agent {
         this.targetQueue(job.target.id).add(
           () =>
             this.globalQueue.add(async () => {
-              const ok = await this.transfer(job, report);
-              if (ok) {
+              if (await this.transfer(job, report)) {
                 if (!succeeded.has(job.target.id)) succeeded.set(job.target.id, []);
                 succeeded.get(job.target.id)!.push(job);
               }
@@ -334,24 +644,26 @@ export class Agent {
         ),
       ),
     );
+    for (const t of perTarget.keys()) this.metrics?.queueDepth(t, 0);
+    return succeeded;
+  }
 
-    for (const t of this.targetQueues.keys()) this.metrics?.queueDepth(t, 0);
-
-    // 7. confirm by the target's own listing, record replicas, move holds
+  /** A transfer counts once the target's own listing (scoped to what was sent) shows it. */
+  private async confirmTransfers(succeeded: Map<string, Job[]>, report: CycleReport): Promise<void> {
+    const c = this.config;
     for (const [t, done] of succeeded) {
-      const target = hostById.get(t)!;
+      const ids = done.map((j) => j.project.id);
       try {
-        const listing = await this.remoteListing(target);
-        report.listings[t] = (report.listings[t] ?? 0) + 1;
+        await this.listTargets(ids.map((id) => ({ project: id, target: t, localNewest: undefined, remote: undefined })), report);
         const hold: string[] = [];
         const release: string[] = [];
         for (const job of done) {
-          const remote = listing.datasets[job.project.id];
+          const remote = this.state.remote(job.project.id, t);
           let want = job.toSnap;
           if (job.plan.kind === 'resume') {
             // the token names no snapshot: confirm (and hold) the target's newest snapshot
             // that the source has, by guid; nothing matching = the next cycle plans anew
-            want = newestShared(local.get(`${c.projectsRoot}/${job.project.id}`), remote?.snapshots ?? []);
+            want = newestShared(this.state.snapshots(this.dsOf(job.project.id)), remote?.snapshots ?? []);
             if (!want) continue;
           }
           const got = remote?.snapshots.find((s) => want && s.guid === want.guid);
@@ -363,49 +675,56 @@ export class Agent {
           hold.push(`${c.projectsRoot}/${job.project.id}@${want.snap}`);
           if (job.baseSnap && job.baseSnap !== want.snap) release.push(`${c.projectsRoot}/${job.project.id}@${job.baseSnap}`);
         }
-        await this.moveHolds(t, hold, release, local);
+        await this.moveHolds(t, hold, release);
       } catch (e) {
         report.failures.push({ target: t, error: `confirmation: ${(e as Error).message}` });
       }
     }
-
-    // 8. retention (primaries, then replicas): zero zfs calls when nothing expires
-    report.pruned += await this.prunePrimaries(projects, local, listings, report);
-    report.pruned += await this.pruneReplicas(report);
-
-    // 9. heartbeat (the daemon also heartbeats on its own timer: a long cycle must not
-    //    make this host look dead to the others)
-    this.load = projects.length + this.replicaCount;
-    try {
-      await this.catalog.heartbeat(c.host, this.load, this.now());
-    } catch (e) {
-      this.metrics?.catalogError('heartbeat');
-      report.failures.push({ error: `heartbeat: ${(e as Error).message}` });
-    }
-    this.metrics?.roles(projects.length, this.replicaCount);
-
-    for (const [verb, n] of this.runner.counts) {
-      const d = n - (callsBefore.get(verb) ?? 0);
-      if (d > 0) report.zfsCallsByVerb[verb] = d;
-    }
-    report.localZfsCalls = Object.values(report.zfsCallsByVerb).reduce((a, b) => a + b, 0);
-    report.durationMs = this.now() - startedAt;
-    this.cycles++;
-    this.metrics?.cycle(report);
-    this.log.info(
-      { cycle: this.cycles, ms: report.durationMs, zfsCalls: report.localZfsCalls, snapshots: report.snapshotsTaken, sends: report.sends.length, failures: report.failures.length, conflicts: report.conflicts.length, pruned: report.pruned },
-      'cycle done',
-    );
-    return report;
   }
 
-  private replicaCount = 0;
+  /** "project target" -> guid this agent last recorded in the catalog */
+  private readonly recorded = new Map<string, string>();
+
+  /** Records a replica in the catalog, only when what it holds changed (an idle cycle writes nothing). */
+  private async confirm(project: string, host: string, at: SnapRef, report: CycleReport): Promise<void> {
+    const k = `${project} ${host}`;
+    if (this.recorded.get(k) === at.guid) return;
+    await this.catalog.upsertReplica({ project, host, snapshot: at.snap, guid: at.guid, snapshotCreation: at.creation, confirmedAt: this.now() });
+    this.recorded.set(k, at.guid);
+    report.confirmed++;
+  }
+
+  /** per pair: the time up to which the target has the data (cycle-plan.ts freshnessAsOf) */
+  private updateFreshness(projects: ProjectRecord[], changed: string[]): void {
+    if (!this.metrics) return;
+    const nowSec = this.now() / 1000;
+    const dirty = new Set(changed);
+    const dead = new Map(this.hosts.map((h) => [h.id, !this.liveness()(h) ? (h.heartbeatAt ?? 0) / 1000 : null]));
+    for (const p of projects) {
+      const ds = this.dsOf(p.id);
+      const newest = this.state.newestOf(ds);
+      for (const t of p.targets) {
+        const remote = this.state.remoteSummary(p.id, t);
+        let asOf = freshnessAsOf({ nowSec, sourceNewestGuid: newest?.guid, sourceChanged: dirty.has(ds), targetNewest: remote?.newest });
+        // a target that stopped heartbeating is fresh at most as of its last heartbeat
+        const deadSince = dead.get(t);
+        if (asOf !== null && deadSince !== null && deadSince !== undefined) asOf = Math.min(asOf, deadSince);
+        this.metrics.replicaFreshness(p.id, t, asOf);
+      }
+    }
+  }
+
   private load = 0;
 
-  /** A heartbeat now, with the load of the last cycle (the daemon's timer). */
+  /**
+   * A heartbeat now, with the load of the last cycle, and the hosts' records (liveness
+   * for placement and lag): the daemon's timer, independent of the cycle, so that a long
+   * cycle never makes this host look dead and an idle cycle makes no catalog write.
+   */
   async heartbeat(): Promise<void> {
     try {
       await this.catalog.heartbeat(this.config.host, this.load, this.now());
+      await this.refreshHosts();
     } catch (e) {
       this.metrics?.catalogError('heartbeat');
       throw e;
@@ -461,8 +780,9 @@ export class Agent {
   }
 
   /**
-   * Between cycles, every few seconds (failover.fenceCheck): one catalog read of the
-   * projects this host serves, compared with what is mounted here. A mounted project the
+   * Between cycles, every few seconds (failover.fenceCheck): one catalog read (this host's
+   * generation; the projects it serves only when that moved), compared with what is
+   * mounted here. A mounted project the
    * catalog no longer serves from here is demoted at once. With no fresh catalog answer
    * for failover.selfFenceAfter, every project is unmounted (an isolated primary stops
    * serving before a replica may be promoted) and remounted when the catalog answers and
@@ -474,7 +794,7 @@ export class Agent {
     const mounted = this.mountedProjects();
     let served: ProjectRecord[] | undefined;
     try {
-      served = await this.catalog.listProjectsByPrimary(c.host);
+      served = (await this.readView()).served;
       if (!catalogDegraded(this.catalog)) this.lastCatalogOk = this.now();
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'fence check: catalog unreachable');
@@ -570,58 +890,6 @@ export class Agent {
     return done;
   }
 
-  private async listRoot(root: string, props: string[]): Promise<DatasetTree> {
-    try {
-      return await this.zfs.list(root, { depth: 1, props });
-    } catch (e) {
-      if (e instanceof ZfsCommandError && e.kind === 'not-found') return new Map();
-      throw e;
-    }
-  }
-
-  private dirtyProjects(projects: ProjectRecord[], local: DatasetTree, caps: Capabilities): string[] {
-    const out: string[] = [];
-    for (const p of projects) {
-      const ds = local.get(`${this.config.projectsRoot}/${p.id}`);
-      if (!ds) continue;
-      const newest = ds.snapshots[ds.snapshots.length - 1];
-      if (!newest) {
-        out.push(p.id); // never snapshotted: take the first one
-        continue;
-      }
-      if (caps.written && ds.written !== undefined) {
-        if (ds.written > 0) out.push(p.id);
-        continue;
-      }
-      // zfs-fuse has no `written`: unmounted datasets cannot change; mounted ones are
-      // watched (chokidar). A referenced size that differs from the newest snapshot's
-      // also counts (it catches writes made while the agent was not watching).
-      if (ds.props.mounted !== 'yes') continue;
-      if (this.dirty.isDirty(p.id) || ds.referenced !== newest.referenced) out.push(p.id);
-    }
-    return out;
-  }
-
-  private remoteListing(target: HostRecord): Promise<RemoteListing> {
-    return fetchListing(this.ssh, target);
-  }
-
-  /** target -> project -> the catalog's replica row, read once per target per cycle */
-  private readonly knownReplicas = new Map<string, Map<string, ReplicaRecord>>();
-
-  /**
-   * Records a replica confirmed by the target's listing. An unchanged row is rewritten
-   * only every CONFIRM_REFRESH_MS (so an idle cycle writes nothing to the catalog).
-   */
-  private async confirm(project: string, host: string, at: SnapRef, report: CycleReport): Promise<void> {
-    const known = this.knownReplicas.get(host)?.get(project);
-    if (known && known.guid === at.guid && this.now() - known.confirmedAt < CONFIRM_REFRESH_MS) return;
-    const rec: ReplicaRecord = { project, host, snapshot: at.snap, guid: at.guid, snapshotCreation: at.creation, confirmedAt: this.now() };
-    await this.catalog.upsertReplica(rec);
-    this.knownReplicas.get(host)?.set(project, rec);
-    report.confirmed++;
-  }
-
   private async transfer(job: Job, report: CycleReport): Promise<boolean> {
     const c = this.config;
     const ds = `${c.projectsRoot}/${job.project.id}`;
@@ -668,6 +936,9 @@ export class Agent {
       await send.done.catch(() => undefined);
       const msg = (e as Error).message;
       report.failures.push({ project: job.project.id, target: job.target.id, error: msg });
+      // what the target holds may not be what the cache says (lost by hand, a disk): ask
+      // it again before the next plan
+      this.state.forgetRemote(job.project.id, job.target.id);
       this.metrics?.failure(job.target.id, 'transfer');
       log.error({ plan: describePlan(plan), err: msg }, 'replication failed');
       await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: msg }).catch(() => undefined);
@@ -685,7 +956,7 @@ export class Agent {
   }
 
   /** Holds the new base per target and releases the old one: batched, one call each. */
-  private async moveHolds(target: string, hold: string[], release: string[], local: DatasetTree): Promise<void> {
+  private async moveHolds(target: string, hold: string[], release: string[]): Promise<void> {
     const tag = holdTagFor(target);
     if (hold.length) {
       // a snapshot may already carry this tag (e.g. re-sent after a lost confirmation)
@@ -696,80 +967,83 @@ export class Agent {
         for (const s of hold) await this.zfs.hold(tag, [s]).catch(() => undefined);
       }
     }
-    const held = release.filter((s) => {
-      const [dsName, snap] = s.split('@');
-      const info = local.get(dsName!)?.snapshots.find((x) => x.snap === snap);
-      return !info || (info.userrefs ?? 1) > 0;
-    });
-    if (held.length) {
+    if (release.length) {
       try {
-        await this.zfs.release(tag, held);
+        await this.zfs.release(tag, release);
       } catch {
         // one missing tag fails the batch: release one by one, ignoring "no such tag"
-        for (const s of held) await this.zfs.release(tag, [s]).catch(() => undefined);
+        for (const s of release) await this.zfs.release(tag, [s]).catch(() => undefined);
       }
     }
   }
 
-  private async prunePrimaries(projects: ProjectRecord[], local: DatasetTree, listings: Map<string, RemoteListing>, report: CycleReport): Promise<number> {
+  /**
+   * Retention of these primaries (those snapshotted this cycle and the audited ones),
+   * from the cache. Never pruned: what a target has as its newest (its incremental base);
+   * nothing at all while a target's holdings are unknown.
+   */
+  private async prunePrimaries(projects: ProjectRecord[], report: CycleReport): Promise<number> {
     const nowSec = this.now() / 1000;
     let n = 0;
     for (const p of projects) {
-      const ds = local.get(`${this.config.projectsRoot}/${p.id}`);
-      if (!ds || ds.snapshots.length < 2) continue;
-      // never prune what a replica has as its newest (its incremental base)
+      const ds = this.dsOf(p.id);
+      const snaps = this.state.snapshots(ds);
+      if (snaps.length < 2) continue;
       const protect = new Set<string>();
-      const byGuid = new Map(ds.snapshots.map((s) => [s.guid, s.snap]));
       let unknown = false;
       for (const t of p.targets) {
-        const remote = listings.get(t)?.datasets[p.id];
-        if (listings.has(t)) {
-          const newest = remote?.snapshots.reduce<(typeof remote.snapshots)[number] | undefined>((a, s) => (!a || s.createtxg > a.createtxg ? s : a), undefined);
-          if (newest && byGuid.has(newest.guid)) protect.add(byGuid.get(newest.guid)!);
+        const remote = this.state.remote(p.id, t);
+        if (!remote) {
+          if (!this.state.remoteSummary(p.id, t)) unknown = true; // never asked: prune nothing
           continue;
         }
-        // target not listed this cycle: protect its last confirmed snapshot (the catalog's
-        // rows of that host, read once per target), or prune nothing for this project
-        const rec = this.knownReplicas.get(t)?.get(p.id);
-        if (rec && byGuid.has(rec.guid)) protect.add(byGuid.get(rec.guid)!);
-        else unknown = true;
+        const base = newestShared(snaps, remote.snapshots);
+        if (base) protect.add(base.snap);
+        else if (remote.snapshots.length) unknown = true; // nothing shared: a conflict, keep all
       }
       if (unknown) continue;
-      const decision = planPrune(ds.snapshots.map((s) => ({ snap: s.snap, creation: s.creation, userrefs: s.userrefs })), this.primaryGrid, nowSec, protect);
-      if (decision.destroy.length === 0) continue;
-      try {
-        await this.zfs.destroySnapshots(ds.name, decision.destroy.map((d) => d.snap));
-        n += decision.destroy.length;
-      } catch (e) {
-        report.failures.push({ project: p.id, error: `prune: ${(e as Error).message}` });
-      }
+      n += await this.destroyExpired(ds, snaps, this.primaryGrid, nowSec, protect, report, p.id);
     }
     this.metrics?.snapshotsPruned('primary', n);
     return n;
   }
 
-  private async pruneReplicas(report: CycleReport): Promise<number> {
-    const tree = await this.listRoot(this.config.replicasRoot, []);
+  /** Retention of the audited replicas here (their newest, the next incremental base, is always kept). */
+  private async pruneReplicas(datasets: string[], report: CycleReport): Promise<number> {
     const nowSec = this.now() / 1000;
     let n = 0;
-    let count = 0;
-    for (const ds of tree.values()) {
-      const id = ds.name.slice(this.config.replicasRoot.length + 1);
-      if (ds.name === this.config.replicasRoot || !isProjectId(id)) continue;
-      count++;
-      if (ds.snapshots.length < 2) continue;
-      const decision = planPrune(ds.snapshots.map((s) => ({ snap: s.snap, creation: s.creation, userrefs: s.userrefs })), this.replicaGrid, nowSec, new Set());
-      if (decision.destroy.length === 0) continue;
-      try {
-        await this.zfs.destroySnapshots(ds.name, decision.destroy.map((d) => d.snap));
-        n += decision.destroy.length;
-      } catch (e) {
-        report.failures.push({ project: id, error: `replica prune: ${(e as Error).message}` });
-      }
+    for (const ds of datasets) {
+      const snaps = this.state.snapshots(ds);
+      if (snaps.length < 2) continue;
+      n += await this.destroyExpired(ds, snaps, this.replicaGrid, nowSec, new Set(), report, ds.slice(this.config.replicasRoot.length + 1));
     }
-    this.replicaCount = count;
     this.metrics?.snapshotsPruned('replica', n);
     return n;
+  }
+
+  private async destroyExpired(ds: string, snaps: Snap[], grid: GridPolicy, nowSec: number, protect: Set<string>, report: CycleReport, project: string): Promise<number> {
+    const decision = planPrune(snaps.map((s) => ({ snap: s.snap, creation: s.creation })), grid, nowSec, protect);
+    if (decision.destroy.length === 0) return 0;
+    const names = decision.destroy.map((d) => d.snap);
+    try {
+      await this.zfs.destroySnapshots(ds, names);
+      this.state.removeSnapshots(ds, names);
+      return names.length;
+    } catch (e) {
+      // held by someone (an operator, a restore) or busy: one by one, keeping what refuses
+      let n = 0;
+      for (const s of names) {
+        try {
+          await this.zfs.destroySnapshots(ds, [s]);
+          this.state.removeSnapshots(ds, [s]);
+          n++;
+        } catch {
+          /* kept: reported below */
+        }
+      }
+      if (n < names.length) report.failures.push({ project, error: `prune: ${(e as Error).message}` });
+      return n;
+    }
   }
 }
 
@@ -805,45 +1079,6 @@ export function readMounts(text?: string): Array<{ mountpoint: string; fstype: s
     out.push({ mountpoint: unesc(f[4]!), fstype: f[dash + 1]!, source: unesc(f[dash + 2]!) });
   }
   return out;
-}
-
-/** Stream size estimate for progress/ETA, or undefined when the listing cannot tell. */
-export function estimateStream(ds: DatasetInfo, plan: Plan): number | undefined {
-  if (plan.kind === 'full') {
-    const r = ds.snapshots.find((s) => s.snap === plan.to.snap)?.referenced;
-    return r !== undefined && Number.isFinite(r) ? r : undefined;
-  }
-  if (plan.kind === 'incremental') {
-    const i = ds.snapshots.findIndex((s) => s.snap === plan.from.snap);
-    const j = ds.snapshots.findIndex((s) => s.snap === plan.to.snap);
-    if (i < 0 || j <= i) return undefined;
-    let sum = 0;
-    for (const s of ds.snapshots.slice(i + 1, j + 1)) {
-      if (s.written === undefined || !Number.isFinite(s.written)) return undefined; // zfs-fuse: no `written`
-      sum += s.written;
-    }
-    return sum;
-  }
-  return undefined;
-}
-
-/** The source's snapshot that is the target's newest one the source also has (by guid). */
-function newestShared(src: DatasetInfo | undefined, target: readonly SnapRef[]): SnapRef | undefined {
-  if (!src) return undefined;
-  const byGuid = new Map(refs(src).map((s) => [s.guid, s]));
-  let best: SnapRef | undefined;
-  let bestTxg = -Infinity;
-  for (const t of target) {
-    if (byGuid.has(t.guid) && t.createtxg > bestTxg) {
-      best = byGuid.get(t.guid);
-      bestTxg = t.createtxg;
-    }
-  }
-  return best;
-}
-
-function refs(ds: DatasetInfo): SnapRef[] {
-  return ds.snapshots.map((s) => ({ snap: s.snap, guid: s.guid, createtxg: s.createtxg, creation: s.creation }));
 }
 
 export function sshTarget(h: HostRecord): SshTarget {

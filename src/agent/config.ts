@@ -154,6 +154,19 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ mode: 'manual', fenceCheck: 5 }),
+    audit: z
+      .object({
+        /**
+         * every local dataset and every replica it sends to is listed again from zfs at
+         * least once per period, a slice per cycle: what was changed by hand (a snapshot
+         * taken or destroyed, a replica lost) is found and repaired within it
+         */
+        period: duration.default(3600),
+        /** at most this many datasets per cycle's slice (bounds a cycle's listing cost) */
+        maxPerCycle: z.number().int().min(1).max(100_000).default(2000),
+      })
+      .strict()
+      .default({ period: 3600, maxPerCycle: 2000 }),
     log: z
       .object({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') })
       .strict()

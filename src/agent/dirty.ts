@@ -2,8 +2,6 @@
 // every MOUNTED project directory (unmounted datasets cannot change). Only projects this
 // host is primary for are watched; watches follow mounts as listings reveal them.
 import chokidar, { type FSWatcher } from 'chokidar';
-import type { DatasetTree } from '../zfs/index.js';
-import type { ProjectRecord } from '../catalog/types.js';
 import type { Logger } from '../util/log.js';
 
 export class DirtyTracker {
@@ -29,22 +27,26 @@ export class DirtyTracker {
     return this.watched.size;
   }
 
-  /** Watches mounted projects, unwatches those no longer mounted or no longer ours. */
-  sync(projects: ProjectRecord[], local: DatasetTree, root: string): void {
-    const want = new Map<string, string>();
-    for (const p of projects) {
-      const ds = local.get(`${root}/${p.id}`);
-      const mp = ds?.props.mountpoint;
-      if (ds?.props.mounted === 'yes' && mp && mp.startsWith('/')) want.set(p.id, mp);
-    }
+  /** every project the watcher saw a change in since its last snapshot */
+  dirtyIds(): string[] {
+    return [...this.dirtySet];
+  }
+
+  /**
+   * Watches exactly these mounted projects (id -> mountpoint), unwatches the rest.
+   * Returns the ids newly watched: changes made to them before the watch started are not
+   * seen, so the caller checks them once another way (a size check).
+   */
+  syncMounts(want: ReadonlyMap<string, string>): string[] {
     for (const [id, dir] of this.watched) {
       if (want.get(id) !== dir) {
         void this.watcher?.unwatch(dir);
         this.watched.delete(id);
       }
     }
+    const added: string[] = [];
     for (const [id, dir] of want) {
-      if (this.watched.has(id)) continue;
+      if (this.watched.has(id) || !dir.startsWith('/')) continue;
       if (!this.watcher) {
         this.watcher = chokidar.watch([], { ignoreInitial: true, persistent: true, followSymlinks: false });
         this.watcher.on('all', (_ev, path) => {
@@ -54,7 +56,9 @@ export class DirtyTracker {
       }
       this.watcher.add(dir);
       this.watched.set(id, dir);
+      added.push(id);
     }
+    return added;
   }
 
   async close(): Promise<void> {

@@ -72,6 +72,12 @@ export class AgentMetrics {
     this.newest.get(target)!.set(project, asOf);
   }
 
+  /** A project left this host, or a target left a project: its series go (aggregates stay). */
+  forgetPair(project: string, target: string): void {
+    this.newest.get(target)?.delete(project);
+    this.lagSeconds.remove({ project, target });
+  }
+
   /** Catalog errors by operation (the agent keeps running from its last view). */
   catalogError(op: string): void {
     this.catalogErrors.inc({ op });

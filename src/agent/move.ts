@@ -218,7 +218,7 @@ async function syncRound(agent: Agent, project: string, to: string, phase: 'pres
   }
   await zfs.snapshot([`${ds}@${name}`]);
   const t0 = Date.now();
-  const report: CycleReport = await agent.runCycle({ only: project, to, includeMoving: true });
+  const report: CycleReport = await agent.replicateProject(project, { to, includeMoving: true, snapshot: "never" });
   const ms = Date.now() - t0;
   const problems = [...report.failures.map((f) => f.error), ...report.conflicts.map((x) => x.message)];
   if (problems.length) throw new Error(problems.join('; '));

@@ -12,6 +12,8 @@
 //                                          500, pageState): a table of one small row per
 //                                          project, so its cost is the size of the answer.
 //   projects_by_host ((host), project)     listProjectsByPrimary
+//   host_generation  (host)                hostGeneration: one row per host, bumped after
+//                                          every change to a project the host serves
 //   replicas         ((project), host)     listReplicas, newest-wins CAS
 //   replicas_by_host ((host), project)     listReplicasByHost
 //   events_by_day ((day), at, id), events_by_project ((project, day), at, id) and
@@ -37,6 +39,7 @@
 //   projects.set_location             LWT    LOCAL_QUORUM       S       no
 //   projects.replica_put / replica_del       LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
 //   projects_by_host.put / del / list        LOCAL_QUORUM       -       yes   USING TIMESTAMP location_ts
+//   host_gen.bump / get                      LOCAL_QUORUM       -       yes   a fresh timeuuid per change
 //   replicas.get, replicas.list              LOCAL_QUORUM       -       yes
 //   replicas.get_serial                      S (read)           -       yes
 //   replicas.insert / update / delete LWT    LOCAL_QUORUM       S       no
@@ -253,6 +256,8 @@ function statements(ks: string) {
     'projects_by_host.put': { cql: `INSERT INTO ${ks}.projects_by_host (host, project) VALUES (?, ?) USING TIMESTAMP ?`, level: 'LOCAL_QUORUM' },
     'projects_by_host.del': { cql: `DELETE FROM ${ks}.projects_by_host USING TIMESTAMP ? WHERE host = ? AND project = ?`, level: 'LOCAL_QUORUM' },
     'projects_by_host.list': { cql: `SELECT project FROM ${ks}.projects_by_host WHERE host = ?`, level: 'LOCAL_QUORUM' },
+    'host_gen.bump': { cql: `UPDATE ${ks}.host_generation SET gen = ? WHERE host = ?`, level: 'LOCAL_QUORUM' },
+    'host_gen.get': { cql: `SELECT gen FROM ${ks}.host_generation WHERE host = ?`, level: 'LOCAL_QUORUM' },
 
     'replicas.get': { cql: `SELECT snapshot_creation, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'LOCAL_QUORUM' },
     'replicas.get_serial': { cql: `SELECT snapshot_creation, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'SERIAL_READ' },
@@ -822,6 +827,19 @@ export class CassandraCatalog implements Catalog {
       applied = now !== undefined && now.locationTs === ts;
     }
     if (!applied) throw new CatalogError(`project ${p.id} already exists in the catalog`);
+    await this.bump(p.primary);
+  }
+
+  /** after a project row change is applied: the host's generation moves (see 002_host_generation.cql) */
+  private async bump(host: string | null): Promise<void> {
+    if (host !== null) await this.exec('host_gen.bump', [TimeUuid.now(), host]);
+  }
+
+  async hostGeneration(host: string): Promise<string> {
+    v.hostId(host, 'hostGeneration');
+    const r = (await this.exec('host_gen.get', [host])).first();
+    const g = r?.['gen'] as { toString(): string } | null | undefined;
+    return g ? g.toString() : '';
   }
 
   async getProject(id: string): Promise<ProjectRecord | undefined> {
@@ -865,10 +883,11 @@ export class CassandraCatalog implements Catalog {
       if (!unknownOutcome(e)) throw e;
       const now = await this.readProject(project, true);
       if (!now) throw new CatalogError(`set targets: project ${project} does not exist`);
-      if (JSON.stringify(now.project.targets) === JSON.stringify(targets)) return;
+      if (JSON.stringify(now.project.targets) === JSON.stringify(targets)) return this.bump(now.project.primary);
       throw e;
     }
     if (!applied) throw new CatalogError(`set targets: project ${project} does not exist`);
+    await this.bump((await this.readProject(project, false))?.project.primary ?? null);
   }
 
   async setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void> {
@@ -906,6 +925,8 @@ export class CassandraCatalog implements Catalog {
       }
       if (applied) {
         if (cur.project.primary !== null && cur.project.primary !== primary) await this.exec('projects_by_host.del', [ts, cur.project.primary, project]);
+        await this.bump(primary);
+        if (cur.project.primary !== primary) await this.bump(cur.project.primary);
         return;
       }
       await sleep(jitter(attempt));

@@ -143,6 +143,9 @@ export class ResilientCatalog implements Catalog {
   listProjects(): Promise<ProjectRecord[]> {
     return this.read('listProjects', [], () => this.inner.listProjects());
   }
+  hostGeneration(host: string): Promise<string> {
+    return this.read('hostGeneration', [host], () => this.inner.hostGeneration(host));
+  }
   listProjectsByPrimary(host: string): Promise<ProjectRecord[]> {
     return this.read('listProjectsByPrimary', [host], () => this.inner.listProjectsByPrimary(host));
   }

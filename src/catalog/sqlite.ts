@@ -38,6 +38,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX events_by_project ON events(project, at);
    CREATE INDEX events_by_time ON events(at);
    CREATE TABLE locks (name TEXT PRIMARY KEY, owner TEXT, token INTEGER NOT NULL, expires_at INTEGER NOT NULL);`,
+  // per-host generation: bumped in the same transaction as every change to a project row
+  // that names the host as primary (see Catalog.hostGeneration)
+  `CREATE TABLE host_generation (host TEXT PRIMARY KEY, gen INTEGER NOT NULL);`,
 ];
 
 interface ProjectRow {
@@ -159,10 +162,28 @@ export class SqliteCatalog implements Catalog {
     return this.wrap('create project', () => {
       v.projectId(p.id, 'createProject');
       if (p.primary !== null) v.hostId(p.primary, 'createProject primary');
-      const r = this.db
-        .prepare('INSERT INTO projects (id, primary_host, replication_factor, quota, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING')
-        .run(p.id, p.primary, p.replicationFactor, p.quota, Date.now());
-      if (r.changes === 0) throw new CatalogError(`project ${p.id} already exists in the catalog`);
+      this.db
+        .transaction(() => {
+          const r = this.db
+            .prepare('INSERT INTO projects (id, primary_host, replication_factor, quota, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING')
+            .run(p.id, p.primary, p.replicationFactor, p.quota, Date.now());
+          if (r.changes === 0) throw new CatalogError(`project ${p.id} already exists in the catalog`);
+          this.bump(p.primary);
+        })
+        .immediate();
+    });
+  }
+
+  /** inside a write transaction: the host's generation moves */
+  private bump(host: string | null): void {
+    if (host === null) return;
+    this.db.prepare('INSERT INTO host_generation (host, gen) VALUES (?, 1) ON CONFLICT(host) DO UPDATE SET gen = gen + 1').run(host);
+  }
+
+  hostGeneration(host: string): Promise<string> {
+    return this.wrap('host generation', () => {
+      const r = this.db.prepare('SELECT gen FROM host_generation WHERE host = ?').get(v.hostId(host, 'hostGeneration')) as { gen: number } | undefined;
+      return r ? String(r.gen) : '';
     });
   }
 
@@ -186,8 +207,15 @@ export class SqliteCatalog implements Catalog {
   setTargets(project: string, targets: string[]): Promise<void> {
     return this.wrap('set targets', () => {
       targets.forEach((t) => v.hostId(t, 'setTargets'));
-      const r = this.db.prepare('UPDATE projects SET targets = ? WHERE id = ?').run(JSON.stringify(targets), v.projectId(project, 'setTargets'));
-      if (r.changes === 0) throw new CatalogError(`set targets: project ${project} does not exist`);
+      v.projectId(project, 'setTargets');
+      this.db
+        .transaction(() => {
+          const r = this.db.prepare('UPDATE projects SET targets = ? WHERE id = ?').run(JSON.stringify(targets), project);
+          if (r.changes === 0) throw new CatalogError(`set targets: project ${project} does not exist`);
+          const row = this.db.prepare('SELECT primary_host FROM projects WHERE id = ?').get(project) as { primary_host: string | null };
+          this.bump(row.primary_host);
+        })
+        .immediate();
     });
   }
 
@@ -206,8 +234,11 @@ export class SqliteCatalog implements Catalog {
                 (lock ? ` (lock: owner ${lock.owner ?? 'none'}, token ${lock.token}, ${lock.expires_at <= Date.now() ? 'expired' : 'live'})` : ' (no lock)'),
             );
           }
+          const before = this.db.prepare('SELECT primary_host FROM projects WHERE id = ?').get(project) as { primary_host: string | null } | undefined;
           const r = this.db.prepare('UPDATE projects SET primary_host = ?, state = ?, location_token = ? WHERE id = ?').run(primary, state, token, project);
           if (r.changes === 0) throw new CatalogError(`set location: project ${project} does not exist`);
+          this.bump(primary);
+          if (before && before.primary_host !== primary) this.bump(before.primary_host);
         })
         .immediate();
     });

@@ -83,6 +83,13 @@ export interface Catalog {
   listProjects(): Promise<ProjectRecord[]>;
   listProjectsByPrimary(host: string): Promise<ProjectRecord[]>;
   setTargets(project: string, targets: string[]): Promise<void>;
+  /**
+   * A value that changes (after the change is visible) whenever a project row that names
+   * `host` as its primary changes: created, targets set, location moved to or from it.
+   * '' when nothing ever changed. Agents read this one row per cycle and per fence check
+   * and re-read their projects only when it moved: an idle host costs O(1) catalog reads.
+   */
+  hostGeneration(host: string): Promise<string>;
   /** Changes a project's location; rejected with FencingError unless `token` holds the project's lock. */
   setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void>;
 

@@ -491,7 +491,7 @@ export async function main(argv: string[]): Promise<void> {
         bar.update(0, { sent: mb(pr.bytes), rate: mb(rate) });
       });
       try {
-        const r = await agent.runCycle({ only: id, to: opts.to });
+        const r = await agent.replicateProject(id, { to: opts.to });
         bars?.stop();
         out(!!opts.json, r, () => {
           const lines = r.sends.map((s) => `sent ${s.kind} ${mb(s.bytes)} to ${s.target} in ${(s.ms / 1000).toFixed(1)}s\n`);

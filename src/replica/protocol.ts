@@ -3,7 +3,8 @@
 // SSH_ORIGINAL_COMMAND; it is parsed here by a strict grammar, never by a shell:
 //
 //   storage-v1 capabilities
-//   storage-v1 list
+//   storage-v1 list                        (every replica: repair-catalog only)
+//   storage-v1 list <uuid> [<uuid> ...]    (only the named replicas, at most LIST_MAX)
 //   storage-v1 recv <project-uuid>
 //   storage-v1 abort-resume <project-uuid>
 //   storage-v1 promote <project-uuid>      (failover/move: replica -> mounted primary)
@@ -19,7 +20,7 @@ export const PROTOCOL = 'storage-v1';
 
 export type RemoteCommand =
   | { op: 'capabilities' }
-  | { op: 'list' }
+  | { op: 'list'; projects?: string[] }
   | { op: 'recv'; project: string }
   | { op: 'abort-resume'; project: string }
   | { op: 'promote'; project: string }
@@ -36,9 +37,13 @@ export class RefusedCommand extends Error {
 
 const SAFE = /^[A-Za-z0-9 _.:@-]*$/;
 
+/** project ids per scoped `list` (the cycle asks in batches of this many) */
+export const LIST_MAX = 64;
+const MAX_COMMAND = 4096;
+
 export function parseRemoteCommand(command: string | undefined): RemoteCommand {
   if (command === undefined || command === '') throw new RefusedCommand('no command (interactive sessions are not allowed)', '');
-  if (command.length > 512) throw new RefusedCommand('command longer than 512 characters', command);
+  if (command.length > MAX_COMMAND) throw new RefusedCommand(`command longer than ${MAX_COMMAND} characters`, command);
   if (!SAFE.test(command)) throw new RefusedCommand('command contains characters outside [A-Za-z0-9 _.:@-]', command);
   const words = command.split(' ');
   if (words.some((w) => w === '')) throw new RefusedCommand('empty word (leading, trailing or double space)', command);
@@ -67,9 +72,15 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
   };
   switch (op) {
     case 'capabilities':
-    case 'list':
       arity(0);
       return { op };
+    case 'list': {
+      if (args.length === 0) return { op };
+      if (args.length > LIST_MAX) throw new RefusedCommand(`list takes at most ${LIST_MAX} project ids, got ${args.length}`, command);
+      const projects = args.map(project);
+      if (new Set(projects).size !== projects.length) throw new RefusedCommand('list names a project twice', command);
+      return { op, projects };
+    }
     case 'recv':
     case 'abort-resume':
     case 'promote':
@@ -102,8 +113,10 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
 export function formatRemoteCommand(c: RemoteCommand): string {
   switch (c.op) {
     case 'capabilities':
-    case 'list':
       return `${PROTOCOL} ${c.op}`;
+    case 'list':
+      if (c.projects && c.projects.length > LIST_MAX) throw new Error(`list: at most ${LIST_MAX} projects per command`);
+      return [PROTOCOL, 'list', ...(c.projects ?? []).map((x) => v.projectId(x))].join(' ');
     case 'recv':
     case 'abort-resume':
     case 'promote':
@@ -117,7 +130,7 @@ export function formatRemoteCommand(c: RemoteCommand): string {
   }
 }
 
-/** What `list` returns: every replica under the receiver's root, by project id. */
+/** What `list` returns: the replicas under the receiver's root (all, or the named ones that exist), by project id. */
 export interface RemoteListing {
   protocol: typeof PROTOCOL;
   host: string;

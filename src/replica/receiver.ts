@@ -65,7 +65,7 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
       return {};
     }
     case 'list': {
-      const listing = await listReplicas(env);
+      const listing = await listReplicas(env, cmd.projects);
       stdout.write(JSON.stringify(listing) + '\n');
       return { datasets: Object.keys(listing.datasets).length };
     }
@@ -131,11 +131,28 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
   }
 }
 
-/** One zfs call: every replica dataset with its snapshots (and resume token where supported). */
-export async function listReplicas(env: ReceiverEnv): Promise<RemoteListing> {
+/**
+ * The replicas under the root: all of them (one listing of the tree, for repair-catalog),
+ * or only the named projects (a scoped listing of just those datasets: what the cycle
+ * asks after a transfer and in its audit slice). A named project with no replica here is
+ * absent from the answer.
+ */
+export async function listReplicas(env: ReceiverEnv, projects?: readonly string[]): Promise<RemoteListing> {
   const { zfs, replicasRoot } = env;
   const caps = await zfs.capabilities();
   const listing: RemoteListing = { protocol: PROTOCOL, host: env.host, implementation: caps.version, datasets: {} };
+  if (projects) {
+    if (projects.length === 0) return listing;
+    const names = projects.map((p) => `${replicasRoot}/${p}`);
+    const scoped = await zfs.listSnapshots(names);
+    const found = [...scoped.snapshots.keys()];
+    const tokens = caps.recvResumable && found.length ? (await zfs.getMany(found, ['receive_resume_token'])).values : new Map<string, Record<string, string>>();
+    for (const [name, snaps] of scoped.snapshots) {
+      const token = tokens.get(name)?.receive_resume_token;
+      listing.datasets[name.slice(replicasRoot.length + 1)] = { snapshots: snaps, ...(token && token !== '-' ? { resumeToken: token } : {}) };
+    }
+    return listing;
+  }
   let tree;
   try {
     tree = await zfs.list(replicasRoot, { depth: 1, props: caps.recvResumable ? ['receive_resume_token'] : [] });

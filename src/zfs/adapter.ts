@@ -8,7 +8,7 @@ import { statSync, readFileSync, writeFileSync, mkdirSync, renameSync } from 'no
 import { dirname } from 'node:path';
 import { deriveCapabilities, type Capabilities } from './capabilities.js';
 import { ZfsCommandError, ZfsUnsupportedError, makeZfsError, formatArgv } from './errors.js';
-import { parseGetRows, parseListRows, type DatasetTree } from './parse.js';
+import { parseGetRows, parseListRows, parseCheapGetRows, parseCheapListRows, type DatasetTree, type ScopedListing } from './parse.js';
 import { CommandRunner } from './runner.js';
 import * as v from '../util/validate.js';
 
@@ -85,6 +85,9 @@ export interface ZfsOptions {
    */
   capabilitiesCache?: string;
 }
+
+/** names per listing call (argv stays far below ARG_MAX) */
+export const LIST_BATCH = 200;
 
 export class Zfs {
   readonly runner: CommandRunner;
@@ -203,6 +206,114 @@ export class Zfs {
     const tree = trimDepth(parseGetRows(stdout, extra), root, maxDepth);
     if (opts.snapshots === false) for (const ds of tree.values()) ds.snapshots = [];
     return tree;
+  }
+
+  /** Counters of snapshot listings (benchmarks and tests assert the hot path makes none). */
+  readonly stats = { snapshotListings: 0, snapshotsListed: 0 };
+
+  /**
+   * The snapshots of the NAMED datasets only (never a tree): one call per batch of
+   * LIST_BATCH names, cheap columns only (name, guid, createtxg: OpenZFS's fast path from
+   * 2.2 on; zfs-fuse answers property by property, so fewer properties cost less). The
+   * creation time of an automatic snapshot is read from its name; only named snapshots
+   * (rare, never pruned) cost a second call for `creation`. Datasets that do not exist
+   * are returned in `missing`, not as an error.
+   */
+  async listSnapshots(datasets: readonly string[], opts: { knownCreation?: (dataset: string, snap: string, guid: string) => number | undefined } = {}): Promise<ScopedListing> {
+    datasets.forEach((d) => v.datasetName(d, 'listSnapshots'));
+    const out: ScopedListing = { snapshots: new Map(), missing: [] };
+    const caps = await this.capabilities();
+    const named: string[] = [];
+    for (let i = 0; i < datasets.length; i += LIST_BATCH) {
+      const batch = datasets.slice(i, i + LIST_BATCH);
+      const argv = caps.listParsable
+        ? ['list', '-H', '-p', '-d', '1', '-t', 'snapshot', '-o', 'name,guid,createtxg', ...batch]
+        : ['get', '-H', '-p', '-d', '1', '-o', 'name,property,value', 'guid,createtxg', ...batch];
+      const { stdout, missing } = await this.tolerantRun(argv);
+      this.stats.snapshotListings++;
+      out.missing.push(...missing);
+      const gone = new Set(missing);
+      for (const d of batch) if (!gone.has(d)) out.snapshots.set(d, []);
+      const rows = caps.listParsable ? parseCheapListRows(stdout) : parseCheapGetRows(stdout);
+      for (const r of rows) {
+        const list = out.snapshots.get(r.dataset);
+        if (!list) continue; // zfs -d 1 of a name also lists nothing deeper; ignore anything unexpected
+        this.stats.snapshotsListed++;
+        const auto = v.parseAutoSnapshotName(r.snap);
+        const known = opts.knownCreation?.(r.dataset, r.snap, r.guid);
+        const creation = known ?? (auto ? Math.floor(auto.time.getTime() / 1000) : NaN);
+        if (!Number.isFinite(creation)) named.push(`${r.dataset}@${r.snap}`);
+        list.push({ snap: r.snap, guid: r.guid, createtxg: r.createtxg, creation });
+      }
+    }
+    if (named.length) {
+      const creations = await this.getMany(named, ['creation']);
+      for (const [ds, list] of out.snapshots) {
+        for (const s of list) if (!Number.isFinite(s.creation)) s.creation = Number(creations.values.get(`${ds}@${s.snap}`)?.creation ?? NaN);
+      }
+    }
+    for (const list of out.snapshots.values()) list.sort((a, b) => a.createtxg - b.createtxg);
+    return out;
+  }
+
+  /**
+   * Properties of the NAMED datasets or snapshots (one call per batch): e.g. `written` of
+   * the mounted projects. Names that do not exist are returned in `missing`.
+   */
+  async getMany(names: readonly string[], props: readonly string[]): Promise<{ values: Map<string, Record<string, string>>; missing: string[] }> {
+    names.forEach((n) => validateDatasetOrSnapshot(n, 'getMany'));
+    props.forEach((p) => v.propertyName(p, 'getMany'));
+    const values = new Map<string, Record<string, string>>();
+    const missing: string[] = [];
+    if (props.length === 0) return { values, missing };
+    for (let i = 0; i < names.length; i += LIST_BATCH) {
+      const batch = names.slice(i, i + LIST_BATCH);
+      const r = await this.tolerantRun(['get', '-H', '-p', '-o', 'name,property,value', props.join(','), ...batch]);
+      missing.push(...r.missing);
+      for (const line of r.stdout.split('\n')) {
+        if (!line) continue;
+        const [name, prop, ...rest] = line.split('\t');
+        if (name === undefined || prop === undefined) continue;
+        let rec = values.get(name);
+        if (!rec) values.set(name, (rec = {}));
+        rec[prop] = rest.join('\t');
+      }
+    }
+    return { values, missing };
+  }
+
+  /**
+   * A listing command over several names: exit 1 with nothing but "dataset does not
+   * exist" on stderr means some names are gone (their rows are simply absent), which is
+   * an answer, not a failure. Anything else on stderr is the command's error.
+   */
+  private async tolerantRun(args: string[]): Promise<{ stdout: string; missing: string[] }> {
+    const argv = [this.zfsBin, ...args];
+    const r = await this.runner.run(argv, { okCodes: [0, 1] });
+    const missing: string[] = [];
+    const other: string[] = [];
+    for (const line of r.stderr.split('\n')) {
+      if (!line.trim()) continue;
+      const m = /^cannot open '([^']+)': (dataset does not exist|snapshot does not exist|no such pool|dataset not found)/.exec(line);
+      if (m) missing.push(m[1]!);
+      else other.push(line);
+    }
+    if (other.length) {
+      throw makeZfsError([...this.runner.prefix, ...argv], 1, null, r.stderr);
+    }
+    return { stdout: r.stdout, missing };
+  }
+
+  /** The names of the filesystems and volumes directly below `root` (names only: no snapshot is opened). [] when root is missing. */
+  async childNames(root: string): Promise<string[]> {
+    v.datasetName(root, 'childNames');
+    try {
+      const { stdout } = await this.zfs('list', '-H', '-o', 'name', '-d', '1', '-t', 'filesystem,volume', root);
+      return stdout.split('\n').filter((n) => n && n !== root);
+    } catch (e) {
+      if (e instanceof ZfsCommandError && e.kind === 'not-found') return [];
+      throw e;
+    }
   }
 
   /** Whether a dataset exists (one call). */

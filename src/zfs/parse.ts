@@ -130,3 +130,58 @@ export function parseListRows(text: string, columns: readonly string[], extra: r
 export function isCoreProperty(p: string): boolean {
   return CORE.has(p);
 }
+
+/** One snapshot as the cheap scoped listing gives it (see Zfs.listSnapshots). */
+export interface CheapSnapshot {
+  snap: string;
+  guid: string;
+  createtxg: number;
+  /** unix seconds: from the automatic name, the cache, or a `creation` query for named ones */
+  creation: number;
+}
+
+/** The answer of a scoped listing: per named dataset its snapshots (oldest first), and the names that do not exist. */
+export interface ScopedListing {
+  snapshots: Map<string, CheapSnapshot[]>;
+  missing: string[];
+}
+
+interface CheapRow {
+  dataset: string;
+  snap: string;
+  guid: string;
+  createtxg: number;
+}
+
+function cheapRow(name: string, guid: string | undefined, txg: string | undefined, line: string): CheapRow {
+  const at = name.indexOf('@');
+  const createtxg = Number(txg);
+  if (at <= 0 || !guid || !/^\d{1,20}$/.test(guid) || !Number.isSafeInteger(createtxg)) throw new Error(`unexpected zfs snapshot row: ${JSON.stringify(line.slice(0, 200))}`);
+  return { dataset: name.slice(0, at), snap: name.slice(at + 1), guid, createtxg };
+}
+
+/** `zfs list -H -p -d 1 -t snapshot -o name,guid,createtxg DS...` (OpenZFS). */
+export function parseCheapListRows(text: string): CheapRow[] {
+  const out: CheapRow[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const [name, guid, txg] = line.split('\t');
+    out.push(cheapRow(name ?? '', guid, txg, line));
+  }
+  return out;
+}
+
+/** `zfs get -H -p -d 1 -o name,property,value guid,createtxg DS...` (zfs-fuse): snapshot rows only. */
+export function parseCheapGetRows(text: string): CheapRow[] {
+  const rows = new Map<string, { guid?: string; txg?: string; line: string }>();
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const [name, prop, value] = line.split('\t');
+    if (!name || !name.includes('@') || name.includes('#')) continue; // the datasets' own rows
+    let r = rows.get(name);
+    if (!r) rows.set(name, (r = { line }));
+    if (prop === 'guid') r.guid = value;
+    else if (prop === 'createtxg') r.txg = value;
+  }
+  return [...rows].map(([name, r]) => cheapRow(name, r.guid, r.txg, r.line));
+}

@@ -149,6 +149,30 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
 
     // ---- replicas ----
 
+    it('host generation: moves for the primary on create, setTargets and location changes (old and new primary); not for others or for replica rows', async () => {
+      const a = newHost('ga');
+      const b = newHost('gb');
+      const other = newHost('go');
+      assert.equal(await cat.hostGeneration(a), '');
+      const g0o = await cat.hostGeneration(other);
+      const id = await newProjectOn(a);
+      const g1 = await cat.hostGeneration(a);
+      assert.notEqual(g1, '', 'createProject moves the primary\'s generation');
+      await cat.setTargets(id, [b]);
+      const g2 = await cat.hostGeneration(a);
+      assert.notEqual(g2, g1, 'setTargets moves the primary\'s generation');
+      await cat.upsertReplica(replica(id, b, 100));
+      assert.equal(await cat.hostGeneration(a), g2, 'a replica row is not a project change');
+      const gb0 = await cat.hostGeneration(b);
+      const lock = await cat.acquireLock(projectLockName(id), 'gen-test', 30_000);
+      assert.ok(lock.ok);
+      await cat.setLocation(id, b, 'active', lock.token);
+      assert.notEqual(await cat.hostGeneration(a), g2, 'the old primary sees the move');
+      assert.notEqual(await cat.hostGeneration(b), gb0, 'the new primary sees the move');
+      assert.equal(await cat.hostGeneration(other), g0o, 'an uninvolved host does not');
+      await cat.releaseLock(projectLockName(id), 'gen-test', lock.token);
+    });
+
     it('replicas: newest wins by snapshotCreation (older ignored, equal or newer replace); both views agree', async () => {
       const id = await newProjectOn(newHost());
       const h = newHost();

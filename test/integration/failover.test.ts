@@ -92,7 +92,7 @@ describe('failover', () => {
   it('20 concurrent failovers of one project: exactly one proceeds, the others fail with "locked by <owner>"', async () => {
     const p = await createProject(fleet, A, { files: { f: 'x' } });
     for (const h of ['a', 'b', 'c']) await fleet.catalog.heartbeat(h, 0); // live for placement, however long the tests before took
-    await fleet.agents.get('a')!.runCycle({ only: p.id });
+    await fleet.agents.get('a')!.replicateProject(p.id);
     assert.equal((await fleet.catalog.getProject(p.id))!.targets.length, 2, 'placed on two replica hosts');
     const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => failover(fleet.catalog, ssh, p.id, { owner: `admin-${i}`, graceMs: scaled(60_000) })));
     const ok = results.filter((r) => r.status === 'fulfilled');

@@ -7,6 +7,8 @@ import { Agent } from '../../src/agent/agent.js';
 import { loadConfig, type Config } from '../../src/agent/config.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
+import { StateCache } from '../../src/agent/state.js';
+import { countingCatalog, type CatalogCounts } from './counting-catalog.js';
 import { silentLogger } from '../../src/util/log.js';
 import { TIME_SCALE, type Sandbox, type SandboxHost } from './sandbox.js';
 
@@ -15,6 +17,8 @@ export interface Fleet {
   agents: Map<string, Agent>;
   configs: Map<string, Config>;
   zfs: Zfs;
+  /** catalog calls made by each host's agent (reads and writes by method) */
+  catalogCounts: Map<string, { counts: () => CatalogCounts; reset: () => void }>;
   close(): Promise<void>;
 }
 
@@ -22,6 +26,8 @@ export async function startFleet(sb: Sandbox, catalogPath = `${sb.dir}/catalog-$
   const catalog = new SqliteCatalog(catalogPath);
   const agents = new Map<string, Agent>();
   const configs = new Map<string, Config>();
+  const catalogCounts = new Map<string, { counts: () => CatalogCounts; reset: () => void }>();
+  const fleetId = randomUUID().slice(0, 8);
   for (const h of sb.hosts) {
     const config = { ...loadConfig(`${h.dir}/agent.yaml`) };
     config.catalog = { ...config.catalog, path: catalogPath };
@@ -32,7 +38,10 @@ export async function startFleet(sb: Sandbox, catalogPath = `${sb.dir}/catalog-$
     // sandbox's 30 s stall timeout there
     config.ssh = { ...config.ssh, stallTimeout: config.ssh.stallTimeout * TIME_SCALE, operationTimeout: config.ssh.operationTimeout * TIME_SCALE };
     configs.set(h.name, config);
-    const agent = new Agent({ config, catalog, log: silentLogger() });
+    // each fleet its own state cache: test files share the sandbox hosts' stateDir
+    const counting = countingCatalog(catalog);
+    catalogCounts.set(h.name, counting);
+    const agent = new Agent({ config, catalog: counting.catalog, log: silentLogger(), state: new StateCache(`${config.stateDir}/state-${fleetId}.db`) });
     await agent.init();
     agents.set(h.name, agent);
   }
@@ -41,6 +50,7 @@ export async function startFleet(sb: Sandbox, catalogPath = `${sb.dir}/catalog-$
     agents,
     configs,
     zfs: new Zfs(),
+    catalogCounts,
     async close() {
       for (const a of agents.values()) await a.close();
       await catalog.close();

@@ -116,12 +116,12 @@ describe('agent on OpenZFS', () => {
   });
 
   it('skips unchanged projects by `written` (no file watching needed) and snapshots a changed one', async () => {
-    const r1 = await agent.runCycle({ only: id });
+    const r1 = await agent.replicateProject(id);
     assert.deepEqual(r1.failures, []);
     assert.equal(r1.snapshotsTaken, 1);
     assert.deepEqual(r1.sends.map((s) => s.kind), ['full']);
     assert.equal(get(ds, 'written'), '0');
-    const r2 = await agent.runCycle({ only: id });
+    const r2 = await agent.replicateProject(id);
     assert.deepEqual([r2.snapshotsTaken, r2.sends.length, r2.failures.length], [0, 0, 0]);
     // an agent that was not running when the file changed (a fresh process: no watch
     // events) still sees it: same size, so `referenced` alone would not tell
@@ -131,11 +131,11 @@ describe('agent on OpenZFS', () => {
     assert.notEqual(get(ds, 'written'), '0');
     await sleep(1100);
     agent = new Agent({ config: fleet.configs.get('a')!, catalog: fleet.catalog, log: silentLogger() });
-    const r3 = await agent.runCycle({ only: id });
+    const r3 = await agent.replicateProject(id);
     assert.deepEqual(r3.failures, []);
     assert.equal(r3.snapshotsTaken, 1);
     assert.deepEqual(r3.sends.map((s) => s.kind), ['incremental']);
-    const r4 = await agent.runCycle({ only: id });
+    const r4 = await agent.replicateProject(id);
     assert.deepEqual([r4.snapshotsTaken, r4.sends.length], [0, 0]);
   });
 
@@ -150,7 +150,7 @@ describe('agent on OpenZFS', () => {
     const futureA = new Agent({ config: fleet.configs.get('a')!, catalog: fleet.catalog, log: silentLogger(), now: later });
     const futureB = new Agent({ config: fleet.configs.get('b')!, catalog: fleet.catalog, log: silentLogger(), now: later });
     try {
-      const ra = await futureA.runCycle({ only: id });
+      const ra = await futureA.replicateProject(id);
       assert.deepEqual(ra.failures, []);
       assert.ok(ra.pruned >= 1, JSON.stringify(ra));
       assert.deepEqual((await zfs.list(ds)).get(ds)!.snapshots.map((s) => s.snap), [base.snap]);

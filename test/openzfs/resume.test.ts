@@ -65,7 +65,7 @@ function snaps(name: string): Array<{ snap: string; guid: string }> {
 }
 
 async function cycle(): Promise<CycleReport> {
-  return agent.runCycle({ only: id });
+  return agent.replicateProject(id);
 }
 
 async function interruptedBigCycle(file: string): Promise<CycleReport> {

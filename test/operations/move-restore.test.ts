@@ -120,7 +120,7 @@ describe('move', () => {
     assert.equal(await fleet.zfs.exists(`${A.pool}/replicas/${p.id}`), true);
     writeFileSync(`${target}/after-move.txt`, 'new primary');
     await fleet.zfs.snapshot([`${B.pool}/projects/${p.id}@after-move`]);
-    const rb = await fleet.agents.get('b')!.runCycle({ only: p.id });
+    const rb = await fleet.agents.get('b')!.replicateProject(p.id);
     assert.deepEqual([rb.failures, rb.conflicts], [[], []]);
     const onA = (await fleet.zfs.list(`${A.pool}/replicas/${p.id}`, { depth: 0 })).get(`${A.pool}/replicas/${p.id}`)!;
     assert.ok(onA.snapshots.some((s) => s.snap === 'after-move'), 'the old source receives incrementals from the new primary');
@@ -210,7 +210,7 @@ describe('restore', () => {
     assert.equal(safe.code, 0, safe.stderr);
     assert.equal(readFileSync(`${(JSON.parse(safe.stdout) as { clone: { mountpoint: string } }).clone.mountpoint}/new.txt`, 'utf8'), 'added after v1');
     // replication continues on the same lineage
-    const cyc = await fleet.agents.get('a')!.runCycle({ only: p.id });
+    const cyc = await fleet.agents.get('a')!.replicateProject(p.id);
     assert.deepEqual([cyc.failures, cyc.conflicts], [[], []]);
   });
 
@@ -221,7 +221,7 @@ describe('restore', () => {
     await cycleAll();
     writeFileSync(`${p.mnt}/doc.txt`, 'new');
     await fleet.zfs.snapshot([`${p.dataset}@newer`]);
-    await fleet.agents.get('a')!.runCycle({ only: p.id });
+    await fleet.agents.get('a')!.replicateProject(p.id);
     // the primary loses the snapshot (released holds first: the replicas' base moved on)
     spawnSync('zfs', ['release', '-r', 'storage:replica:b', `${p.dataset}@only-on-replicas`]);
     spawnSync('zfs', ['release', '-r', 'storage:replica:c', `${p.dataset}@only-on-replicas`]);
@@ -254,7 +254,7 @@ describe('open', () => {
     // c gets one more snapshot than b: c is the freshest
     writeFileSync(`${p.mnt}/f2`, 'only on c');
     await fleet.zfs.snapshot([`${p.dataset}@for-c`]);
-    const r = await fleet.agents.get('a')!.runCycle({ only: p.id, to: 'c' });
+    const r = await fleet.agents.get('a')!.replicateProject(p.id, { to: 'c' });
     assert.deepEqual(r.failures, []);
     const live = await storagectl(sb, B, cfg.get('b')!, ['open', p.id]);
     assert.equal(live.code, 2);

@@ -6,9 +6,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { placeReplicas } from '../../src/agent/placement.js';
 import { parseConfig, ConfigError, deadAfterMs, selfFenceAfterMs } from '../../src/agent/config.js';
-import { readMounts, servesHere, estimateStream } from '../../src/agent/agent.js';
-import type { Plan } from '../../src/replica/plan.js';
-import type { DatasetInfo } from '../../src/zfs/index.js';
+import { readMounts, servesHere } from '../../src/agent/agent.js';
 import { parseRemoteCommand, formatRemoteCommand, RefusedCommand, checkListing } from '../../src/replica/protocol.js';
 import { parseKnownHosts, pinnedKeys, Meter } from '../../src/replica/transport.js';
 import { Zfs, CommandRunner, ZfsUnsupportedError, type RunOptions, type RunResult } from '../../src/zfs/index.js';
@@ -219,15 +217,5 @@ describe('fencing helpers', () => {
     assert.equal(servesHere(p('a', 'fenced'), 'a'), false);
     assert.equal(servesHere(p('b', 'active'), 'a'), false);
     assert.equal(servesHere(p(null, 'active'), 'a'), false);
-  });
-  it('estimates stream sizes for the progress bar: referenced for full, sum of written for incrementals, unknown without written', () => {
-    const snap = (s: string, referenced: number, written?: number) => ({ name: `t/p@${s}`, dataset: 't/p', snap: s, guid: s, createtxg: 1, creation: 1, used: 0, referenced, written });
-    const ds = (snaps: ReturnType<typeof snap>[]) => ({ name: 't/p', snapshots: snaps }) as unknown as DatasetInfo;
-    const ref = (s: string) => ({ snap: s, guid: s, createtxg: 1, creation: 1 });
-    const full = { kind: 'full', to: ref('b') } as unknown as Plan;
-    const incr = { kind: 'incremental', from: ref('a'), to: ref('c') } as unknown as Plan;
-    assert.equal(estimateStream(ds([snap('a', 10), snap('b', 500)]), full), 500);
-    assert.equal(estimateStream(ds([snap('a', 10, 10), snap('b', 20, 7), snap('c', 30, 5)]), incr), 12);
-    assert.equal(estimateStream(ds([snap('a', 10), snap('b', 20), snap('c', 30)]), incr), undefined);
   });
 });
