@@ -399,11 +399,14 @@ export class Agent {
       const fresh: string[] = [];
       for (const d of names) {
         if (!isProjectId(d.slice(root.length + 1))) continue;
-        if (root === c.projectsRoot && !served.has(d)) this.unservedFound.add(d);
-        else if (!this.state.knows(d)) fresh.push(d);
+        if (root === c.projectsRoot) {
+          if (!served.has(d)) this.unservedFound.add(d);
+          continue; // served ones are listed as soon as the catalog names them
+        }
+        if (!this.state.knows(d)) fresh.push(d);
       }
       for (const d of this.state.datasets(`${root}/`)) if (!present.has(d)) this.state.forget(d);
-      // new ones join the rotation as never audited: the next slices list them first
+      // new replicas join the rotation as never audited: the next slices list them first
       if (fresh.length) this.state.putListings(new Map(fresh.map((d) => [d, []])), 0);
     }
   }
@@ -942,6 +945,15 @@ export class Agent {
       this.metrics?.failure(job.target.id, 'transfer');
       log.error({ plan: describePlan(plan), err: msg }, 'replication failed');
       await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: msg }).catch(() => undefined);
+      if (/has been modified\s*\|?\s*since most recent snapshot/.test(msg)) {
+        // the replica's newest snapshot was destroyed by hand (the audit found it gone): its
+        // readonly, unmounted head is rolled back to what it now has as newest, and the next
+        // cycle sends the increment again
+        await transfer$.catch(() => undefined);
+        const r = await conn.exec(formatRemoteCommand({ op: 'rollback-head', project: job.project.id })).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
+        log.warn({ code: r.code, stderr: r.stderr.trim() }, 'the replica was modified since its newest snapshot: asked the target to roll its head back');
+        await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replica-head-rolled-back', detail: r.code === 0 ? r.stdout.trim() : `refused or failed: ${r.stderr.trim()}` }).catch(() => undefined);
+      }
       if (plan.kind === 'resume') {
         // a stale token (its source snapshot pruned, or the partial state unusable): discard
         // the partial receive on the target; the next cycle plans from the real snapshots.

@@ -7,6 +7,8 @@
 //   storage-v1 list <uuid> [<uuid> ...]    (only the named replicas, at most LIST_MAX)
 //   storage-v1 recv <project-uuid>
 //   storage-v1 abort-resume <project-uuid>
+//   storage-v1 rollback-head <project-uuid>   (a replica whose newest snapshot was destroyed by hand:
+//                                              its never-mounted, readonly head back to its newest snapshot)
 //   storage-v1 promote <project-uuid>      (failover/move: replica -> mounted primary)
 //   storage-v1 fence <project-uuid>        (failover: unmount the primary, readonly)
 //   storage-v1 send <project-uuid>@<snapshot>  (restore: one snapshot of a replica, full stream on stdout)
@@ -23,6 +25,7 @@ export type RemoteCommand =
   | { op: 'list'; projects?: string[] }
   | { op: 'recv'; project: string }
   | { op: 'abort-resume'; project: string }
+  | { op: 'rollback-head'; project: string }
   | { op: 'promote'; project: string }
   | { op: 'fence'; project: string }
   | { op: 'hold' | 'release'; tag: string; project: string; snap: string }
@@ -83,6 +86,7 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
     }
     case 'recv':
     case 'abort-resume':
+    case 'rollback-head':
     case 'promote':
     case 'fence':
       arity(1);
@@ -119,6 +123,7 @@ export function formatRemoteCommand(c: RemoteCommand): string {
       return [PROTOCOL, 'list', ...(c.projects ?? []).map((x) => v.projectId(x))].join(' ');
     case 'recv':
     case 'abort-resume':
+    case 'rollback-head':
     case 'promote':
     case 'fence':
       return `${PROTOCOL} ${c.op} ${v.projectId(c.project)}`;

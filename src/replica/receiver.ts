@@ -86,6 +86,23 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
       await zfs.abortResumable(`${replicasRoot}/${cmd.project}`);
       return {};
     }
+    case 'rollback-head': {
+      // "destination has been modified since most recent snapshot": the replica's newest
+      // snapshot was destroyed by hand, so its head still holds that snapshot's data (which
+      // the source still has). Only a head no one can have written is rolled back: readonly,
+      // never mounted, no partial receive waiting; no -r, so no snapshot is destroyed.
+      const ds = `${replicasRoot}/${cmd.project}`;
+      const snaps = (await zfs.listSnapshots([ds])).snapshots.get(ds);
+      if (!snaps) throw new Error(`rollback-head: ${ds} does not exist`);
+      const newest = snaps[snaps.length - 1];
+      if (!newest) throw new Error(`rollback-head: ${ds} has no snapshot to roll back to`);
+      const props = await zfs.get(ds, ['readonly', 'mounted', ...((await zfs.capabilities()).recvResumable ? ['receive_resume_token'] : [])]);
+      if (props.readonly !== 'on' || props.mounted !== 'no') throw new Error(`rollback-head: ${ds} is ${props.readonly === 'on' ? '' : 'not readonly, '}${props.mounted === 'no' ? '' : 'mounted, '}so its head may hold writes: left alone (resolve by hand)`);
+      if (props.receive_resume_token && props.receive_resume_token !== '-') throw new Error(`rollback-head: ${ds} has a partial receive waiting (resume it or abort-resume first)`);
+      await zfs.rollback(`${ds}@${newest.snap}`);
+      stdout.write(JSON.stringify({ rolledBack: ds, to: newest.snap }) + '\n');
+      return { rolledBack: `${ds}@${newest.snap}` };
+    }
     case 'promote': {
       // replica -> primary: rename under the projects root, drop the replica's readonly
       // and mountpoint overrides (inherit the root's), mount. Idempotent.
