@@ -3,7 +3,8 @@
 //     zfs recv) vs `zfs send | ssh (OpenSSH) | zfs recv` on the same delta between two
 //     sandbox hosts;
 //  2. an idle cycle (nothing changed) at N project datasets: wall time, local zfs calls,
-//     SSH listings, vs the naive per-project listing it replaces.
+//     SSH listings, vs the naive per-project listing it replaces;
+//  3. (BENCH_PARTS=scale) fleet scale, 10,000 datasets x 30 snapshots: scale-bench.ts.
 // Run through bench/run.sh (it brings up the sandbox `stb`).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -11,6 +12,7 @@ import { copyFileSync, existsSync, statSync } from 'node:fs';
 import { sandbox, host } from '../test/lib/sandbox.js';
 import { startFleet, sleep } from '../test/lib/fleet.js';
 import { autoSnapshotName } from '../src/util/validate.js';
+import { scale } from './scale-bench.js';
 
 const DELTA_MB = Number(process.env.BENCH_DELTA_MB ?? 512);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -151,4 +153,5 @@ async function idle(): Promise<void> {
 }
 
 if (PARTS.includes('throughput')) await throughput();
+if (PARTS.includes('scale')) await scale();
 if (PARTS.includes('idle')) await idle();

@@ -514,8 +514,16 @@ export class Agent {
       report.failures.push({ error: `listing: ${(e as Error).message}` });
       return;
     }
+    const before = new Map([...res.snapshots.keys()].map((d) => [d, this.state.newestOf(d)?.guid]));
     this.state.putListings(res.snapshots, this.now());
     const servedIds = new Set(served.map((p) => p.id));
+    // the primary's newest snapshot, for `storagectl status` (written only when it moved)
+    for (const [ds, guid] of before) {
+      const id = ds.slice(projectsPrefix.length);
+      const newest = this.state.newestOf(ds);
+      if (!ds.startsWith(projectsPrefix) || !servedIds.has(id) || !newest || newest.guid === guid) continue;
+      await this.catalog.recordNewest(id, { snapshot: newest.snap, guid: newest.guid, creation: newest.creation }).catch((e: Error) => report.failures.push({ project: id, error: `catalog: record newest snapshot: ${e.message}` }));
+    }
     for (const ds of res.missing) {
       this.state.forget(ds);
       const id = ds.slice(projectsPrefix.length);

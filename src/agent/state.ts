@@ -82,6 +82,11 @@ export class StateCache {
     this.db.close();
   }
 
+  /** A consistent copy of the cache (SQLite's online backup), e.g. for a benchmark's setup cache. */
+  async saveTo(path: string): Promise<void> {
+    await this.db.backup(path);
+  }
+
   // ---- local datasets ----
 
   /** whether a listing of this dataset was ever recorded */

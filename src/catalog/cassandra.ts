@@ -12,6 +12,7 @@
 //                                          500, pageState): a table of one small row per
 //                                          project, so its cost is the size of the answer.
 //   projects_by_host ((host), project)     listProjectsByPrimary
+//   newest_snapshots (project)             recordNewest / listNewest (status: one paged read)
 //   host_generation  (host)                hostGeneration: one row per host, bumped after
 //                                          every change to a project the host serves
 //   replicas         ((project), host)     listReplicas, newest-wins CAS
@@ -40,6 +41,7 @@
 //   projects.replica_put / replica_del       LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
 //   projects_by_host.put / del / list        LOCAL_QUORUM       -       yes   USING TIMESTAMP location_ts
 //   host_gen.bump / get                      LOCAL_QUORUM       -       yes   a fresh timeuuid per change
+//   newest.put / list                        LOCAL_QUORUM       -       yes   one writer: the primary's agent
 //   replicas.get, replicas.list              LOCAL_QUORUM       -       yes
 //   replicas.get_serial                      S (read)           -       yes
 //   replicas.insert / update / delete LWT    LOCAL_QUORUM       S       no
@@ -106,6 +108,7 @@ import {
   CatalogError,
   FencingError,
   checkHost,
+  checkNewest,
   checkProject,
   checkReplica,
   projectLockName,
@@ -113,6 +116,7 @@ import {
   type EventRecord,
   type HostRecord,
   type LockResult,
+  type NewestSnapshot,
   type ProjectRecord,
   type ProjectState,
   type ReplicaRecord,
@@ -257,6 +261,8 @@ function statements(ks: string) {
     'projects_by_host.del': { cql: `DELETE FROM ${ks}.projects_by_host USING TIMESTAMP ? WHERE host = ? AND project = ?`, level: 'LOCAL_QUORUM' },
     'projects_by_host.list': { cql: `SELECT project FROM ${ks}.projects_by_host WHERE host = ?`, level: 'LOCAL_QUORUM' },
     'host_gen.bump': { cql: `UPDATE ${ks}.host_generation SET gen = ? WHERE host = ?`, level: 'LOCAL_QUORUM' },
+    'newest.put': { cql: `INSERT INTO ${ks}.newest_snapshots (project, snapshot, guid, creation) VALUES (?, ?, ?, ?)`, level: 'LOCAL_QUORUM' },
+    'newest.list': { cql: `SELECT project, snapshot, guid, creation FROM ${ks}.newest_snapshots`, level: 'LOCAL_QUORUM' },
     'host_gen.get': { cql: `SELECT gen FROM ${ks}.host_generation WHERE host = ?`, level: 'LOCAL_QUORUM' },
 
     'replicas.get': { cql: `SELECT snapshot_creation, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'LOCAL_QUORUM' },
@@ -932,6 +938,21 @@ export class CassandraCatalog implements Catalog {
       await sleep(jitter(attempt));
     }
     throw new CatalogError(`set location: project ${project}: its location kept changing concurrently (${MAX_CAS_ATTEMPTS} attempts)`);
+  }
+
+  async recordNewest(project: string, n: NewestSnapshot): Promise<void> {
+    checkNewest(project, n, 'recordNewest');
+    await this.exec('newest.put', [project, n.snapshot, n.guid, n.creation]);
+  }
+
+  async listNewest(): Promise<Map<string, NewestSnapshot>> {
+    const out = new Map<string, NewestSnapshot>();
+    const where = 'newest_snapshots row';
+    for (const r of await this.allRows('newest.list', [])) {
+      const project = colStr(r, 'project', where);
+      out.set(project, checkNewest(project, { snapshot: colStr(r, 'snapshot', where), guid: colStr(r, 'guid', where), creation: colNum(r, 'creation', where) }, where));
+    }
+    return out;
   }
 
   // ---- replicas ----

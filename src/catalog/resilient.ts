@@ -11,9 +11,9 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ValidationError } from '../util/validate.js';
-import type { Catalog, EventRecord, HostRecord, LockResult, ProjectRecord, ProjectState, ReplicaRecord } from './types.js';
+import type { Catalog, EventRecord, HostRecord, LockResult, NewestSnapshot, ProjectRecord, ProjectState, ReplicaRecord } from './types.js';
 
-type Journaled = 'upsertReplica' | 'heartbeat' | 'addEvent' | 'setTargets' | 'upsertHost';
+type Journaled = 'upsertReplica' | 'heartbeat' | 'addEvent' | 'setTargets' | 'upsertHost' | 'recordNewest';
 
 export interface ResilientStatus {
   degraded: boolean;
@@ -142,6 +142,12 @@ export class ResilientCatalog implements Catalog {
   }
   listProjects(): Promise<ProjectRecord[]> {
     return this.read('listProjects', [], () => this.inner.listProjects());
+  }
+  recordNewest(project: string, n: NewestSnapshot): Promise<void> {
+    return this.write('recordNewest', [project, n], () => this.inner.recordNewest(project, n));
+  }
+  listNewest(): Promise<Map<string, NewestSnapshot>> {
+    return this.read('listNewest', [], () => this.inner.listNewest());
   }
   hostGeneration(host: string): Promise<string> {
     return this.read('hostGeneration', [host], () => this.inner.hostGeneration(host));

@@ -7,6 +7,7 @@ import {
   CatalogError,
   FencingError,
   checkHost,
+  checkNewest,
   checkProject,
   checkReplica,
   projectLockName,
@@ -14,6 +15,7 @@ import {
   type EventRecord,
   type HostRecord,
   type LockResult,
+  type NewestSnapshot,
   type ProjectRecord,
   type ProjectState,
   type ReplicaRecord,
@@ -41,6 +43,7 @@ const MIGRATIONS: string[] = [
   // per-host generation: bumped in the same transaction as every change to a project row
   // that names the host as primary (see Catalog.hostGeneration)
   `CREATE TABLE host_generation (host TEXT PRIMARY KEY, gen INTEGER NOT NULL);`,
+  `CREATE TABLE newest_snapshots (project TEXT PRIMARY KEY, snapshot TEXT NOT NULL, guid TEXT NOT NULL, creation INTEGER NOT NULL);`,
 ];
 
 interface ProjectRow {
@@ -241,6 +244,25 @@ export class SqliteCatalog implements Catalog {
           if (before && before.primary_host !== primary) this.bump(before.primary_host);
         })
         .immediate();
+    });
+  }
+
+  recordNewest(project: string, n: NewestSnapshot): Promise<void> {
+    return this.wrap('record newest snapshot', () => {
+      checkNewest(project, n, 'recordNewest');
+      this.db
+        .prepare('INSERT INTO newest_snapshots (project, snapshot, guid, creation) VALUES (?, ?, ?, ?) ON CONFLICT(project) DO UPDATE SET snapshot = excluded.snapshot, guid = excluded.guid, creation = excluded.creation')
+        .run(project, n.snapshot, n.guid, n.creation);
+    });
+  }
+
+  listNewest(): Promise<Map<string, NewestSnapshot>> {
+    return this.wrap('list newest snapshots', () => {
+      const out = new Map<string, NewestSnapshot>();
+      for (const r of this.db.prepare('SELECT project, snapshot, guid, creation FROM newest_snapshots').all() as Array<{ project: string } & NewestSnapshot>) {
+        out.set(r.project, checkNewest(r.project, { snapshot: r.snapshot, guid: r.guid, creation: r.creation }, 'newest_snapshots row'));
+      }
+      return out;
     });
   }
 

@@ -44,6 +44,21 @@ export interface ReplicaRecord {
   confirmedAt: number;
 }
 
+export interface NewestSnapshot {
+  snapshot: string;
+  guid: string;
+  /** unix seconds */
+  creation: number;
+}
+
+export function checkNewest(project: string, s: NewestSnapshot, where: string): NewestSnapshot {
+  v.projectId(project, where);
+  v.snapshotName(s.snapshot, where);
+  if (!/^\d{1,20}$/.test(s.guid)) throw new CatalogError(`${where}: newest snapshot of ${project} has a malformed guid ${JSON.stringify(s.guid)}`);
+  if (!Number.isSafeInteger(s.creation) || s.creation < 0) throw new CatalogError(`${where}: newest snapshot of ${project} has a malformed creation ${JSON.stringify(s.creation)}`);
+  return s;
+}
+
 export interface EventRecord {
   at: number;
   project: string | null;
@@ -98,6 +113,11 @@ export interface Catalog {
   listReplicas(project: string): Promise<ReplicaRecord[]>;
   listReplicasByHost(host: string): Promise<ReplicaRecord[]>;
   deleteReplica(project: string, host: string): Promise<void>;
+
+  /** The primary's newest snapshot of a project (the primary's agent writes it when it changes). */
+  recordNewest(project: string, s: NewestSnapshot): Promise<void>;
+  /** Every project's recorded newest snapshot (one read: `storagectl status`). */
+  listNewest(): Promise<Map<string, NewestSnapshot>>;
 
   addEvent(e: Omit<EventRecord, 'at'> & { at?: number }): Promise<void>;
   listEvents(opts: { project?: string; since?: number; limit?: number }): Promise<EventRecord[]>;

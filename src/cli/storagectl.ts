@@ -5,7 +5,8 @@ import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
 import { loadConfig, parseConfig, ConfigError, deadAfterMs, type Config } from '../agent/config.js';
 import { Agent, sshOptions, type AgentDeps } from '../agent/agent.js';
-import { openCatalog, CatalogError, type Catalog, type ProjectRecord } from '../catalog/index.js';
+import { openCatalog, CatalogError, type Catalog, type ProjectRecord, type ReplicaRecord } from '../catalog/index.js';
+import { freshnessAsOf } from '../agent/cycle-plan.js';
 import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
 import { move } from '../agent/move.js';
@@ -269,15 +270,28 @@ export async function main(argv: string[]): Promise<void> {
       const now = Date.now();
       type Row = { project: string; primary: string | null; state: string; replicationFactor: number; targets: string[]; replicas: Array<{ host: string; snapshot: string; guid: string; snapshotCreation: string; lagSeconds: number; confirmedAt: string }>; missingReplicas: string[] };
       const data: Row[] = [];
+      // no query per project: the newest snapshots in one read, the replica rows per host
+      const newest = await catalog.listNewest();
+      const replicasOf = new Map<string, ReplicaRecord[]>();
+      const rows = opts.project ? await catalog.listReplicas(projects[0]?.id ?? v.projectId(opts.project)) : (await Promise.all((await catalog.listHosts()).map((h) => catalog.listReplicasByHost(h.id)))).flat();
+      for (const r of rows) {
+        if (!replicasOf.has(r.project)) replicasOf.set(r.project, []);
+        replicasOf.get(r.project)!.push(r);
+      }
       for (const p of projects) {
-        const replicas = (await catalog.listReplicas(p.id)).map((r) => ({
-          host: r.host,
-          snapshot: r.snapshot,
-          guid: r.guid,
-          snapshotCreation: new Date(r.snapshotCreation * 1000).toISOString(),
-          lagSeconds: Math.max(0, Math.round(now / 1000 - r.snapshotCreation)),
-          confirmedAt: new Date(r.confirmedAt).toISOString(),
-        }));
+        const src = newest.get(p.id);
+        const replicas = (replicasOf.get(p.id) ?? []).sort((a, b) => (a.host < b.host ? -1 : 1)).map((r) => {
+          // the agents' lag metric's definition (cycle-plan.ts freshnessAsOf): 0 when the replica holds the source's newest snapshot
+          const asOf = freshnessAsOf({ nowSec: now / 1000, sourceNewestGuid: src?.guid, sourceChanged: false, targetNewest: { guid: r.guid, creation: r.snapshotCreation } });
+          return {
+            host: r.host,
+            snapshot: r.snapshot,
+            guid: r.guid,
+            snapshotCreation: new Date(r.snapshotCreation * 1000).toISOString(),
+            lagSeconds: Math.max(0, Math.round(now / 1000 - (asOf ?? 0))),
+            confirmedAt: new Date(r.confirmedAt).toISOString(),
+          };
+        });
         const missing = p.targets.filter((t) => !replicas.some((r) => r.host === t));
         data.push({ project: p.id, primary: p.primary, state: p.state, replicationFactor: p.replicationFactor, targets: p.targets, replicas, missingReplicas: missing });
       }

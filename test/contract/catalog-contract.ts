@@ -173,6 +173,16 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       await cat.releaseLock(projectLockName(id), 'gen-test', lock.token);
     });
 
+    it('newest snapshots: recordNewest replaces, listNewest returns every project\'s in one read; malformed ones are refused', async () => {
+      const id = await newProjectOn(newHost('n'));
+      await cat.recordNewest(id, { snapshot: '2026-12-01T10:00:00Z', guid: '123', creation: 1_764_583_200 });
+      await cat.recordNewest(id, { snapshot: '2026-12-01T11:00:00Z', guid: '456', creation: 1_764_586_800 });
+      assert.deepEqual((await cat.listNewest()).get(id), { snapshot: '2026-12-01T11:00:00Z', guid: '456', creation: 1_764_586_800 });
+      await assert.rejects(cat.recordNewest(id, { snapshot: 'bad name!', guid: '1', creation: 1 }));
+      await assert.rejects(cat.recordNewest(id, { snapshot: 'ok', guid: 'x1', creation: 1 }), CatalogError);
+      assert.equal((await cat.listNewest()).get(id)?.guid, '456', 'a refused write changes nothing');
+    });
+
     it('replicas: newest wins by snapshotCreation (older ignored, equal or newer replace); both views agree', async () => {
       const id = await newProjectOn(newHost());
       const h = newHost();
