@@ -1,5 +1,5 @@
 // Prometheus metrics (prom-client). Replication lag above all:
-//   storage_replication_lag_seconds{project,target}  now - creation of the newest snapshot on target
+//   storage_replication_lag_seconds{project,target}  now - freshness (cycle-plan.ts freshnessAsOf)
 //   storage_replication_lag_max_seconds{target}       always present (per-project series can be off)
 //   storage_replication_projects_over_slo{target}
 import { createServer, type Server } from 'node:http';
@@ -36,7 +36,7 @@ export class AgentMetrics {
     r.setDefaultLabels({ host: opts.host });
     collectDefaultMetrics({ register: r, prefix: 'storage_agent_' });
     const self = this;
-    this.lagSeconds = new Gauge({ name: 'storage_replication_lag_seconds', help: 'Now minus the creation time of the newest snapshot present on the target', labelNames: ['project', 'target'], registers: [r], collect() { self.refresh(); } });
+    this.lagSeconds = new Gauge({ name: 'storage_replication_lag_seconds', help: 'Now minus the time up to which the target has the project\'s data: 0 while it holds the unchanged source\'s newest snapshot, else since the creation of the newest snapshot it holds', labelNames: ['project', 'target'], registers: [r], collect() { self.refresh(); } });
     this.lagMax = new Gauge({ name: 'storage_replication_lag_max_seconds', help: 'Largest replication lag among the projects replicated to the target', labelNames: ['target'], registers: [r], collect() { self.refresh(); } });
     this.overSlo = new Gauge({ name: 'storage_replication_projects_over_slo', help: 'Projects whose lag on the target exceeds the lag SLO', labelNames: ['target'], registers: [r], collect() { self.refresh(); } });
     for (const n of ['handles', 'requests', 'resources']) r.removeSingleMetric(`storage_agent_nodejs_active_${n}_total`);

@@ -112,6 +112,7 @@ import {
   checkProject,
   checkReplica,
   projectLockName,
+  EVENT_TTL_SECONDS,
   type Catalog,
   type EventRecord,
   type HostRecord,
@@ -152,7 +153,7 @@ export interface CassandraCatalogOptions {
   requestTimeoutMs?: number;
   /** a heartbeat disappears this long after it was sent unless renewed (default 600 s) */
   heartbeatTtlSeconds?: number;
-  /** events expire after this long; 0 keeps them (default 0) */
+  /** events expire after this long; 0 keeps them (default EVENT_TTL_SECONDS, 90 days: history, bounded) */
   eventTtlSeconds?: number;
   /** directory of the *.cql migration files (default: ./cql next to this module, or src/catalog/cql) */
   migrationsDir?: string;
@@ -505,7 +506,7 @@ export class CassandraCatalog implements Catalog {
     this.serial = opts.serialConsistency === 'LOCAL_SERIAL' ? consistencies.localSerial : consistencies.serial;
     this.label = `${keyspace}@${opts.contactPoints.join(',')}`;
     this.heartbeatTtl = opts.heartbeatTtlSeconds ?? 600;
-    this.eventTtl = opts.eventTtlSeconds ?? 0;
+    this.eventTtl = opts.eventTtlSeconds ?? EVENT_TTL_SECONDS;
   }
 
   /** Connects, creates the keyspace if asked to and applies pending migrations. */

@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import {
   CatalogError,
   FencingError,
+  EVENT_TTL_SECONDS,
   checkHost,
   checkNewest,
   checkProject,
@@ -308,9 +309,16 @@ export class SqliteCatalog implements Catalog {
   }
 
   // ---- events ----
+  private lastEventExpiry = 0;
+
   addEvent(e: Omit<EventRecord, 'at'> & { at?: number }): Promise<void> {
     return this.wrap('add event', () => {
       this.db.prepare('INSERT INTO events (at, project, host, kind, detail) VALUES (?, ?, ?, ?, ?)').run(e.at ?? Date.now(), e.project, e.host, e.kind, e.detail.slice(0, 4000));
+      // events expire like Cassandra's TTL (history, not decisions): at most once an hour per process
+      if (Date.now() - this.lastEventExpiry > 3_600_000) {
+        this.lastEventExpiry = Date.now();
+        this.db.prepare('DELETE FROM events WHERE at < ?').run(Date.now() - EVENT_TTL_SECONDS * 1000);
+      }
     });
   }
 

@@ -44,6 +44,9 @@ export interface ReplicaRecord {
   confirmedAt: number;
 }
 
+/** Events are history, not decisions: both backends drop them after this long by default. */
+export const EVENT_TTL_SECONDS = 90 * 86_400;
+
 export interface NewestSnapshot {
   snapshot: string;
   guid: string;

@@ -126,3 +126,20 @@ describe('scoped listings: grammar and parsers', () => {
     assert.throws(() => parseCheapGetRows('t/p/x@s1\tguid\t5\n'), /unexpected zfs snapshot row/, 'a row without its createtxg');
   });
 });
+
+describe('metrics: per-project series follow the projects served here', () => {
+  it('a pair forgotten (project or target left this host) loses its lag series; the per-target aggregates stay', async () => {
+    const { AgentMetrics } = await import('../../src/agent/metrics.js');
+    const m = new AgentMetrics({ perProjectSeries: true, lagSloSeconds: 60, host: 'a' });
+    m.replicaFreshness(id(1), 'b', Date.now() / 1000 - 30);
+    m.replicaFreshness(id(2), 'b', Date.now() / 1000);
+    let text = await m.registry.metrics();
+    assert.match(text, new RegExp(`storage_replication_lag_seconds\\{[^}]*project="${id(1)}"`));
+    m.forgetPair(id(1), 'b');
+    text = await m.registry.metrics();
+    assert.doesNotMatch(text, new RegExp(`project="${id(1)}"`));
+    assert.match(text, new RegExp(`storage_replication_lag_seconds\\{[^}]*project="${id(2)}"`));
+    assert.match(text, /storage_replication_lag_max_seconds\{[^}]*target="b"/);
+    m.close();
+  });
+});
