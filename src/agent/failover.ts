@@ -104,7 +104,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
           continue;
         }
         try {
-          const snaps = (await fetchListing(ssh, h, { timeoutSeconds: 20 })).datasets[projectId]?.snapshots ?? [];
+          const snaps = (await fetchListing(ssh, h, { timeoutSeconds: 20, projects: [projectId] })).datasets[projectId]?.snapshots ?? [];
           const newest = snaps.reduce<(typeof snaps)[number] | undefined>((a, s) => (!a || s.createtxg > a.createtxg ? s : a), undefined);
           candidates.push(newest ? { host: id, snapshot: newest.snap, creation: newest.creation, load: h.load } : { host: id, load: h.load, error: 'holds no replica' });
         } catch (e) {

@@ -112,7 +112,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
       const r = await syncRound(agent, projectId, to, 'final', rounds);
       step(`final incremental: ${fmtBytes(r.bytes)} (${r.snapshot})`);
       // verify on the target's own listing
-      const listing = await fetchListing(agent.ssh, target, { timeoutSeconds: 60 });
+      const listing = await fetchListing(agent.ssh, target, { timeoutSeconds: 60, projects: [projectId] });
       const have = listing.datasets[projectId]?.snapshots.find((s) => s.guid === r.guid);
       if (!have) throw new Error(`${to}'s listing does not show the final snapshot ${r.snapshot} (guid ${r.guid})`);
       final = { snap: r.snapshot, guid: r.guid };

@@ -91,7 +91,7 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
           continue;
         }
         try {
-          const l = await fetchListing(agent.ssh, h, { timeoutSeconds: 30 });
+          const l = await fetchListing(agent.ssh, h, { timeoutSeconds: 30, projects: [projectId] });
           if (l.datasets[projectId]?.snapshots.some((s) => s.snap === snapshot)) {
             holder = id;
             break;

@@ -245,7 +245,7 @@ export async function main(argv: string[]): Promise<void> {
           const h = hosts.get(t);
           if (!h) continue;
           try {
-            add(t, 'replica', (await fetchListing(pool, h)).datasets[id]?.snapshots ?? []);
+            add(t, 'replica', (await fetchListing(pool, h, { projects: [id] })).datasets[id]?.snapshots ?? []);
           } catch (e) {
             errors.push(`${t}: ${(e as Error).message}`);
           }
