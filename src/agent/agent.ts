@@ -200,36 +200,36 @@ export class Agent {
     await this.listLocal(snapshotted, run.report, projects);
     await this.placeReplicas(projects, run.report);
 
-    // the audit slice: these datasets listed again from zfs, and for the primaries among
-    // them, their targets asked again (accounted apart in the report)
-    const auditStats = this.zfs.stats.snapshotListings;
-    const auditRows = this.zfs.stats.snapshotsListed;
-    await this.listLocal(audit, run.report, projects);
-    const audited = new Set(audit);
-    const auditPairs = this.pairsOf(projects).filter((k) => audited.has(this.dsOf(k.project)));
-    const trips = Object.values(run.report.listings).reduce((a, b) => a + b, 0);
-    await this.listTargets(auditPairs, run.report);
-    run.report.audit = {
-      datasets: audit.length,
-      snapshotListings: this.zfs.stats.snapshotListings - auditStats,
-      snapshotsListed: this.zfs.stats.snapshotsListed - auditRows,
-      targetRoundTrips: Object.values(run.report.listings).reduce((a, b) => a + b, 0) - trips,
-    };
+    // the audit slice: these datasets listed again from zfs, their targets asked again
+    await this.auditSliceRun(audit, projects, run.report);
 
     // plan: the pairs whose cache state says something to do; targets are asked only
     // about pairs never asked before
     const pairs = this.pairsOf(projects);
     await this.listTargets(pairs.filter((k) => pairAction(k) === 'list-target'), run.report);
-    const decisions = this.decide(this.pairsOf(projects), run.report);
+    const decisions = this.decide(this.pairsOf(projects));
 
     // act: conflicts, confirmations, transfers (confirmed by a scoped listing), holds
     await this.execute(decisions, new Map(projects.map((p) => [p.id, p])), run.report);
-    run.report.pruned += await this.prunePrimaries(projects.filter((p) => snapshotted.includes(this.dsOf(p.id)) || audited.has(this.dsOf(p.id))), run.report);
+    const pruneNow = new Set([...snapshotted, ...audit]);
+    run.report.pruned += await this.prunePrimaries(projects.filter((p) => pruneNow.has(this.dsOf(p.id))), run.report);
     run.report.pruned += await this.pruneReplicas(audit.filter((d) => d.startsWith(`${this.config.replicasRoot}/`)), run.report);
     this.updateFreshness(projects, changed);
     this.load = projects.length + this.state.datasets(`${this.config.replicasRoot}/`).length;
     this.metrics?.roles(projects.length, this.state.datasets(`${this.config.replicasRoot}/`).length);
     return this.finishRun(run, 'cycle done');
+  }
+
+  /** The audit slice: these datasets listed again, and for the primaries among them their targets asked again (accounted apart in the report). */
+  private async auditSliceRun(audit: string[], projects: ProjectRecord[], report: CycleReport): Promise<void> {
+    const listings = this.zfs.stats.snapshotListings;
+    const rows = this.zfs.stats.snapshotsListed;
+    const trips = () => Object.values(report.listings).reduce((a, b) => a + b, 0);
+    const tripsBefore = trips();
+    await this.listLocal(audit, report, projects);
+    const audited = new Set(audit);
+    await this.listTargets(this.pairsOf(projects).filter((k) => audited.has(this.dsOf(k.project))), report);
+    report.audit = { datasets: audit.length, snapshotListings: this.zfs.stats.snapshotListings - listings, snapshotsListed: this.zfs.stats.snapshotsListed - rows, targetRoundTrips: trips() - tripsBefore };
   }
 
   /**
@@ -255,7 +255,7 @@ export class Agent {
     }
     const pairs = this.pairsOf([project]);
     await this.listTargets(pairs, run.report);
-    await this.execute(this.decide(this.pairsOf([project]), run.report), new Map([[id, project]]), run.report);
+    await this.execute(this.decide(this.pairsOf([project])), new Map([[id, project]]), run.report);
     return this.finishRun(run, 'replicated one project');
   }
 
@@ -607,7 +607,7 @@ export class Agent {
   }
 
   /** The planner for every pair the cache says needs it (pure: cycle-plan.ts). */
-  private decide(pairs: PairKnowledge[], report: CycleReport): PairDecision[] {
+  private decide(pairs: PairKnowledge[]): PairDecision[] {
     const inputs: PairInput[] = [];
     for (const k of pairs) {
       if (pairAction(k) !== 'plan') continue;
@@ -615,7 +615,6 @@ export class Agent {
       if (!remote && !this.state.remoteSummary(k.project, k.target)) continue; // the target could not be asked
       inputs.push({ project: k.project, target: k.target, source: this.state.snapshots(this.dsOf(k.project)), remote: remote ?? null });
     }
-    void report;
     return decidePairs(inputs, this.now() / 1000);
   }
 

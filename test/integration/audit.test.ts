@@ -7,7 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { sandbox, host, expectedImplementation, scaled } from '../lib/sandbox.js';
-import { startFleet, createProject, sleep, type Fleet } from '../lib/fleet.js';
+import { startFleet, createProject, cycleAll, sleep, type Fleet } from '../lib/fleet.js';
 import type { CycleReport } from '../../src/agent/agent.js';
 
 const sb = sandbox();
@@ -16,14 +16,6 @@ const B = host(sb, 'b');
 let fleet: Fleet;
 const PERIOD = 6; // seconds: the audit period of this test's agents
 
-async function cycleAll(): Promise<Map<string, CycleReport>> {
-  const out = new Map<string, CycleReport>();
-  for (const [name, agent] of fleet.agents) {
-    for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
-    out.set(name, await agent.runCycle());
-  }
-  return out;
-}
 
 function zfsCallsSince(h: typeof A, offset: number): string[] {
   const log = `${h.dir}/zfs-calls.log`;
@@ -62,14 +54,14 @@ describe('rolling audit: hand-made changes are found within one period and repai
       const p = await createProject(fleet, A, { files: { 'f.bin': randomBytes(10_000) } });
       ps.push(p);
     }
-    await cycleAll();
+    await cycleAll(fleet);
     // a second snapshot of the first project, so that destroying the replica's newest leaves a base
     writeFileSync(`${ps[0]!.mnt}/g.bin`, randomBytes(5000));
     await sleep(1100);
     zpoolSync();
-    await cycleAll();
+    await cycleAll(fleet);
     for (const p of ps) assert.equal(await newestGuid(`${B.pool}/replicas/${p.id}`), await newestGuid(p.dataset), `${p.id} replicated before the hand changes`);
-    await cycleAll(); // settle: the generation moved by placement/targets is read once
+    await cycleAll(fleet); // settle: the generation moved by placement/targets is read once
 
     const [p1, p2, p3] = ps as [(typeof ps)[0], (typeof ps)[0], (typeof ps)[0]];
     const offsets = new Map(sb.hosts.map((h) => [h.name, logSize(h)]));
@@ -105,7 +97,7 @@ describe('rolling audit: hand-made changes are found within one period and repai
     const trace: string[] = [];
     while (!ok && Date.now() < deadline) {
       await sleep(1000);
-      const rs = await cycleAll();
+      const rs = await cycleAll(fleet);
       for (const r of rs.values()) sends.push(...r.sends);
       const ra = rs.get('a')!;
       trace.push(`a: snapshots ${ra.snapshotsTaken} audit ${JSON.stringify(ra.audit)} listings ${JSON.stringify(ra.listings)} failures ${JSON.stringify(ra.failures)} conflicts ${JSON.stringify(ra.conflicts)}`);

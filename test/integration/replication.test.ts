@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync, appendFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { sandbox, host, treeChecksum, expectedImplementation } from '../lib/sandbox.js';
-import { startFleet, createProject, sleep, type Fleet } from '../lib/fleet.js';
+import { startFleet, createProject, cycleAll, sleep, type Fleet } from '../lib/fleet.js';
 import { sshOptions, type CycleReport } from '../../src/agent/agent.js';
 import { SshPool } from '../../src/replica/transport.js';
 import { repairCatalog } from '../../src/catalog/repair.js';
@@ -15,16 +15,6 @@ const sb = sandbox();
 let fleet: Fleet;
 const projects: Array<{ id: string; host: string; dataset: string; mnt: string; sum: string }> = [];
 
-async function cycleAll(): Promise<Map<string, CycleReport>> {
-  const out = new Map<string, CycleReport>();
-  // deployed agents heartbeat concurrently; here they cycle one after the other, which
-  // under emulation (openzfs tier) can outlast the liveness window of the last one
-  for (const [name, agent] of fleet.agents) {
-    for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
-    out.set(name, await agent.runCycle());
-  }
-  return out;
-}
 
 before(async () => {
   fleet = await startFleet(sb);
@@ -47,7 +37,7 @@ describe('replication on 3 hosts x 20 projects', () => {
   let first: Map<string, CycleReport>;
 
   it('after one cycle every project has 2 replicas in other datacenters with the source\'s newest guid', async () => {
-    first = await cycleAll();
+    first = await cycleAll(fleet);
     for (const [name, r] of first) assert.deepEqual(r.failures, [], `failures on ${name}`);
     for (const [name, r] of first) assert.deepEqual(r.conflicts, [], `conflicts on ${name}`);
     const dcOf = new Map(sb.hosts.map((h) => [h.name, h.datacenter]));
@@ -104,7 +94,7 @@ describe('replication on 3 hosts x 20 projects', () => {
   it('an idle cycle: zero sends, no snapshot listing and no target round trip outside the audit slice, no catalog write, O(1) catalog reads', async () => {
     // the cycle after placement re-reads its projects once (its own setTargets moved the
     // host's generation); the one after that is idle in the steady state
-    await cycleAll();
+    await cycleAll(fleet);
     // as the daemon does: heartbeats (and the hosts' records) on their own timer
     for (const a of fleet.agents.values()) await a.heartbeat();
     for (const c of fleet.catalogCounts.values()) c.reset();
@@ -165,7 +155,7 @@ describe('replication on 3 hosts x 20 projects', () => {
       const r = spawnSync('zpool', ['sync'], { encoding: 'utf8' });
       assert.equal(r.status, 0, `zpool sync: ${r.stderr}`);
     }
-    const third = await cycleAll();
+    const third = await cycleAll(fleet);
     const sends = [...third.values()].flatMap((r) => r.sends);
     for (const [name, r] of third) assert.deepEqual(r.failures, [], name);
     assert.equal(sends.length, 6, JSON.stringify(sends));

@@ -3,7 +3,7 @@
 // -> real zfs-fuse), exactly as deployed; only the scheduling loop is driven by the test.
 import { randomUUID } from 'node:crypto';
 import { writeFileSync, mkdirSync } from 'node:fs';
-import { Agent } from '../../src/agent/agent.js';
+import { Agent, type CycleReport } from '../../src/agent/agent.js';
 import { loadConfig, type Config } from '../../src/agent/config.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
@@ -77,4 +77,18 @@ export async function createProject(fleet: Fleet, host: SandboxHost, opts: { quo
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * One cycle of every agent, one after the other. Deployed agents heartbeat concurrently;
+ * here every host heartbeats before each agent's cycle, since under emulation (openzfs
+ * tier) a round of cycles can outlast the liveness window of the last one.
+ */
+export async function cycleAll(fleet: Fleet): Promise<Map<string, CycleReport>> {
+  const out = new Map<string, CycleReport>();
+  for (const [name, agent] of fleet.agents) {
+    for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
+    out.set(name, await agent.runCycle());
+  }
+  return out;
 }

@@ -12,13 +12,7 @@ export TEST_TIMEOUT_SCALE TEST_ONLY CI
 [ -n "$TEST_ONLY" ] || unset TEST_ONLY
 [ -n "$CI" ] || unset CI
 ts "kernel $(uname -r), $(zfs version | head -1) / $(cat /sys/module/zfs/version)"
-install -m 0755 /mnt/tools/node /usr/local/bin/node
-install -m 0755 /mnt/tools/jq /usr/local/bin/jq
-install -m 0755 /mnt/tools/rsync /usr/bin/rsync
-cp /mnt/tools/lib/* /usr/local/lib/ 2>/dev/null || true
-ldconfig
-mkdir -p /opt/storage
-tar -xf /mnt/repo.tar -C /opt/storage
+sh /mnt/install.sh
 ts "node $(node -v), jq $(jq --version), $(rsync --version | head -1); project unpacked"
 cd /opt/storage
 export SANDBOX_ZFS=kernel SANDBOX_MANIFEST=/var/tmp/storage-sandbox-stt/sandbox.json OPENZFS_RESULTS_DIR=/mnt/results

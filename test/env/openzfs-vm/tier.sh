@@ -35,18 +35,8 @@ SHARE=$(mktemp -d /var/tmp/openzfs-tier.XXXXXX)
 cleanup() { [ -n "${tail_pid:-}" ] && kill "$tail_pid" 2>/dev/null; [ "${OPENZFS_TIER_KEEP:-0}" = 1 ] || rm -rf "$SHARE/repo.tar" "$SHARE/tools"; }
 trap cleanup EXIT
 echo "openzfs tier: packing the built project into $SHARE"
-tar -cf "$SHARE/repo.tar" bin dist node_modules package.json test/env/sandbox.sh || fail "could not pack the project"
-mkdir -p "$SHARE/tools/lib" "$SHARE/results"
-NODE=$(command -v node) || fail "no node on the host"
-cp -L "$NODE" "$SHARE/tools/node"
-JQ=$(command -v jq) || fail "no jq on the host (test/env/sandbox.sh deps installs it)"
-cp -L "$JQ" "$SHARE/tools/jq"
-# jq's own shared libraries (the guest's minbase image has libc but not libjq/libonig)
-ldd "$JQ" | awk '$3 ~ /^\// && $1 ~ /^lib(jq|onig)/ {print $3}' | while read -r l; do cp -L "$l" "$SHARE/tools/lib/"; done
-# rsync (restore --mode rollback copies with it) and the libraries minbase lacks
-RSYNC=$(command -v rsync) || fail "no rsync on the host (test/env/sandbox.sh deps installs it)"
-cp -L "$RSYNC" "$SHARE/tools/rsync"
-ldd "$RSYNC" | awk '$3 ~ /^\// && $1 ~ /^lib(popt|lz4|xxhash)/ {print $3}' | while read -r l; do cp -L "$l" "$SHARE/tools/lib/"; done
+. "$HERE/pack.sh"
+pack_project "$SHARE" || fail "could not pack the project for the guest: see above"
 {
   printf 'TEST_TIMEOUT_SCALE=%q\n' "${OPENZFS_TIER_SCALE:-6}"
   printf 'TEST_ONLY=%q\n' "${TEST_ONLY:-}"
