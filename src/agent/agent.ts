@@ -220,13 +220,39 @@ export class Agent {
     return this.finishRun(run, 'cycle done');
   }
 
+  /**
+   * Where zfs has `snapshots_changed` (OpenZFS >= 2.2): one `zfs get` of the slice, and
+   * only the datasets whose snapshot list moved since their last listing are listed (the
+   * others count as audited). Elsewhere: the whole slice.
+   */
+  private async auditMoved(audit: string[]): Promise<{ moved: string[]; marks: Map<string, string> }> {
+    const marks = new Map<string, string>();
+    if (!audit.length || !(await this.zfs.capabilities()).snapshotsChanged) return { moved: audit, marks };
+    const { values } = await this.zfs.getMany(audit, ['snapshots_changed']);
+    const unchanged: string[] = [];
+    const moved: string[] = [];
+    for (const d of audit) {
+      const mark = values.get(d)?.snapshots_changed;
+      // a change in the same second as the last listing could hide behind an equal mark
+      const recent = Number(mark) >= this.state.listedAtOf(d) / 1000 - 1;
+      if (mark !== undefined && mark !== '-' && mark !== '' && mark === this.state.snapshotsChangedOf(d) && this.state.knows(d) && !recent) unchanged.push(d);
+      else {
+        if (mark !== undefined && mark !== '-' && mark !== '') marks.set(d, mark);
+        moved.push(d);
+      }
+    }
+    this.state.markAudited(new Map(), unchanged, this.now());
+    return { moved, marks };
+  }
+
   /** The audit slice: these datasets listed again, and for the primaries among them their targets asked again (accounted apart in the report). */
   private async auditSliceRun(audit: string[], projects: ProjectRecord[], report: CycleReport): Promise<void> {
     const listings = this.zfs.stats.snapshotListings;
     const rows = this.zfs.stats.snapshotsListed;
     const trips = () => Object.values(report.listings).reduce((a, b) => a + b, 0);
     const tripsBefore = trips();
-    await this.listLocal(audit, report, projects);
+    const { moved, marks } = await this.auditMoved(audit);
+    if (await this.listLocal(moved, report, projects)) this.state.markAudited(marks, [], this.now());
     const audited = new Set(audit);
     await this.listTargets(this.pairsOf(projects).filter((k) => audited.has(this.dsOf(k.project))), report);
     report.audit = { datasets: audit.length, snapshotListings: this.zfs.stats.snapshotListings - listings, snapshotsListed: this.zfs.stats.snapshotsListed - rows, targetRoundTrips: trips() - tripsBefore };
@@ -511,8 +537,9 @@ export class Agent {
   }
 
   /** A scoped listing of these datasets (cheap columns) into the cache. */
-  private async listLocal(datasets: string[], report: CycleReport, served: ProjectRecord[]): Promise<void> {
-    if (!datasets.length) return;
+  /** false when the listing failed (reported) */
+  private async listLocal(datasets: string[], report: CycleReport, served: ProjectRecord[]): Promise<boolean> {
+    if (!datasets.length) return true;
     const projectsPrefix = `${this.config.projectsRoot}/`;
     report.auditSlice += datasets.length;
     let res;
@@ -520,7 +547,7 @@ export class Agent {
       res = await this.zfs.listSnapshots(datasets, { knownCreation: (d, s, g) => this.state.creationOf(d, s, g) });
     } catch (e) {
       report.failures.push({ error: `listing: ${(e as Error).message}` });
-      return;
+      return false;
     }
     const before = new Map([...res.snapshots.keys()].map((d) => [d, this.state.newestOf(d)?.guid]));
     this.state.putListings(res.snapshots, this.now());
@@ -537,6 +564,7 @@ export class Agent {
       const id = ds.slice(projectsPrefix.length);
       if (ds.startsWith(projectsPrefix) && servedIds.has(id)) report.failures.push({ project: id, error: `dataset ${ds} is missing on ${this.config.host} (the catalog says this host is primary)` });
     }
+    return true;
   }
 
   private async placeReplicas(projects: ProjectRecord[], report: CycleReport): Promise<void> {

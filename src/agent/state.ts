@@ -55,6 +55,8 @@ export class StateCache {
   private readonly newest = new Map<string, Snap | undefined>();
   private readonly listedAt = new Map<string, number>();
   private readonly remotes = new Map<string, RemoteSummary>();
+  /** dataset -> its `snapshots_changed` when last listed (OpenZFS >= 2.2) */
+  private readonly changedMarks = new Map<string, string>();
 
   constructor(readonly path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -62,13 +64,16 @@ export class StateCache {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.exec(SCHEMA);
+    const cols = (this.db.prepare('PRAGMA table_info(datasets)').all() as Array<{ name: string }>).map((c) => c.name);
+    if (!cols.includes('snapshots_changed')) this.db.exec('ALTER TABLE datasets ADD COLUMN snapshots_changed TEXT');
     this.load();
   }
 
   private load(): void {
-    for (const r of this.db.prepare('SELECT name, listed_at FROM datasets').all() as Array<{ name: string; listed_at: number }>) {
+    for (const r of this.db.prepare('SELECT name, listed_at, snapshots_changed FROM datasets').all() as Array<{ name: string; listed_at: number; snapshots_changed: string | null }>) {
       this.listedAt.set(r.name, r.listed_at);
       this.newest.set(r.name, undefined);
+      if (r.snapshots_changed !== null) this.changedMarks.set(r.name, r.snapshots_changed);
     }
     const newest = this.db.prepare('SELECT dataset, snap, guid, createtxg, creation FROM snapshots s WHERE createtxg = (SELECT MAX(createtxg) FROM snapshots WHERE dataset = s.dataset)').all() as Array<Snap & { dataset: string }>;
     for (const r of newest) this.newest.set(r.dataset, { snap: r.snap, guid: r.guid, createtxg: r.createtxg, creation: r.creation });
@@ -136,6 +141,26 @@ export class StateCache {
     }
   }
 
+  /** the dataset's `snapshots_changed` as of its last listing (undefined: unknown) */
+  snapshotsChangedOf(dataset: string): string | undefined {
+    return this.changedMarks.get(dataset);
+  }
+
+  /**
+   * The audit found these datasets' snapshot lists unchanged (same `snapshots_changed`):
+   * they count as listed now. Others get their new mark recorded (then a listing).
+   */
+  markAudited(marks: Map<string, string>, unchanged: readonly string[], at: number): void {
+    const setMark = this.db.prepare('UPDATE datasets SET snapshots_changed = ? WHERE name = ?');
+    const touch = this.db.prepare('UPDATE datasets SET listed_at = ? WHERE name = ?');
+    this.db.transaction(() => {
+      for (const [d, m] of marks) setMark.run(m, d);
+      for (const d of unchanged) touch.run(at, d);
+    })();
+    for (const [d, m] of marks) this.changedMarks.set(d, m);
+    for (const d of unchanged) this.listedAt.set(d, at);
+  }
+
   /** Snapshots this agent destroyed (retention). */
   removeSnapshots(dataset: string, names: readonly string[]): void {
     const del = this.db.prepare('DELETE FROM snapshots WHERE dataset = ? AND snap = ?');
@@ -156,6 +181,7 @@ export class StateCache {
     })();
     this.newest.delete(dataset);
     this.listedAt.delete(dataset);
+    this.changedMarks.delete(dataset);
   }
 
   // ---- what targets hold ----

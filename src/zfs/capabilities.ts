@@ -9,6 +9,11 @@ export interface Capabilities {
   listParsable: boolean;
   /** the `written` property (bytes written since the previous snapshot) */
   written: boolean;
+  /**
+   * the `snapshots_changed` property (OpenZFS >= 2.2): when a dataset's snapshot list last
+   * changed, readable without listing the snapshots (the audit lists only those that moved)
+   */
+  snapshotsChanged: boolean;
   /** `zfs recv -u` (do not mount the received file system) */
   recvNoMount: boolean;
   /** `zfs recv -s` (keep a partial receive and a resume token on interruption) */
@@ -72,6 +77,7 @@ export function deriveCapabilities(p: ProbeInput): Capabilities {
     version,
     listParsable: list.has('p'),
     written: /^\s*written\s/m.test(p.getUsage),
+    snapshotsChanged: /^\s*snapshots_changed\s/m.test(p.getUsage),
     recvNoMount: recv.has('u'),
     recvResumable: recv.has('s'),
     sendResume: /send .*-t\s*<?receive_resume_token/.test(p.usage.replace(/\s+/g, ' ')),

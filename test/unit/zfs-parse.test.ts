@@ -21,6 +21,7 @@ describe('capability derivation', () => {
       version: 'zfs-fuse (pool v23)',
       listParsable: false,
       written: false,
+      snapshotsChanged: false,
       recvNoMount: false,
       recvResumable: false,
       sendResume: false,
@@ -50,6 +51,13 @@ describe('capability derivation', () => {
     for (const k of ['listParsable', 'written', 'recvNoMount', 'recvResumable', 'sendResume', 'recvPropertyOverride', 'sendCompressed', 'sendLargeBlocks', 'sendEmbedded', 'sendRaw', 'bookmarks', 'batchSnapshot', 'multiSet', 'destroySnapshotList', 'holdsList', 'importNoMount'] as const) {
       assert.equal(c[k], true, k);
     }
+    assert.equal(c.snapshotsChanged, false, '2.1 has no snapshots_changed (2.2 added it)');
+  });
+
+  it('OpenZFS >= 2.2: snapshots_changed is found in the property list', () => {
+    const get = fixture('openzfs-2.1.get-usage.txt').replace(/^(\s*)written(\s.*)$/m, (line, sp: string) => `${line}\n${sp}snapshots_changed   NO       NO   <date>`);
+    const c = deriveCapabilities({ versionOut: 'zfs-2.2.7-1\nzfs-kmod-2.2.7-1\n', usage: fixture('openzfs-2.1.usage.txt'), getUsage: get, zpoolUsage: fixture('openzfs-2.1.zpool-usage.txt') });
+    assert.equal(c.snapshotsChanged, true);
   });
 });
 
