@@ -39,7 +39,7 @@ export interface CycleReport {
   /** local datasets listed (the audit slice, new or changed datasets) */
   auditSlice: number;
   /** the audit slice's own share of the listings above */
-  audit: { datasets: number; snapshotListings: number; snapshotsListed: number; targetRoundTrips: number };
+  audit: { datasets: number; snapshotListings: number; snapshotsListed: number; targetRoundTrips: number; ms: number };
   /** catalog reads the cycle made (writes: confirmed + placement + events) */
   catalogReads: number;
   sends: Array<{ project: string; target: string; kind: string; bytes: number; ms: number }>;
@@ -251,11 +251,12 @@ export class Agent {
     const rows = this.zfs.stats.snapshotsListed;
     const trips = () => Object.values(report.listings).reduce((a, b) => a + b, 0);
     const tripsBefore = trips();
+    const t0 = this.now();
     const { moved, marks } = await this.auditMoved(audit);
     if (await this.listLocal(moved, report, projects)) this.state.markAudited(marks, [], this.now());
     const audited = new Set(audit);
     await this.listTargets(this.pairsOf(projects).filter((k) => audited.has(this.dsOf(k.project))), report);
-    report.audit = { datasets: audit.length, snapshotListings: this.zfs.stats.snapshotListings - listings, snapshotsListed: this.zfs.stats.snapshotsListed - rows, targetRoundTrips: trips() - tripsBefore };
+    report.audit = { datasets: audit.length, snapshotListings: this.zfs.stats.snapshotListings - listings, snapshotsListed: this.zfs.stats.snapshotsListed - rows, targetRoundTrips: trips() - tripsBefore, ms: this.now() - t0 };
   }
 
   /**
@@ -287,7 +288,7 @@ export class Agent {
 
   private startRun(): { report: CycleReport; calls: Map<string, number>; listings: number; listed: number } {
     if (this.abort.signal.aborted) this.abort = new AbortController();
-    const report: CycleReport = { startedAt: this.now(), durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, snapshotListings: 0, snapshotsListed: 0, listings: {}, listingBytes: {}, auditSlice: 0, audit: { datasets: 0, snapshotListings: 0, snapshotsListed: 0, targetRoundTrips: 0 }, catalogReads: 0, sends: [], failures: [], conflicts: [], pruned: 0, confirmed: 0 };
+    const report: CycleReport = { startedAt: this.now(), durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, snapshotListings: 0, snapshotsListed: 0, listings: {}, listingBytes: {}, auditSlice: 0, audit: { datasets: 0, snapshotListings: 0, snapshotsListed: 0, targetRoundTrips: 0, ms: 0 }, catalogReads: 0, sends: [], failures: [], conflicts: [], pruned: 0, confirmed: 0 };
     return { report, calls: new Map(this.runner.counts), listings: this.zfs.stats.snapshotListings, listed: this.zfs.stats.snapshotsListed };
   }
 

@@ -3,7 +3,7 @@
 // reads, no write). It forwards every call unchanged to the real catalog.
 import type { Catalog } from '../../src/catalog/types.js';
 
-const WRITES = new Set(['upsertHost', 'heartbeat', 'createProject', 'setTargets', 'setLocation', 'upsertReplica', 'deleteReplica', 'addEvent', 'acquireLock', 'renewLock', 'releaseLock']);
+const WRITES = new Set(['upsertHost', 'heartbeat', 'createProject', 'setTargets', 'setLocation', 'upsertReplica', 'deleteReplica', 'recordNewest', 'addEvent', 'acquireLock', 'renewLock', 'releaseLock']);
 
 export interface CatalogCounts {
   reads: number;
