@@ -3,7 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync, appendFileSync } from 'node:fs';
+import { writeFileSync, appendFileSync, readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { sandbox, host, treeChecksum, expectedImplementation } from '../lib/sandbox.js';
 import { startFleet, createProject, cycleAll, sleep, type Fleet } from '../lib/fleet.js';
@@ -171,4 +171,30 @@ describe('replication on 3 hosts x 20 projects', () => {
       assert.equal(newest.userrefs, 2);
     }
   });
+
+  it('storagectl status: lag 0 for a replica that holds its source\'s newest snapshot (the metric\'s definition), else the age of its newest', async () => {
+    const cfgPath = `${host(sb, 'a').dir}/agent-status-${process.pid}.yaml`;
+    const base = readFileSync(`${host(sb, 'a').dir}/agent.yaml`, 'utf8').replace(/path: .*catalog\.db/, `path: ${fleet.configs.get('a')!.catalog.path}`);
+    writeFileSync(cfgPath, base);
+    const status = () => {
+      const r = spawnSync('nsenter', [`--net=/run/netns/${host(sb, 'a').netns}`, `${sb.repo}/bin/storagectl`, '--config', cfgPath, 'status', '--json'], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout) as { projects: Array<{ project: string; replicas: Array<{ host: string; lagSeconds: number; guid: string }> }> };
+    };
+    const all = status();
+    const mine = all.projects.filter((p) => projects.some((q) => q.id === p.project));
+    assert.equal(mine.length, projects.length);
+    for (const p of mine) {
+      assert.equal(p.replicas.length, 2, p.project);
+      for (const r of p.replicas) assert.equal(r.lagSeconds, 0, `${p.project} on ${r.host}: up to date, lag 0`);
+    }
+    // the primary moves ahead (as its agent records a new snapshot): the replicas lag by their newest's age
+    const p0 = projects[0]!;
+    const rec = (await fleet.catalog.listReplicas(p0.id))[0]!;
+    await fleet.catalog.recordNewest(p0.id, { snapshot: 'ahead', guid: '1', creation: Math.floor(Date.now() / 1000) });
+    const behind = status().projects.find((p) => p.project === p0.id)!;
+    for (const r of behind.replicas) assert.ok(r.lagSeconds >= Math.floor(Date.now() / 1000) - rec.snapshotCreation - 2, `lag ${r.lagSeconds}`);
+    assert.ok(behind.replicas.every((r) => r.lagSeconds > 0));
+  });
 });
+
