@@ -91,7 +91,7 @@ function lagText(lagSec: number | null, slo: number): string {
 function table(rows: string[][]): string {
   // eslint-disable-next-line no-control-regex
   const width = (s: string) => s.replace(/\u001b\[\d+m/g, '').length;
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => width(r[i] ?? ''))));
+  const widths = rows[0]!.map((_, i) => rows.reduce((m, r) => Math.max(m, width(r[i] ?? '')), 0));
   return rows.map((r) => r.map((c, i) => c + ' '.repeat(widths[i]! - width(c))).join('  ').trimEnd()).join('\n') + '\n';
 }
 
