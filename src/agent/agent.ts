@@ -36,8 +36,8 @@ export interface CycleReport {
   /** SSH round trips of scoped listings per target, and the bytes they returned */
   listings: Record<string, number>;
   listingBytes: Record<string, number>;
-  /** local datasets listed (the audit slice, new or changed datasets) */
-  auditSlice: number;
+  /** local datasets listed (new, changed, and the audit slice's) */
+  datasetsListed: number;
   /** the audit slice's own share of the listings above */
   audit: { datasets: number; snapshotListings: number; snapshotsListed: number; targetRoundTrips: number; ms: number };
   /** catalog reads the cycle made (writes: confirmed + placement + events) */
@@ -288,7 +288,7 @@ export class Agent {
 
   private startRun(): { report: CycleReport; calls: Map<string, number>; listings: number; listed: number } {
     if (this.abort.signal.aborted) this.abort = new AbortController();
-    const report: CycleReport = { startedAt: this.now(), durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, snapshotListings: 0, snapshotsListed: 0, listings: {}, listingBytes: {}, auditSlice: 0, audit: { datasets: 0, snapshotListings: 0, snapshotsListed: 0, targetRoundTrips: 0, ms: 0 }, catalogReads: 0, sends: [], failures: [], conflicts: [], pruned: 0, confirmed: 0 };
+    const report: CycleReport = { startedAt: this.now(), durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, snapshotListings: 0, snapshotsListed: 0, listings: {}, listingBytes: {}, datasetsListed: 0, audit: { datasets: 0, snapshotListings: 0, snapshotsListed: 0, targetRoundTrips: 0, ms: 0 }, catalogReads: 0, sends: [], failures: [], conflicts: [], pruned: 0, confirmed: 0 };
     return { report, calls: new Map(this.runner.counts), listings: this.zfs.stats.snapshotListings, listed: this.zfs.stats.snapshotsListed };
   }
 
@@ -305,7 +305,7 @@ export class Agent {
     this.cycles++;
     this.metrics?.cycle(r);
     this.log.info(
-      { cycle: this.cycles, ms: r.durationMs, zfsCalls: r.localZfsCalls, snapshotListings: r.snapshotListings, snapshots: r.snapshotsTaken, sends: r.sends.length, failures: r.failures.length, conflicts: r.conflicts.length, pruned: r.pruned, audited: r.auditSlice },
+      { cycle: this.cycles, ms: r.durationMs, zfsCalls: r.localZfsCalls, snapshotListings: r.snapshotListings, snapshots: r.snapshotsTaken, sends: r.sends.length, failures: r.failures.length, conflicts: r.conflicts.length, pruned: r.pruned, listed: r.datasetsListed, audited: r.audit.datasets },
       what,
     );
     return r;
@@ -542,7 +542,7 @@ export class Agent {
   private async listLocal(datasets: string[], report: CycleReport, served: ProjectRecord[]): Promise<boolean> {
     if (!datasets.length) return true;
     const projectsPrefix = `${this.config.projectsRoot}/`;
-    report.auditSlice += datasets.length;
+    report.datasetsListed += datasets.length;
     let res;
     try {
       res = await this.zfs.listSnapshots(datasets, { knownCreation: (d, s, g) => this.state.creationOf(d, s, g) });
