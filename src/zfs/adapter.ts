@@ -86,8 +86,26 @@ export interface ZfsOptions {
   capabilitiesCache?: string;
 }
 
-/** names per listing call (argv stays far below ARG_MAX) */
-export const LIST_BATCH = 200;
+/** bytes of names per listing call: far below ARG_MAX (2 MiB) and MAX_ARG_STRLEN; ~2,300 project datasets */
+export const LIST_BATCH_BYTES = 128 * 1024;
+
+/** Consecutive batches of names whose lengths add up to at most `maxBytes` each. */
+export function nameBatches(names: readonly string[], maxBytes = LIST_BATCH_BYTES): string[][] {
+  const out: string[][] = [];
+  let cur: string[] = [];
+  let size = 0;
+  for (const n of names) {
+    if (cur.length && size + n.length + 1 > maxBytes) {
+      out.push(cur);
+      cur = [];
+      size = 0;
+    }
+    cur.push(n);
+    size += n.length + 1;
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
 
 export class Zfs {
   readonly runner: CommandRunner;
@@ -213,7 +231,7 @@ export class Zfs {
 
   /**
    * The snapshots of the NAMED datasets only (never a tree): one call per batch of
-   * LIST_BATCH names, cheap columns only (name, guid, createtxg: OpenZFS's fast path from
+   * LIST_BATCH_BYTES of names, cheap columns only (name, guid, createtxg: OpenZFS's fast path from
    * 2.2 on; zfs-fuse answers property by property, so fewer properties cost less). The
    * creation time of an automatic snapshot is read from its name; only named snapshots
    * (rare, never pruned) cost a second call for `creation`. Datasets that do not exist
@@ -224,8 +242,7 @@ export class Zfs {
     const out: ScopedListing = { snapshots: new Map(), missing: [] };
     const caps = await this.capabilities();
     const named: string[] = [];
-    for (let i = 0; i < datasets.length; i += LIST_BATCH) {
-      const batch = datasets.slice(i, i + LIST_BATCH);
+    for (const batch of nameBatches(datasets)) {
       const argv = caps.listParsable
         ? ['list', '-H', '-p', '-d', '1', '-t', 'snapshot', '-o', 'name,guid,createtxg', ...batch]
         : ['get', '-H', '-p', '-d', '1', '-o', 'name,property,value', 'guid,createtxg', ...batch];
@@ -266,8 +283,7 @@ export class Zfs {
     const values = new Map<string, Record<string, string>>();
     const missing: string[] = [];
     if (props.length === 0) return { values, missing };
-    for (let i = 0; i < names.length; i += LIST_BATCH) {
-      const batch = names.slice(i, i + LIST_BATCH);
+    for (const batch of nameBatches(names)) {
       const r = await this.tolerantRun(['get', '-H', '-p', '-o', 'name,property,value', props.join(','), ...batch]);
       missing.push(...r.missing);
       for (const line of r.stdout.split('\n')) {

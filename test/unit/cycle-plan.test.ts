@@ -143,3 +143,16 @@ describe('metrics: per-project series follow the projects served here', () => {
     m.close();
   });
 });
+
+describe('scoped listings: name batches', () => {
+  it('batches names by the bytes they add to argv, never splitting a name, none empty', async () => {
+    const { nameBatches } = await import('../../src/zfs/adapter.js');
+    const names = Array.from({ length: 10_000 }, (_, i) => `tank/projects/${id(i)}`);
+    const batches = nameBatches(names);
+    assert.deepEqual(batches.flat(), names);
+    assert.ok(batches.length <= 5, `10,000 mounted projects in ${batches.length} zfs calls`);
+    for (const b of batches) assert.ok(b.join(' ').length <= 128 * 1024);
+    assert.deepEqual(nameBatches(['aaaa', 'bb', 'cc'], 6), [['aaaa'], ['bb', 'cc']]);
+    assert.deepEqual(nameBatches([]), []);
+  });
+});
