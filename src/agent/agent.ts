@@ -214,6 +214,7 @@ export class Agent {
     const pruneNow = new Set([...snapshotted, ...audit]);
     run.report.pruned += await this.prunePrimaries(projects.filter((p) => pruneNow.has(this.dsOf(p.id))), run.report);
     run.report.pruned += await this.pruneReplicas(audit.filter((d) => d.startsWith(`${this.config.replicasRoot}/`)), run.report);
+    this.keepTargetsOpen(projects);
     this.updateFreshness(projects, changed);
     this.load = projects.length + this.state.datasets(`${this.config.replicasRoot}/`).length;
     this.metrics?.roles(projects.length, this.state.datasets(`${this.config.replicasRoot}/`).length);
@@ -596,7 +597,7 @@ export class Agent {
       if (!this.state.knows(ds)) continue;
       for (const t of p.targets) {
         const remote = this.state.remoteSummary(p.id, t);
-        out.push({ project: p.id, target: t, localNewest: this.state.newestOf(ds), remote: remote && { newest: remote.newest, resumable: remote.resumable }, conflictAt: this.conflictsSeen.get(`${p.id} ${t}`) });
+        out.push({ project: p.id, target: t, localNewest: this.state.newestOf(ds), remote: remote && { newest: remote.newest, resumable: remote.resumable, stale: remote.stale }, conflictAt: this.conflictsSeen.get(`${p.id} ${t}`) });
       }
     }
     return out;
@@ -746,18 +747,24 @@ export class Agent {
     if (!this.metrics) return;
     const nowSec = this.now() / 1000;
     const dirty = new Set(changed);
-    const dead = new Map(this.hosts.map((h) => [h.id, !this.liveness()(h) ? (h.heartbeatAt ?? 0) / 1000 : null]));
     for (const p of projects) {
       const ds = this.dsOf(p.id);
       const newest = this.state.newestOf(ds);
       for (const t of p.targets) {
         const remote = this.state.remoteSummary(p.id, t);
-        let asOf = freshnessAsOf({ nowSec, sourceNewestGuid: newest?.guid, sourceChanged: dirty.has(ds), targetNewest: remote?.newest });
-        // a target that stopped heartbeating is fresh at most as of its last heartbeat
-        const deadSince = dead.get(t);
-        if (asOf !== null && deadSince !== null && deadSince !== undefined) asOf = Math.min(asOf, deadSince);
-        this.metrics.replicaFreshness(p.id, t, asOf);
+        // the target was last seen up: the last bytes of its kept-alive connection, or the last listing
+        const seen = Math.max(this.ssh.lastReceivedFrom(t), remote?.listedAt ?? 0) / 1000;
+        this.metrics.replicaFreshness(p.id, t, freshnessAsOf({ nowSec, sourceNewestGuid: newest?.guid, sourceChanged: dirty.has(ds), targetNewest: remote?.newest, targetSeenAt: seen }));
       }
+    }
+  }
+
+  /** A kept-alive connection to every target (its keepalive replies are the lag's evidence that the target is up). */
+  private keepTargetsOpen(projects: ProjectRecord[]): void {
+    const targets = new Set(projects.flatMap((p) => p.targets));
+    for (const t of targets) {
+      const h = this.hosts.find((x) => x.id === t);
+      if (h) this.ssh.get(sshTarget(h)).keepOpen();
     }
   }
 
@@ -985,7 +992,7 @@ export class Agent {
       report.failures.push({ project: job.project.id, target: job.target.id, error: msg });
       // what the target holds may not be what the cache says (lost by hand, a disk): ask
       // it again before the next plan
-      this.state.forgetRemote(job.project.id, job.target.id);
+      this.state.markRemoteStale(job.project.id, job.target.id);
       this.metrics?.failure(job.target.id, 'transfer');
       log.error({ plan: describePlan(plan), err: msg }, 'replication failed');
       await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: msg }).catch(() => undefined);

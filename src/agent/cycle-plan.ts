@@ -12,8 +12,8 @@ export interface PairKnowledge {
   target: string;
   /** the source's newest snapshot (undefined: none yet) */
   localNewest: Snap | undefined;
-  /** undefined: never listed; else the target's newest (undefined: none) and whether a partial receive waits */
-  remote: { newest: Snap | undefined; resumable: boolean } | undefined;
+  /** undefined: never listed; else the target's newest (undefined: none), whether a partial receive waits, and whether a send to it failed since (stale) */
+  remote: { newest: Snap | undefined; resumable: boolean; stale?: boolean } | undefined;
   /** the source's newest guid when a conflict was last reported for this pair */
   conflictAt?: string;
 }
@@ -23,12 +23,12 @@ export type PairAction = 'in-sync' | 'list-target' | 'plan' | 'conflict-pending'
 /**
  * The action for one pair, from the cache alone: in sync (the target holds the source's
  * newest snapshot and nothing partial waits) costs nothing; an unknown target state is
- * listed first; a conflict is not re-planned until the source moves on or the audit
- * re-lists the pair.
+ * listed first, and so is one a send failed to since; a conflict is not re-planned until
+ * the source moves on or the audit re-lists the pair.
  */
 export function pairAction(k: PairKnowledge): PairAction {
   if (!k.localNewest) return 'no-source-snapshot';
-  if (!k.remote) return 'list-target';
+  if (!k.remote || k.remote.stale) return 'list-target';
   if (!k.remote.resumable && k.remote.newest?.guid === k.localNewest.guid) return 'in-sync';
   if (k.conflictAt === k.localNewest.guid) return 'conflict-pending';
   return 'plan';
@@ -99,12 +99,16 @@ export function auditSlice(listedAt: ReadonlyMap<string, number>, opts: { count:
 /**
  * Replication freshness (the one definition of lag, for the metric and `storagectl
  * status`): the time up to which the target has the project's data. When the target holds
- * the source's newest snapshot and the source has not changed since, that is now (the
- * target is as fresh as the source); otherwise the creation of the newest snapshot the
- * target holds (null: it holds none). lag = now - freshness.
+ * the source's newest snapshot and the source has not changed since, that is the last
+ * time the target was seen up (`targetSeenAt`; now when not given): the agent's evidence
+ * is its kept-alive SSH connection (the last bytes received) or its last listing, status's
+ * the host's heartbeat. Otherwise it is the creation of the newest snapshot the target
+ * holds (null: it holds none). lag = now - freshness.
  */
-export function freshnessAsOf(o: { nowSec: number; sourceNewestGuid: string | undefined; sourceChanged: boolean; targetNewest: { guid: string; creation: number } | undefined }): number | null {
+export function freshnessAsOf(o: { nowSec: number; sourceNewestGuid: string | undefined; sourceChanged: boolean; targetNewest: { guid: string; creation: number } | undefined; targetSeenAt?: number }): number | null {
   if (!o.targetNewest) return null;
-  if (!o.sourceChanged && o.sourceNewestGuid !== undefined && o.targetNewest.guid === o.sourceNewestGuid) return o.nowSec;
+  if (!o.sourceChanged && o.sourceNewestGuid !== undefined && o.targetNewest.guid === o.sourceNewestGuid) {
+    return Math.max(o.targetNewest.creation, Math.min(o.nowSec, o.targetSeenAt ?? o.nowSec));
+  }
   return o.targetNewest.creation;
 }

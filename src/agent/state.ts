@@ -34,6 +34,8 @@ interface RemoteSummary {
   newest: Snap | undefined;
   resumable: boolean;
   listedAt: number;
+  /** a send to it failed since: ask the target again before the next plan (memory only) */
+  stale?: boolean;
 }
 
 const SCHEMA = `
@@ -221,9 +223,12 @@ export class StateCache {
     }
   }
 
-  /** Forget what is known of a target's copy (it is asked again before the next plan). */
-  forgetRemote(project: string, target: string): void {
-    this.db.prepare('DELETE FROM remote WHERE project = ? AND target = ?').run(project, target);
-    this.remotes.delete(`${project} ${target}`);
+  /**
+   * What is known of a target's copy may be wrong (a send to it failed): it is asked again
+   * before the next plan, and meanwhile still says what the target last held (its lag).
+   */
+  markRemoteStale(project: string, target: string): void {
+    const r = this.remotes.get(`${project} ${target}`);
+    if (r) r.stale = true;
   }
 }

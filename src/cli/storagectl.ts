@@ -273,7 +273,9 @@ export async function main(argv: string[]): Promise<void> {
       // no query per project: the newest snapshots in one read, the replica rows per host
       const newest = await catalog.listNewest();
       const replicasOf = new Map<string, ReplicaRecord[]>();
-      const rows = opts.project ? await catalog.listReplicas(projects[0]?.id ?? v.projectId(opts.project)) : (await Promise.all((await catalog.listHosts()).map((h) => catalog.listReplicasByHost(h.id)))).flat();
+      const hosts = await catalog.listHosts();
+      const beat = new Map(hosts.map((h) => [h.id, h.heartbeatAt]));
+      const rows = opts.project ? await catalog.listReplicas(projects[0]?.id ?? v.projectId(opts.project)) : (await Promise.all(hosts.map((h) => catalog.listReplicasByHost(h.id)))).flat();
       for (const r of rows) {
         if (!replicasOf.has(r.project)) replicasOf.set(r.project, []);
         replicasOf.get(r.project)!.push(r);
@@ -282,7 +284,9 @@ export async function main(argv: string[]): Promise<void> {
         const src = newest.get(p.id);
         const replicas = (replicasOf.get(p.id) ?? []).sort((a, b) => (a.host < b.host ? -1 : 1)).map((r) => {
           // the agents' lag metric's definition (cycle-plan.ts freshnessAsOf): 0 when the replica holds the source's newest snapshot
-          const asOf = freshnessAsOf({ nowSec: now / 1000, sourceNewestGuid: src?.guid, sourceChanged: false, targetNewest: { guid: r.guid, creation: r.snapshotCreation } });
+          // status's evidence that the target is up: its heartbeat
+          const seen = beat.get(r.host);
+          const asOf = freshnessAsOf({ nowSec: now / 1000, sourceNewestGuid: src?.guid, sourceChanged: false, targetNewest: { guid: r.guid, creation: r.snapshotCreation }, targetSeenAt: seen ? seen / 1000 : undefined });
           return {
             host: r.host,
             snapshot: r.snapshot,

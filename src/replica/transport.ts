@@ -5,6 +5,7 @@
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { connect as tcpConnect } from 'node:net';
 import { Transform, type Readable, type Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
@@ -152,6 +153,9 @@ export class SshConnection {
   private client?: Client;
   private connecting?: Promise<Client>;
   private readonly knownHosts: KnownHost[];
+  /** ms: the last bytes received from the target (keepalive replies included): when it was last seen up */
+  lastReceivedAt = 0;
+  private lastAttemptAt = 0;
 
   constructor(
     readonly target: SshTarget,
@@ -184,7 +188,15 @@ export class SshConnection {
         reject(new SshError(`cannot read SSH private key ${this.opts.privateKey}: ${(e as Error).message}`, this.target.host));
         return;
       }
+      // our own socket, so that every byte received (keepalive replies too) says when
+      // the target was last up: an idle connection is the cycle's evidence of reachability
+      const sock = tcpConnect({ host: this.target.address, port: this.target.port });
+      sock.on('data', () => {
+        this.lastReceivedAt = Date.now();
+      });
+      sock.on('error', () => undefined); // reported through the ssh2 client
       const cfg: ConnectConfig = {
+        sock,
         host: this.target.address,
         port: this.target.port,
         username: this.opts.user,
@@ -225,6 +237,16 @@ export class SshConnection {
       c.connect(cfg);
     });
     return this.connecting;
+  }
+
+  /**
+   * Keeps a connection open (keepalives flow, nothing else): opens one in the background
+   * if there is none, at most once per keepalive interval. No round trip of the protocol.
+   */
+  keepOpen(): void {
+    if (this.client || this.connecting || Date.now() - this.lastAttemptAt < this.opts.keepaliveSeconds * 1000) return;
+    this.lastAttemptAt = Date.now();
+    this.connect().catch(() => undefined);
   }
 
   private async channel(command: string): Promise<ClientChannel> {
@@ -390,6 +412,13 @@ export class SshPool {
 
   get size(): number {
     return this.conns.size;
+  }
+
+  /** ms: the last bytes received from any connection to this host (0: never) */
+  lastReceivedFrom(host: string): number {
+    let at = 0;
+    for (const c of this.conns.values()) if (c.target.host === host) at = Math.max(at, c.lastReceivedAt);
+    return at;
   }
 
   closeAll(): void {

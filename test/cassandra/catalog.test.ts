@@ -91,8 +91,10 @@ describe('cassandra catalog specifics', () => {
       event_days: ['C0:day', 'P0:scope'],
       events_by_day: ['C0:at', 'C1:id', 'P0:day'],
       events_by_project: ['C0:at', 'C1:id', 'P0:project', 'P1:day'],
+      host_generation: ['P0:host'],
       hosts: ['C0:id', 'P0:scope'],
       locks: ['P0:name'],
+      newest_snapshots: ['P0:project'],
       projects: ['P0:id'],
       projects_by_host: ['C0:project', 'P0:host'],
       replicas: ['C0:host', 'P0:project'],
@@ -271,8 +273,9 @@ describe('cassandra catalog specifics', () => {
   it('migrations: idempotent when run again, re-applied harmlessly when the record is lost, new files applied once, edited files refused', async () => {
     const ks = `catalog_mig_${RUN}`;
     keyspacesToDrop.add(ks);
+    const ALL = ['001_initial.cql', '002_host_generation.cql', '003_newest_snapshots.cql'];
     const first = await CassandraCatalog.open(options({ keyspace: ks }));
-    assert.deepEqual(first.appliedMigrations, ['001_initial.cql']);
+    assert.deepEqual(first.appliedMigrations, ALL);
     const id = newProject();
     await first.createProject({ id, primary: 'h1', replicationFactor: 1, quota: null });
     await first.close();
@@ -282,7 +285,7 @@ describe('cassandra catalog specifics', () => {
     const rows = await cql(`SELECT name, checksum, applied_by FROM ${ks}.schema_migrations WHERE scope = 'applied'`);
     assert.deepEqual(
       rows.map((r) => r['name']),
-      ['001_initial.cql'],
+      ALL,
     );
     // the record lost (as if the process died after the DDL): running the file again is harmless
     await cql(`DELETE FROM ${ks}.schema_migrations WHERE scope = 'applied' AND name = '001_initial.cql'`);
@@ -294,9 +297,9 @@ describe('cassandra catalog specifics', () => {
     const dir = mkdtempSync(join(tmpdir(), 'cql-migrations-'));
     try {
       cpSync(MIGRATIONS, dir, { recursive: true });
-      writeFileSync(join(dir, '002_extra.cql'), '-- a test migration\nCREATE TABLE IF NOT EXISTS {keyspace}.extra (k text PRIMARY KEY, v text);\n');
+      writeFileSync(join(dir, '900_extra.cql'), '-- a test migration\nCREATE TABLE IF NOT EXISTS {keyspace}.extra (k text PRIMARY KEY, v text);\n');
       const fourth = await CassandraCatalog.open(options({ keyspace: ks, migrationsDir: dir }));
-      assert.deepEqual(fourth.appliedMigrations, ['002_extra.cql']);
+      assert.deepEqual(fourth.appliedMigrations, ['900_extra.cql']);
       await fourth.close();
       const fifth = await CassandraCatalog.open(options({ keyspace: ks, migrationsDir: dir }));
       assert.deepEqual(fifth.appliedMigrations, []);
@@ -315,7 +318,7 @@ describe('cassandra catalog specifics', () => {
     const pair = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     for (const c of pair) await c.close();
     for (const r of settled) if (r.status === 'rejected') throw r.reason;
-    assert.deepEqual(pair.map((c) => c.appliedMigrations).flat(), ['001_initial.cql']);
+    assert.deepEqual(pair.map((c) => c.appliedMigrations).flat(), ALL);
   });
 
   it('rows read back are validated: a corrupt row is an error, never a record', async () => {

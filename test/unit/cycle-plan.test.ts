@@ -17,6 +17,7 @@ describe('cycle plan: the action per (project, target) from the cache alone', ()
   it('in sync costs nothing; an unknown target is listed first; a moved source is planned', () => {
     assert.equal(pairAction(k({})), 'in-sync');
     assert.equal(pairAction(k({ remote: undefined })), 'list-target');
+    assert.equal(pairAction(k({ remote: { newest: snap('s1', '1', 1), resumable: false, stale: true } })), 'list-target', 'a send to it failed: asked again first');
     assert.equal(pairAction(k({ remote: { newest: snap('s1', '1', 1), resumable: false } })), 'plan');
     assert.equal(pairAction(k({ remote: { newest: undefined, resumable: false } })), 'plan', 'absent on the target: a full send is planned');
     assert.equal(pairAction(k({ localNewest: undefined })), 'no-source-snapshot');
@@ -72,6 +73,10 @@ describe('cycle plan: the audit slice and the one definition of lag', () => {
     assert.equal(freshnessAsOf({ nowSec: now, sourceNewestGuid: '3', sourceChanged: false, targetNewest: { guid: '2', creation: T0 } }), T0);
     assert.equal(freshnessAsOf({ nowSec: now, sourceNewestGuid: undefined, sourceChanged: false, targetNewest: { guid: '2', creation: T0 } }), T0);
     assert.equal(freshnessAsOf({ nowSec: now, sourceNewestGuid: '2', sourceChanged: false, targetNewest: undefined }), null);
+    // in sync, but the target was last seen up 300 s ago (its connection went quiet): fresh as of then
+    assert.equal(freshnessAsOf({ nowSec: now, sourceNewestGuid: '2', sourceChanged: false, targetNewest: { guid: '2', creation: T0 }, targetSeenAt: now - 300 }), now - 300);
+    assert.equal(freshnessAsOf({ nowSec: now, sourceNewestGuid: '2', sourceChanged: false, targetNewest: { guid: '2', creation: T0 }, targetSeenAt: T0 - 50 }), T0, 'never older than its own newest snapshot');
+    assert.equal(freshnessAsOf({ nowSec: now, sourceNewestGuid: '2', sourceChanged: false, targetNewest: { guid: '2', creation: T0 }, targetSeenAt: now + 60 }), now, 'never in the future');
   });
 });
 
