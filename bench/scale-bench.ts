@@ -37,7 +37,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 
 export async function scale(): Promise<void> {
-  log(`\n## fleet scale: ${N} datasets x ${S} snapshots on host a, a replica of each on host b (zfs-fuse)`);
+  log(`\n## fleet scale: ${N} datasets x ${S} snapshots on host a, a replica of each on host b (${sb.zfs === 'kernel' ? 'OpenZFS, kernel module' : 'zfs-fuse'})`);
   if (!existsSync(`${CACHE}/complete`)) throw new Error(`no scale pools cached in ${CACHE}: run bench/scale-pools.sh ensure --datasets ${N} --snapshots ${S} (bench/run.sh does)`);
   const ids = readFileSync(`${CACHE}/ids.txt`, 'utf8').split('\n').filter(Boolean);
   if (ids.length !== N) throw new Error(`${CACHE}/ids.txt has ${ids.length} ids, expected ${N}`);
