@@ -216,8 +216,9 @@ export class Agent {
     run.report.pruned += await this.pruneReplicas(audit.filter((d) => d.startsWith(`${this.config.replicasRoot}/`)), run.report);
     this.keepTargetsOpen(projects);
     this.updateFreshness(projects, changed);
-    this.load = projects.length + this.state.datasets(`${this.config.replicasRoot}/`).length;
-    this.metrics?.roles(projects.length, this.state.datasets(`${this.config.replicasRoot}/`).length);
+    const replicas = this.state.datasets(`${this.config.replicasRoot}/`).length;
+    this.load = projects.length + replicas;
+    this.metrics?.roles(projects.length, replicas);
     return this.finishRun(run, 'cycle done');
   }
 
