@@ -186,13 +186,14 @@ export class Agent {
     // observe: the catalog's view (re-read only when this host's generation moved), what
     // is mounted (/proc), what changed, and which datasets the audit re-lists this cycle
     const view = await this.observeCatalog(run.report);
-    const mounted = this.mountedProjects();
+    const mounts = this.projectMounts();
+    const mounted = new Set(mounts.keys());
     await this.setAsideUnserved(view.served, mounted, run.report);
     const projects = view.served.filter((p) => p.state === 'active');
     await this.discoverDatasets(run.report);
     const unknown = projects.map((p) => this.dsOf(p.id)).filter((d) => !this.state.knows(d));
     if (unknown.length) await this.listLocal(unknown, run.report, projects);
-    const changed = await this.detectChanges(projects, mounted, caps);
+    const changed = await this.detectChanges(projects, mounts, caps);
     const audit = this.auditNext();
 
     // act locally: snapshot what changed, then list just those datasets (their new guids)
@@ -456,7 +457,7 @@ export class Agent {
    * plus a size check of the mounts it had not watched before. A project with no snapshot
    * yet always counts.
    */
-  private async detectChanges(projects: ProjectRecord[], mounted: Set<string>, caps: Capabilities): Promise<string[]> {
+  private async detectChanges(projects: ProjectRecord[], mounted: ReadonlyMap<string, string>, caps: Capabilities): Promise<string[]> {
     const out = new Set<string>();
     const servedMounted: string[] = [];
     for (const p of projects) {
@@ -471,9 +472,9 @@ export class Agent {
       }
       return [...out];
     }
-    const mountpoints = new Map<string, string>();
-    for (const m of readMounts()) if (mounted.has(m.source)) mountpoints.set(m.source.slice(this.config.projectsRoot.length + 1), m.mountpoint);
-    const newlyWatched = this.dirty.syncMounts(new Map([...mountpoints].filter(([id]) => servedMounted.includes(this.dsOf(id)))));
+    // watch exactly the mounted projects served here (id -> mountpoint)
+    const watch = new Map(servedMounted.map((ds) => [ds.slice(this.config.projectsRoot.length + 1), mounted.get(ds)!]));
+    const newlyWatched = this.dirty.syncMounts(watch);
     for (const id of this.dirty.dirtyIds()) if (mounted.has(this.dsOf(id))) out.add(this.dsOf(id));
     const check = newlyWatched.map((id) => this.dsOf(id)).filter((ds) => !out.has(ds) && this.state.newestOf(ds));
     if (check.length) {
@@ -608,7 +609,7 @@ export class Agent {
   private readonly conflictsSeen = new Map<string, string>();
 
   /** Scoped listings: each target is asked only about these pairs' projects (batched). */
-  private async listTargets(pairs: PairKnowledge[], report: CycleReport): Promise<void> {
+  private async listTargets(pairs: ReadonlyArray<Pick<PairKnowledge, 'project' | 'target'>>, report: CycleReport): Promise<void> {
     const byTarget = new Map<string, string[]>();
     for (const k of pairs) {
       if (!byTarget.has(k.target)) byTarget.set(k.target, []);
@@ -703,7 +704,7 @@ export class Agent {
     for (const [t, done] of succeeded) {
       const ids = done.map((j) => j.project.id);
       try {
-        await this.listTargets(ids.map((id) => ({ project: id, target: t, localNewest: undefined, remote: undefined })), report);
+        await this.listTargets(ids.map((id) => ({ project: id, target: t })), report);
         const hold: string[] = [];
         const release: string[] = [];
         for (const job of done) {
@@ -828,9 +829,14 @@ export class Agent {
 
   /** projects mounted here, from /proc/self/mountinfo (no zfs call): dataset names */
   mountedProjects(): Set<string> {
+    return new Set(this.projectMounts().keys());
+  }
+
+  /** projects mounted here: dataset -> mountpoint, one read of /proc/self/mountinfo */
+  private projectMounts(): Map<string, string> {
     const root = `${this.config.projectsRoot}/`;
-    const out = new Set<string>();
-    for (const m of readMounts()) if ((m.fstype === 'zfs' || m.fstype === 'fuse.zfs') && m.source.startsWith(root) && isProjectId(m.source.slice(root.length))) out.add(m.source);
+    const out = new Map<string, string>();
+    for (const m of readMounts()) if ((m.fstype === 'zfs' || m.fstype === 'fuse.zfs') && m.source.startsWith(root) && isProjectId(m.source.slice(root.length))) out.set(m.source, m.mountpoint);
     return out;
   }
 

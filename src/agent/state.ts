@@ -115,7 +115,7 @@ export class StateCache {
   }
 
   snapshots(dataset: string): Snap[] {
-    return (this.db.prepare('SELECT snap, guid, createtxg, creation FROM snapshots WHERE dataset = ? ORDER BY createtxg').all(dataset) as Snap[]).sort(byTxg);
+    return this.db.prepare('SELECT snap, guid, createtxg, creation FROM snapshots WHERE dataset = ? ORDER BY createtxg, creation').all(dataset) as Snap[];
   }
 
   /** the creation time already known for this snapshot (same guid), if any */
