@@ -5,6 +5,7 @@
 // between cycles lives in its state cache (agent/state.ts). docs/replication.md has the
 // algorithm and the cost of a cycle.
 import PQueue from 'p-queue';
+import ssh2 from 'ssh2';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Zfs, CommandRunner, ZfsCommandError, type Capabilities } from '../zfs/index.js';
@@ -15,9 +16,10 @@ import { describePlan, type Plan, type SnapRef } from '../replica/plan.js';
 import { planPrune, parseGrid, DEFAULT_PRIMARY_GRID, DEFAULT_REPLICA_GRID, type GridPolicy } from '../replica/retention.js';
 import { placeReplicas } from './placement.js';
 import { failover, LockedError, FailoverNotNeeded } from './failover.js';
+import { leaseOwner } from '../lock/lease.js';
 import { DirtyTracker } from './dirty.js';
 import { StateCache, type Snap } from './state.js';
-import { auditSlice, decidePairs, freshnessAsOf, newestShared, pairAction, type PairDecision, type PairInput, type PairKnowledge } from './cycle-plan.js';
+import { auditSlice, decidePairs, freshnessAsOf, newestShared, pairAction, resumeTokenProblem, type PairDecision, type PairInput, type PairKnowledge } from './cycle-plan.js';
 import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
 import { deadAfterMs, selfFenceAfterMs, type Config } from './config.js';
 import { autoSnapshotName, isProjectId } from '../util/validate.js';
@@ -61,6 +63,21 @@ export interface AgentDeps {
   now?: () => number;
   /** the state cache (default: stateDir/state.db) */
   state?: StateCache;
+}
+
+/** "type base64" of the public half of an OpenSSH private key file. */
+export function publicKeyOf(privateKeyFile: string): string {
+  let text: Buffer;
+  try {
+    text = readFileSync(privateKeyFile);
+  } catch (e) {
+    throw new Error(`cannot read the replication key ${privateKeyFile}: ${(e as Error).message}`);
+  }
+  const key = ssh2.utils.parseKey(text);
+  if (key instanceof Error) throw new Error(`replication key ${privateKeyFile}: ${key.message}`);
+  const k = Array.isArray(key) ? key[0] : key;
+  if (!k) throw new Error(`replication key ${privateKeyFile}: no key in the file`);
+  return `${k.type} ${k.getPublicSSH().toString('base64')}`;
 }
 
 export function holdTagFor(target: string): string {
@@ -129,7 +146,9 @@ export class Agent {
   /** Registers this host and creates the two roots if missing (once at start). */
   async init(): Promise<void> {
     const c = this.config;
-    await this.catalog.upsertHost({ id: c.host, datacenter: c.datacenter, address: c.address, port: c.port, root: c.replicasRoot });
+    // the public half of this host's replication key: peers' authorized_keys lines are
+    // generated from it (storagectl authorized-keys) and receivers check sessions against it
+    await this.catalog.upsertHost({ id: c.host, datacenter: c.datacenter, address: c.address, port: c.port, root: c.replicasRoot, replicationKey: publicKeyOf(c.ssh.privateKey) });
     await this.zfs.ensureDataset(c.projectsRoot, { parents: true, mountpoint: c.mountBase, canmount: 'off' });
     await this.zfs.ensureDataset(c.replicasRoot, { parents: true, mountpoint: 'none', canmount: 'off', readonly: true });
     await this.catalog.heartbeat(c.host, 0, this.now());
@@ -935,7 +954,7 @@ export class Agent {
         if (!isDead(await this.catalog.getHost(h.id), this.now())) break;
         try {
           try {
-            const r = await failover(this.catalog, this.ssh, p.id, { owner: `agent@${c.host}`, graceMs: dead, now: this.now, expectPrimary: h.id });
+            const r = await failover(this.catalog, this.ssh, p.id, { owner: leaseOwner('agent', c.host), graceMs: dead, now: this.now, expectPrimary: h.id });
             done.push(p.id);
             this.log.warn({ project: p.id, from: r.from, to: r.to, snapshot: r.snapshot, dataLossWindowSeconds: r.dataLossWindowSeconds, oldPrimary: r.oldPrimaryFenced }, 'automatic failover done');
           } catch (e) {
@@ -967,6 +986,14 @@ export class Agent {
     let send;
     try {
       if (plan.kind === 'resume') {
+        const problem = resumeTokenProblem(await this.zfs.decodeResumeToken(plan.token), ds, this.state.snapshots(ds));
+        if (problem) {
+          // not ours to send: the partial receive is discarded and the next cycle plans anew
+          const r = await this.ssh.get(sshTarget(job.target)).exec(formatRemoteCommand({ op: 'abort-resume', project: job.project.id })).catch((e: Error) => ({ code: -1, stderr: e.message }));
+          this.state.markRemoteStale(job.project.id, job.target.id);
+          await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'resume-token-refused', detail: `${problem}; abort-resume exit ${r.code}` }).catch(() => undefined);
+          throw new Error(`resume token from ${job.target.id} refused: ${problem}`);
+        }
         send = await this.zfs.send({ snapshot: `${ds}@x`, resumeToken: plan.token });
       } else if (plan.kind === 'full') {
         send = await this.zfs.send({ snapshot: `${ds}@${plan.to.snap}`, replicate: true, compressed: true });

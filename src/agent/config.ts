@@ -175,6 +175,19 @@ export const ConfigSchema = z
     stateDir: absPath.default('/var/lib/storage-agent'),
     /** the receiver's audit log (serve-ssh); stderr of sshd sessions is not kept */
     receiverLog: absPath.optional(),
+    receiver: z
+      .object({
+        /** concurrent receives one peer may run on this host (more are refused, exit 2) */
+        maxReceivesPerPeer: z.number().int().min(1).max(256).default(4),
+        /** a receive running longer than this is stopped */
+        sessionTimeLimit: duration.default(6 * 3600),
+        /** catalog rows younger than this authorize without asking the catalog again */
+        factsFresh: duration.default(30),
+        /** while the catalog is unreachable, rows up to this old still authorize receives into replicas */
+        factsStaleWhenCatalogDown: duration.default(900),
+      })
+      .strict()
+      .default({ maxReceivesPerPeer: 4, sessionTimeLimit: 6 * 3600, factsFresh: 30, factsStaleWhenCatalogDown: 900 }),
   })
   .strict()
   .superRefine((c, ctx) => {

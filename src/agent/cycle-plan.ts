@@ -112,3 +112,18 @@ export function freshnessAsOf(o: { nowSec: number; sourceNewestGuid: string | un
   }
   return o.targetNewest.creation;
 }
+
+/**
+ * Why a resume token from a target must not be used (undefined: it may): a token is the
+ * target's word, and names what `zfs send -t` will read on this host. Only a snapshot of
+ * the project's own dataset, with the guid this host knows for it, is sent.
+ */
+export function resumeTokenProblem(decoded: { toname: string; toguid: string }, dataset: string, local: ReadonlyArray<{ snap: string; guid: string }>): string | undefined {
+  const at = decoded.toname.indexOf('@');
+  const ds = at < 0 ? decoded.toname : decoded.toname.slice(0, at);
+  if (ds !== dataset) return `the resume token names ${JSON.stringify(decoded.toname.slice(0, 200))}, not a snapshot of ${dataset}`;
+  const snap = local.find((s) => s.snap === decoded.toname.slice(at + 1));
+  if (!snap) return `the resume token names ${decoded.toname}, which this host does not have`;
+  if (snap.guid !== decoded.toguid) return `the resume token names ${decoded.toname} with guid ${decoded.toguid}, but that snapshot's guid is ${snap.guid}`;
+  return undefined;
+}

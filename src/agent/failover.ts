@@ -41,7 +41,7 @@ export interface FailoverResult {
   oldPrimaryFenced: 'unmounted' | 'demoted' | 'dead' | 'none';
   /** ms spent waiting for the old primary to stop serving */
   fenceWaitMs: number;
-  candidates: Array<{ host: string; snapshot?: string; creation?: number; load: number; error?: string }>;
+  candidates: Array<{ host: string; snapshot?: string; guid?: string; creation?: number; load: number; error?: string }>;
 }
 
 export interface FailoverOptions {
@@ -82,13 +82,13 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
     const live = (h: HostRecord) => h.heartbeatAt !== null && now() - h.heartbeatAt <= o.graceMs;
     const candidates: FailoverResult['candidates'] = [];
-    let chosen: { host: string; snapshot: string; creation: number };
+    let chosen: { host: string; snapshot: string; guid: string; creation: number };
     let from: string | null;
     const resumed = p.state === 'failing-over' && p.primary !== null ? await startedEvent(catalog, projectId, p.primary) : undefined;
     if (resumed && (!o.to || o.to === resumed.to)) {
       // an interrupted failover (its lease expired): finish it towards the host it named
       ({ from } = resumed);
-      chosen = { host: resumed.to, snapshot: resumed.snapshot, creation: resumed.creation };
+      chosen = { host: resumed.to, snapshot: resumed.snapshot, guid: resumed.guid, creation: resumed.creation };
       step(`resuming the failover from ${from ?? '-'} to ${chosen.host} (${chosen.snapshot})`);
     } else {
       from = p.state === 'failing-over' ? resumed?.from ?? null : p.primary;
@@ -106,7 +106,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
         try {
           const snaps = (await fetchListing(ssh, h, { timeoutSeconds: 20, projects: [projectId] })).datasets[projectId]?.snapshots ?? [];
           const newest = snaps.reduce<(typeof snaps)[number] | undefined>((a, s) => (!a || s.createtxg > a.createtxg ? s : a), undefined);
-          candidates.push(newest ? { host: id, snapshot: newest.snap, creation: newest.creation, load: h.load } : { host: id, load: h.load, error: 'holds no replica' });
+          candidates.push(newest ? { host: id, snapshot: newest.snap, guid: newest.guid, creation: newest.creation, load: h.load } : { host: id, load: h.load, error: 'holds no replica' });
         } catch (e) {
           candidates.push({ host: id, load: h.load, error: (e as Error).message });
         }
@@ -114,11 +114,11 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
       const usable = candidates.filter((c) => c.snapshot !== undefined).sort((a, b) => b.creation! - a.creation! || a.load - b.load || a.host.localeCompare(b.host));
       const best = usable[0];
       if (!best) throw new Error(`no live replica of ${projectId} to fail over to: ${candidates.map((c) => `${c.host}: ${c.error}`).join('; ') || 'no replica hosts'}`);
-      chosen = { host: best.host, snapshot: best.snapshot!, creation: best.creation! };
+      chosen = { host: best.host, snapshot: best.snapshot!, guid: best.guid!, creation: best.creation! };
       step(`chose ${best.host} (${best.snapshot})`);
       // fence in the catalog: from here on only the chosen host may serve; the old
       // primary's agent sees it within seconds and demotes itself
-      await catalog.addEvent({ project: projectId, host: chosen.host, kind: 'failover-started', detail: JSON.stringify({ from, to: chosen.host, snapshot: chosen.snapshot, creation: chosen.creation }) });
+      await catalog.addEvent({ project: projectId, host: chosen.host, kind: 'failover-started', detail: JSON.stringify({ from, to: chosen.host, snapshot: chosen.snapshot, guid: chosen.guid, creation: chosen.creation }) });
       await catalog.setLocation(projectId, chosen.host, 'failing-over', lock.token);
     }
 
@@ -127,7 +127,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     const old = from ? hosts.get(from) : undefined;
     if (old && old.id !== chosen.host) {
       try {
-        const r = await ssh.get({ host: old.id, address: old.address, port: old.port }).exec(formatRemoteCommand({ op: 'fence', project: projectId }), { timeoutSeconds: 10 });
+        const r = await ssh.get({ host: old.id, address: old.address, port: old.port }).exec(formatRemoteCommand({ op: 'fence', project: projectId, token: lock.token }), { timeoutSeconds: 10 });
         if (r.code === 0) fenced = 'unmounted';
       } catch {
         /* unreachable over SSH: below */
@@ -143,7 +143,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     const failureTime = old && old.heartbeatAt !== null && !live(old) ? old.heartbeatAt : now();
     const target = hosts.get(chosen.host);
     if (!target) throw new Error(`host ${chosen.host} is not in the catalog any more`);
-    const r = await ssh.get({ host: target.id, address: target.address, port: target.port }).exec(formatRemoteCommand({ op: 'promote', project: projectId }), { timeoutSeconds: 60 });
+    const r = await ssh.get({ host: target.id, address: target.address, port: target.port }).exec(formatRemoteCommand({ op: 'promote', project: projectId, token: lock.token, guid: chosen.guid }), { timeoutSeconds: 60 });
     if (r.code !== 0) throw new Error(`promote on ${target.id} failed (exit ${r.code}): ${r.stderr.trim()}; the catalog names ${target.id} (state failing-over): re-run the failover to finish`);
     step(`promoted on ${target.id}`);
 
@@ -169,14 +169,14 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
 }
 
 /** The newest `failover-started` event naming `to` (what an interrupted failover had chosen). */
-async function startedEvent(catalog: Catalog, project: string, to: string): Promise<{ from: string | null; to: string; snapshot: string; creation: number } | undefined> {
+async function startedEvent(catalog: Catalog, project: string, to: string): Promise<{ from: string | null; to: string; snapshot: string; guid: string; creation: number } | undefined> {
   const events = await catalog.listEvents({ project, limit: 200 });
   for (const e of [...events].sort((a, b) => b.at - a.at)) {
     if (e.kind !== 'failover-started') continue;
     try {
-      const d = JSON.parse(e.detail) as { from: unknown; to: unknown; snapshot: unknown; creation: unknown };
-      if (d.to !== to || typeof d.snapshot !== 'string' || typeof d.creation !== 'number') return undefined;
-      return { from: typeof d.from === 'string' ? v.hostId(d.from, 'failover-started event') : null, to, snapshot: v.snapshotName(d.snapshot, 'failover-started event'), creation: d.creation };
+      const d = JSON.parse(e.detail) as { from: unknown; to: unknown; snapshot: unknown; guid: unknown; creation: unknown };
+      if (d.to !== to || typeof d.snapshot !== 'string' || typeof d.creation !== 'number' || typeof d.guid !== 'string' || !/^[0-9]{1,20}$/.test(d.guid)) return undefined;
+      return { from: typeof d.from === 'string' ? v.hostId(d.from, 'failover-started event') : null, to, snapshot: v.snapshotName(d.snapshot, 'failover-started event'), guid: d.guid, creation: d.creation };
     } catch {
       return undefined;
     }

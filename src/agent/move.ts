@@ -77,7 +77,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
     if (resumedSwitch) {
       // an earlier run switched the catalog to the target and stopped: finish it
       step(`resuming: the catalog already names ${to}; finishing the switch`);
-      const fin = await finish(agent, p, target, o, lock.token, step);
+      const fin = await finish(agent, p, target, o, lock.token, step, await expectedGuid(agent, projectId));
       return { project: projectId, from: me, to, finalSnapshot: fin.snapshot, finalGuid: fin.guid, rounds: [], downtimeMs: 0, source: fin.source, resumed: true };
     }
     if (p.primary !== me) throw new MoveError(`project ${projectId} is served by ${p.primary ?? 'no host'}, not ${me}: run the move there`, p.primary);
@@ -139,7 +139,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
     // switch: from here on the target is the one that may serve
     await catalog.setLocation(projectId, to, 'moving', lock.token);
     step(`catalog names ${to}`);
-    const fin = await finish(agent, { ...p, primary: to, state: 'moving' }, target, o, lock.token, step);
+    const fin = await finish(agent, { ...p, primary: to, state: 'moving' }, target, o, lock.token, step, final.guid);
     const downtimeMs = Date.now() - unmountedAt;
     await catalog.addEvent({ project: projectId, host: to, kind: 'moved', detail: `from ${me} to ${to} at ${final.snap} (guid ${final.guid}); writes stopped for ${(downtimeMs / 1000).toFixed(1)} s; source ${fin.source}` });
     return { project: projectId, from: me, to, finalSnapshot: final.snap, finalGuid: final.guid, rounds, downtimeMs, source: fin.source, resumed: false };
@@ -147,12 +147,12 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
 }
 
 /** Promote on the target, turn the source's dataset into a replica (or drop it), go active. */
-async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: MoveOptions, token: number, step: (s: string) => void): Promise<{ snapshot: string; guid: string; source: 'replica' | 'dropped' }> {
+async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: MoveOptions, token: number, step: (s: string) => void, guid: string): Promise<{ snapshot: string; guid: string; source: 'replica' | 'dropped' }> {
   const { catalog, zfs, config: c } = agent;
   const me = c.host;
   const ds = `${c.projectsRoot}/${p.id}`;
   const conn = agent.ssh.get(sshTarget(target));
-  const r = await conn.exec(formatRemoteCommand({ op: 'promote', project: p.id }), { timeoutSeconds: 120 });
+  const r = await conn.exec(formatRemoteCommand({ op: 'promote', project: p.id, token, guid }), { timeoutSeconds: 120 });
   if (r.code !== 0) {
     throw new MoveError(
       `promote on ${target.id} failed (exit ${r.code}): ${r.stderr.trim()}. The catalog names ${target.id} (state moving) and ${me} has stopped serving; ` +
@@ -205,6 +205,15 @@ async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: Mov
   } else await catalog.deleteReplica(p.id, me);
   await catalog.setLocation(p.id, target.id, 'active', token);
   return { snapshot: newest?.snap ?? '?', guid: newest?.guid ?? '?', source };
+}
+
+/** A resumed switch promotes what the source holds: its newest snapshot's guid. */
+async function expectedGuid(agent: Agent, project: string): Promise<string> {
+  const ds = `${agent.config.projectsRoot}/${project}`;
+  const snaps = (await agent.zfs.listSnapshots([ds])).snapshots.get(ds) ?? [];
+  const newest = snaps[snaps.length - 1];
+  if (!newest) throw new MoveError(`cannot finish the move of ${project}: ${ds} has no snapshot to promote the target at`, null);
+  return newest.guid;
 }
 
 async function syncRound(agent: Agent, project: string, to: string, phase: 'presync' | 'final', rounds: MoveResult['rounds']): Promise<{ snapshot: string; guid: string; bytes: number; ms: number }> {

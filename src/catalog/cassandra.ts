@@ -6,7 +6,9 @@
 // except listProjects, see below):
 //   hosts            ((scope='all'), id)   listHosts / getHost read the one 'all' partition
 //                                          (a fleet is a bounded number of hosts); the
-//                                          heartbeat column is written USING TTL.
+//                                          heartbeat column is written USING TTL;
+//                                          replication_key (004) only when upsertHost is
+//                                          given a key (omitted: the stored one stays).
 //   projects         (id)                  getProject; listProjects is a token-ordered range
 //                                          read of this table paged by the driver (fetchSize
 //                                          500, pageState): a table of one small row per
@@ -21,7 +23,8 @@
 //   event_days ((scope), day)              listEvents reads the day index of its scope ('all'
 //                                          or the project), then only the buckets from the
 //                                          newest day down to `since`, until `limit` rows.
-//   locks            (name)                leases and fencing tokens, LWT only
+//   locks            (name)                leases and fencing tokens, written by LWT only;
+//                                          getLock is a serial read of the row
 //   schema_migrations ((scope), name)      applied migration files (scope 'applied')
 //
 // Consistency per statement (STATEMENTS below is the source of truth). S is the configured
@@ -29,7 +32,7 @@
 // during a failover), LOCAL_SERIAL only if every lock holder is in one datacenter.
 //
 //   statement                                consistency        serial  idempotent
-//   hosts.upsert                             LOCAL_QUORUM       -       yes
+//   hosts.upsert, hosts.upsert_key           LOCAL_QUORUM       -       yes   _key also writes replication_key
 //   hosts.exists (heartbeat's check)         LOCAL_QUORUM       -       yes
 //   hosts.heartbeat (1-partition batch)      LOCAL_ONE          -       yes   a lost beat is replaced by the next
 //   hosts.get, hosts.list                    LOCAL_ONE          -       yes   placement/status tolerate a stale beat
@@ -47,7 +50,7 @@
 //   replicas.insert / update / delete LWT    LOCAL_QUORUM       S       no
 //   replicas_by_host.put / del / list        LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
 //   events.* (writes and reads)              LOCAL_ONE          -       yes   history, not decisions
-//   locks.get                                S (read)           -       yes   linearizable view of a lease
+//   locks.get (also getLock)                 S (read)           -       yes   linearizable view of a lease
 //   locks.acquire_* (conditional batch) LWT  LOCAL_QUORUM       S       no
 //   locks.renew / locks.release       LWT    LOCAL_QUORUM       S       no
 //   schema.* (applied list, record)          LOCAL_QUORUM       -       yes
@@ -108,7 +111,9 @@ import {
   CatalogError,
   FencingError,
   checkHost,
+  checkLock,
   checkNewest,
+  checkPublicKey,
   checkProject,
   checkReplica,
   projectLockName,
@@ -116,7 +121,9 @@ import {
   type Catalog,
   type EventRecord,
   type HostRecord,
+  type HostRegistration,
   type LockResult,
+  type LockRow,
   type NewestSnapshot,
   type ProjectRecord,
   type ProjectState,
@@ -232,10 +239,15 @@ interface Statement {
 function statements(ks: string) {
   const PROJECT_COLS = 'id, primary_host, replication_factor, quota, state, targets, location_token, location_ts, created_at';
   const REPLICA_COLS = 'project, host, snapshot, guid, snapshot_creation, confirmed_at';
-  const HOST_COLS = 'id, datacenter, address, port, root, load, heartbeat_at';
+  const HOST_COLS = 'id, datacenter, address, port, root, load, heartbeat_at, replication_key';
   const LEASE_SET = `UPDATE ${ks}.locks USING TTL ? SET owner = ?, lease_token = ?, expires_at = ? WHERE name = ?`;
   const s = {
     'hosts.upsert': { cql: `INSERT INTO ${ks}.hosts (scope, id, datacenter, address, port, root) VALUES ('all', ?, ?, ?, ?, ?)`, level: 'LOCAL_QUORUM' },
+    // with a key (null removes it; see 004_host_replication_key.cql)
+    'hosts.upsert_key': {
+      cql: `INSERT INTO ${ks}.hosts (scope, id, datacenter, address, port, root, replication_key) VALUES ('all', ?, ?, ?, ?, ?, ?)`,
+      level: 'LOCAL_QUORUM',
+    },
     'hosts.exists': { cql: `SELECT datacenter FROM ${ks}.hosts WHERE scope = 'all' AND id = ?`, level: 'LOCAL_QUORUM' },
     'hosts.heartbeat_at': { cql: `UPDATE ${ks}.hosts USING TTL ? SET heartbeat_at = ? WHERE scope = 'all' AND id = ?`, level: 'LOCAL_ONE' },
     'hosts.load': { cql: `UPDATE ${ks}.hosts SET load = ? WHERE scope = 'all' AND id = ?`, level: 'LOCAL_ONE' },
@@ -470,7 +482,8 @@ export function loadMigrations(dir: string, keyspace: string): Migration[] {
   });
 }
 
-interface LockRow {
+/** The cells of a locks row as read (the lease cells are null once released or expired by TTL). */
+interface LeaseCells {
   owner: string | null;
   leaseToken: number | null;
   expiresAt: number | null;
@@ -731,12 +744,19 @@ export class CassandraCatalog implements Catalog {
 
   // ---- hosts ----
 
-  async upsertHost(h: Omit<HostRecord, 'heartbeatAt' | 'load'>): Promise<void> {
+  async upsertHost(h: HostRegistration): Promise<void> {
     v.hostId(h.id, 'upsertHost');
     v.hostId(h.datacenter, 'upsertHost datacenter');
     if (!Number.isInteger(h.port) || h.port < 1 || h.port > 65535) throw new v.ValidationError('port', 'upsertHost', 'must be an integer 1-65535', String(h.port));
     if (typeof h.address !== 'string' || typeof h.root !== 'string') throw new v.ValidationError('host record', 'upsertHost', 'needs address and root strings', h.id);
-    await this.exec('hosts.upsert', [h.id, h.datacenter, h.address, h.port, h.root]);
+    const key = h.replicationKey;
+    if (key === undefined) {
+      // no key given: the stored one stays (this statement does not name the column)
+      await this.exec('hosts.upsert', [h.id, h.datacenter, h.address, h.port, h.root]);
+    } else {
+      if (key !== null) checkPublicKey(key, `upsertHost (host ${h.id})`);
+      await this.exec('hosts.upsert_key', [h.id, h.datacenter, h.address, h.port, h.root, key]);
+    }
     this.registered.add(h.id);
   }
 
@@ -773,6 +793,7 @@ export class CassandraCatalog implements Catalog {
         root: colStr(r, 'root', where),
         heartbeatAt: colOptDate(r, 'heartbeat_at', where),
         load: colOptNum(r, 'load', where) ?? 0,
+        replicationKey: colOptStr(r, 'replication_key', where),
       },
       where,
     );
@@ -1094,7 +1115,7 @@ export class CassandraCatalog implements Catalog {
 
   // ---- locks ----
 
-  private async readLock(name: string): Promise<LockRow | undefined> {
+  private async readLock(name: string): Promise<LeaseCells | undefined> {
     const r = await this.serialRead('locks.get', [name]);
     if (!r) return undefined;
     const where = 'locks row';
@@ -1104,6 +1125,25 @@ export class CassandraCatalog implements Catalog {
       expiresAt: colOptDate(r, 'expires_at', where),
       lastToken: colOptNum(r, 'last_token', where),
     };
+  }
+
+  /**
+   * The serial read of the lease (locks.get), as a LockRow: a live or expired lease shows
+   * its owner, lease token and expiry; a released one (or one whose TTL ran out) is free:
+   * owner null, the last token (last_token never expires), expiresAt 0.
+   */
+  async getLock(name: string): Promise<LockRow | undefined> {
+    checkLockText('lock name', name, 'getLock');
+    const cur = await this.readLock(name);
+    if (!cur) return undefined;
+    const where = 'locks row';
+    if (cur.owner !== null) {
+      if (cur.leaseToken === null || cur.expiresAt === null) throw new CatalogError(`${where}: lock ${name} has an owner but no ${cur.leaseToken === null ? 'lease_token' : 'expires_at'}`);
+      return checkLock(name, { owner: cur.owner, token: cur.leaseToken, expiresAt: cur.expiresAt }, where);
+    }
+    const token = cur.lastToken ?? cur.leaseToken;
+    if (token === null) throw new CatalogError(`${where}: lock ${name} has neither an owner nor a token`);
+    return checkLock(name, { owner: null, token, expiresAt: 0 }, where);
   }
 
   async acquireLock(name: string, owner: string, ttlMs: number): Promise<LockResult> {

@@ -9,7 +9,7 @@ export type { CassandraCatalogOptions, ReplicationSpec } from './cassandra.js';
 
 export const DEFAULT_CASSANDRA_KEYSPACE = 'storage_catalog';
 
-export async function openCatalog(config: Config): Promise<Catalog> {
+export async function openCatalog(config: Config, o: { connectTimeoutMs?: number } = {}): Promise<Catalog> {
   const c = config.catalog;
   if (c.backend === 'sqlite') return new SqliteCatalog(c.path);
   if (c.backend === 'cassandra') {
@@ -24,6 +24,7 @@ export async function openCatalog(config: Config): Promise<Catalog> {
       ...(c.replication ? { replication: { class: 'NetworkTopologyStrategy' as const, datacenters: c.replication } } : {}),
       // a heartbeat outlives a few missed agent cycles, then disappears
       heartbeatTtlSeconds: Math.max(60, Math.ceil(10 * config.interval)),
+      ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
     });
   }
   throw new CatalogError(`catalog backend '${String(c.backend)}' is not available in this build (use 'sqlite' or 'cassandra')`);

@@ -6,12 +6,13 @@
 //    again. Replica rows are newest-wins, so a replay is idempotent and cannot move a
 //    replica backwards;
 //  - what must never happen from a stale view is NOT journaled and fails: location
-//    changes (fencing), locks, project creation, replica deletion.
+//    changes (fencing), locks, project creation, replica deletion. getLock (a fencing
+//    check) is passed straight through too: never answered from the cache.
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ValidationError } from '../util/validate.js';
-import type { Catalog, EventRecord, HostRecord, LockResult, NewestSnapshot, ProjectRecord, ProjectState, ReplicaRecord } from './types.js';
+import type { Catalog, EventRecord, HostRecord, HostRegistration, LockResult, LockRow, NewestSnapshot, ProjectRecord, ProjectState, ReplicaRecord } from './types.js';
 
 type Journaled = 'upsertReplica' | 'heartbeat' | 'addEvent' | 'setTargets' | 'upsertHost' | 'recordNewest';
 
@@ -122,7 +123,8 @@ export class ResilientCatalog implements Catalog {
     await this.inner.close();
   }
 
-  upsertHost(h: Omit<HostRecord, 'heartbeatAt' | 'load'>): Promise<void> {
+  upsertHost(h: HostRegistration): Promise<void> {
+    // journaled as JSON: an omitted (undefined) replicationKey stays omitted on replay
     return this.write('upsertHost', [h], () => this.inner.upsertHost(h));
   }
   heartbeat(host: string, load: number, at = Date.now()): Promise<void> {
@@ -188,5 +190,9 @@ export class ResilientCatalog implements Catalog {
   }
   releaseLock(name: string, owner: string, token: number): Promise<void> {
     return this.inner.releaseLock(name, owner, token);
+  }
+  getLock(name: string): Promise<LockRow | undefined> {
+    // a read, but a fencing check: no cache, no journal; a failure is the caller's to see
+    return this.inner.getLock(name);
   }
 }

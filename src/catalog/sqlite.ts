@@ -8,14 +8,18 @@ import {
   FencingError,
   EVENT_TTL_SECONDS,
   checkHost,
+  checkLock,
   checkNewest,
+  checkPublicKey,
   checkProject,
   checkReplica,
   projectLockName,
   type Catalog,
   type EventRecord,
   type HostRecord,
+  type HostRegistration,
   type LockResult,
+  type LockRow,
   type NewestSnapshot,
   type ProjectRecord,
   type ProjectState,
@@ -45,6 +49,8 @@ const MIGRATIONS: string[] = [
   // that names the host as primary (see Catalog.hostGeneration)
   `CREATE TABLE host_generation (host TEXT PRIMARY KEY, gen INTEGER NOT NULL);`,
   `CREATE TABLE newest_snapshots (project TEXT PRIMARY KEY, snapshot TEXT NOT NULL, guid TEXT NOT NULL, creation INTEGER NOT NULL);`,
+  // each host's replication public key (HostRecord.replicationKey); existing rows: NULL
+  `ALTER TABLE hosts ADD COLUMN replication_key TEXT;`,
 ];
 
 interface ProjectRow {
@@ -103,16 +109,29 @@ export class SqliteCatalog implements Catalog {
   }
 
   // ---- hosts ----
-  upsertHost(h: Omit<HostRecord, 'heartbeatAt' | 'load'>): Promise<void> {
+  upsertHost(h: HostRegistration): Promise<void> {
     return this.wrap('upsert host', () => {
       v.hostId(h.id, 'upsertHost');
       v.hostId(h.datacenter, 'upsertHost datacenter');
+      const key = h.replicationKey;
+      if (key === undefined) {
+        // no key given: a stored one stays
+        this.db
+          .prepare(
+            `INSERT INTO hosts (id, datacenter, address, port, root) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET datacenter = excluded.datacenter, address = excluded.address, port = excluded.port, root = excluded.root`,
+          )
+          .run(h.id, h.datacenter, h.address, h.port, h.root);
+        return;
+      }
+      if (key !== null) checkPublicKey(key, `upsertHost (host ${h.id})`);
       this.db
         .prepare(
-          `INSERT INTO hosts (id, datacenter, address, port, root) VALUES (?, ?, ?, ?, ?)
-           ON CONFLICT(id) DO UPDATE SET datacenter = excluded.datacenter, address = excluded.address, port = excluded.port, root = excluded.root`,
+          `INSERT INTO hosts (id, datacenter, address, port, root, replication_key) VALUES (?, ?, ?, ?, ?, ?)
+           ON CONFLICT(id) DO UPDATE SET datacenter = excluded.datacenter, address = excluded.address, port = excluded.port, root = excluded.root,
+             replication_key = excluded.replication_key`,
         )
-        .run(h.id, h.datacenter, h.address, h.port, h.root);
+        .run(h.id, h.datacenter, h.address, h.port, h.root, key);
     });
   }
 
@@ -123,8 +142,11 @@ export class SqliteCatalog implements Catalog {
     });
   }
 
-  private hostFrom(r: { id: string; datacenter: string; address: string; port: number; root: string; heartbeat_at: number | null; load: number }): HostRecord {
-    return checkHost({ id: r.id, datacenter: r.datacenter, address: r.address, port: r.port, root: r.root, heartbeatAt: r.heartbeat_at, load: r.load }, 'hosts row');
+  private hostFrom(r: { id: string; datacenter: string; address: string; port: number; root: string; heartbeat_at: number | null; load: number; replication_key: string | null }): HostRecord {
+    return checkHost(
+      { id: r.id, datacenter: r.datacenter, address: r.address, port: r.port, root: r.root, heartbeatAt: r.heartbeat_at, load: r.load, replicationKey: r.replication_key ?? null },
+      'hosts row',
+    );
   }
 
   getHost(id: string): Promise<HostRecord | undefined> {
@@ -364,6 +386,16 @@ export class SqliteCatalog implements Catalog {
     return this.wrap('release lock', () => {
       // the token stays, so the next holder's token is larger (fencing)
       this.db.prepare('UPDATE locks SET owner = NULL, expires_at = 0 WHERE name = ? AND owner = ? AND token = ?').run(name, owner, token);
+    });
+  }
+
+  getLock(name: string): Promise<LockRow | undefined> {
+    return this.wrap('get lock', () => {
+      if (typeof name !== 'string' || name.length === 0) throw new v.ValidationError('lock name', 'getLock', 'must be a non-empty string', name);
+      const r = this.db.prepare('SELECT owner, token, expires_at FROM locks WHERE name = ?').get(name) as { owner: unknown; token: unknown; expires_at: unknown } | undefined;
+      if (!r) return undefined;
+      if (r.owner !== null && typeof r.owner !== 'string') throw new CatalogError(`locks row ${name}: owner is not text`);
+      return checkLock(name, { owner: r.owner, token: r.token as number, expiresAt: r.expires_at as number }, 'locks row');
     });
   }
 }

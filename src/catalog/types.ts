@@ -13,7 +13,19 @@ export interface HostRecord {
   heartbeatAt: number | null;
   /** a load figure used for placement (number of primaries + replicas here) */
   load: number;
+  /**
+   * The host's replication public key, an OpenSSH public key line "<type> <base64>" without
+   * a comment (see checkPublicKey), or null if it never registered one.
+   */
+  replicationKey: string | null;
 }
+
+/**
+ * What upsertHost writes. replicationKey: a key line is validated and stored; null removes
+ * the stored key; omitted (or undefined) leaves the stored key unchanged, so a caller that
+ * does not know the key (upsertHost runs on every agent start) never erases it.
+ */
+export type HostRegistration = Omit<HostRecord, 'heartbeatAt' | 'load' | 'replicationKey'> & { replicationKey?: string | null };
 
 export type ProjectState = 'active' | 'moving' | 'fenced' | 'failing-over';
 
@@ -72,6 +84,19 @@ export interface EventRecord {
 
 export type LockResult = { ok: true; token: number; expiresAt: number } | { ok: false; owner: string; expiresAt: number };
 
+/**
+ * A lock row as stored (Catalog.getLock). owner null: free (released, or on Cassandra a
+ * lease whose TTL ran out). token: the lease/fencing token of the current or last holder.
+ * expiresAt: ms since epoch (0 once released). A lease is live only if owner !== null AND
+ * expiresAt > now: after it expires the row may still name the old owner (SQLite keeps it
+ * until the next acquire; Cassandra until the lease cells' TTL runs out, about a second).
+ */
+export interface LockRow {
+  owner: string | null;
+  token: number;
+  expiresAt: number;
+}
+
 export class CatalogError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -91,7 +116,8 @@ export interface Catalog {
   readonly backend: string;
   close(): Promise<void>;
 
-  upsertHost(h: Omit<HostRecord, 'heartbeatAt' | 'load'>): Promise<void>;
+  /** Registers or updates a host; see HostRegistration for replicationKey (validated: checkPublicKey). */
+  upsertHost(h: HostRegistration): Promise<void>;
   heartbeat(host: string, load: number, at?: number): Promise<void>;
   getHost(id: string): Promise<HostRecord | undefined>;
   listHosts(): Promise<HostRecord[]>;
@@ -128,6 +154,13 @@ export interface Catalog {
   acquireLock(name: string, owner: string, ttlMs: number): Promise<LockResult>;
   renewLock(name: string, owner: string, token: number, ttlMs: number): Promise<boolean>;
   releaseLock(name: string, owner: string, token: number): Promise<void>;
+  /**
+   * The lock row as stored, undefined if the lock was never taken: a read at the backend's
+   * strongest level (Cassandra: serial), used to check that a fencing token is the live
+   * holder's (see LockRow: owner !== null && token === t && expiresAt > now). Never served
+   * from a cache.
+   */
+  getLock(name: string): Promise<LockRow | undefined>;
 }
 
 export function projectLockName(project: string): string {
@@ -154,5 +187,49 @@ export function checkReplica(r: ReplicaRecord, where: string): ReplicaRecord {
 export function checkHost(h: HostRecord, where: string): HostRecord {
   v.hostId(h.id, where);
   v.hostId(h.datacenter, `${where} (host ${h.id} datacenter)`);
+  if (h.replicationKey !== null) checkPublicKey(h.replicationKey, `${where} (host ${h.id} replication key)`);
   return h;
+}
+
+/** OpenSSH public key types accepted as a host's replication key. */
+export const PUBLIC_KEY_TYPES: readonly string[] = [
+  'ssh-ed25519',
+  'ecdsa-sha2-nistp256',
+  'ecdsa-sha2-nistp384',
+  'ecdsa-sha2-nistp521',
+  'ssh-rsa',
+  'sk-ssh-ed25519@openssh.com',
+  'sk-ecdsa-sha2-nistp256@openssh.com',
+];
+const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
+const MAX_KEY_BASE64 = 16_384;
+
+/**
+ * An OpenSSH public key line "<type> <base64>": exactly two words separated by one space,
+ * no comment, no surrounding whitespace or newline; type one of PUBLIC_KEY_TYPES; base64 of
+ * 1-16384 characters. A ValidationError naming what and `where` otherwise.
+ */
+export function checkPublicKey(value: unknown, where: string): string {
+  const what = 'replication public key';
+  if (typeof value !== 'string') throw new v.ValidationError(what, where, 'is not a string', value);
+  const words = value.split(' ');
+  if (words.length !== 2 || words[0] === '' || words[1] === '') {
+    throw new v.ValidationError(what, where, 'must be exactly "<type> <base64>", two words separated by one space, without a comment', value);
+  }
+  const [type, data] = words as [string, string];
+  if (!PUBLIC_KEY_TYPES.includes(type)) throw new v.ValidationError(what, where, `has key type ${JSON.stringify(type.slice(0, 40))}, not one of ${PUBLIC_KEY_TYPES.join(', ')}`, value);
+  if (data.length > MAX_KEY_BASE64) throw new v.ValidationError(what, where, `has ${data.length} characters of key data, more than ${MAX_KEY_BASE64}`, value);
+  if (!BASE64_RE.test(data)) throw new v.ValidationError(what, where, 'has key data that is not base64 (A-Z a-z 0-9 + / and at most two trailing =)', value);
+  return value;
+}
+
+/** Validates a lock row read from a backend. */
+export function checkLock(name: string, l: LockRow, where: string): LockRow {
+  // eslint-disable-next-line no-control-regex
+  if (l.owner !== null && (typeof l.owner !== 'string' || l.owner.length === 0 || l.owner.length > 255 || /[\u0000-\u001f\u007f]/.test(l.owner))) {
+    throw new CatalogError(`${where}: lock ${name} has a malformed owner ${v.describe(l.owner)}`);
+  }
+  if (!Number.isSafeInteger(l.token) || l.token < 0) throw new CatalogError(`${where}: lock ${name} has a malformed token ${JSON.stringify(l.token)}`);
+  if (!Number.isSafeInteger(l.expiresAt) || l.expiresAt < 0) throw new CatalogError(`${where}: lock ${name} has a malformed expiry ${JSON.stringify(l.expiresAt)}`);
+  return l;
 }

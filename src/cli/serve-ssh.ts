@@ -1,31 +1,77 @@
-// `storagectl [--config FILE] serve-ssh`, the SSH forced command, on a lean import path:
-// it runs once per replication operation, so it loads only the configuration, the zfs
-// adapter and the receiver (not the CLI, the catalog drivers or the agent).
+// `storagectl [--config FILE] serve-ssh --peer <host>`, the SSH forced command, on a lean
+// import path: it runs once per replication operation, so it loads only the
+// configuration, the zfs adapter, the receiver and the catalog backend it is configured
+// with (the Cassandra driver only on Cassandra hosts). `--peer` is written by
+// `storagectl authorized-keys` into the line of that peer's key: sshd binds the name to
+// the key, and the receiver grants that name only what the catalog gives it.
+import { readFileSync } from 'node:fs';
 import { loadConfig } from '../agent/config.js';
 import { Zfs, CommandRunner } from '../zfs/index.js';
 import { serve } from '../replica/receiver.js';
+import { FactSource, type FactCatalog } from '../replica/auth-facts.js';
+import { openCatalog } from '../catalog/index.js';
+import * as v from '../util/validate.js';
 
 const DEFAULT_CONFIG = process.env.STORAGE_CONFIG ?? '/etc/storage-agent/config.yaml';
 
-/** argv as given to storagectl; returns false when this is not a serve-ssh invocation. */
+interface ServeArgs {
+  config: string;
+  peer?: string;
+}
+
+/** argv after `storagectl`: [--config FILE] serve-ssh [--peer HOST]; undefined when it is not that. */
+export function parseServeArgs(argv: readonly string[]): ServeArgs | undefined {
+  const out: ServeArgs = { config: DEFAULT_CONFIG };
+  let sawServe = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--config' || a === '-c') out.config = argv[++i] ?? '';
+    else if (a.startsWith('--config=')) out.config = a.slice('--config='.length);
+    else if (a === '--peer') out.peer = argv[++i] ?? '';
+    else if (a.startsWith('--peer=')) out.peer = a.slice('--peer='.length);
+    else if (a === 'serve-ssh' && !sawServe) sawServe = true;
+    else return undefined;
+  }
+  return sawServe ? out : undefined;
+}
+
 export function isServeSsh(argv: string[]): boolean {
-  const rest = argv.filter((a, i) => !(a === '--config' || a === '-c' || argv[i - 1] === '--config' || argv[i - 1] === '-c') && !a.startsWith('--config='));
-  return rest.length === 1 && rest[0] === 'serve-ssh';
+  return parseServeArgs(argv) !== undefined;
+}
+
+/** The key sshd reports the session authenticated with (ExposeAuthInfo yes), "type base64". */
+function presentedKey(): string | undefined {
+  const file = process.env.SSH_USER_AUTH;
+  if (!file) return undefined;
+  try {
+    const line = readFileSync(file, 'utf8').split('\n').find((l) => l.startsWith('publickey '));
+    const [, type, b64] = line?.split(' ') ?? [];
+    return type && b64 ? `${type} ${b64}` : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export async function main(argv: string[]): Promise<void> {
-  let configPath = DEFAULT_CONFIG;
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--config' || argv[i] === '-c') configPath = argv[i + 1] ?? configPath;
-    else if (argv[i]!.startsWith('--config=')) configPath = argv[i]!.slice('--config='.length);
+  const args = parseServeArgs(argv);
+  const fail = (msg: string, code: number) => {
+    process.stderr.write(`storagectl serve-ssh: ${msg}\n`);
+    process.exitCode = code;
+  };
+  if (!args) return fail('usage: storagectl [--config FILE] serve-ssh --peer <host>', 3);
+  let peer: string | undefined;
+  if (args.peer !== undefined) {
+    try {
+      peer = v.hostId(args.peer, 'serve-ssh --peer');
+    } catch (e) {
+      return fail((e as Error).message, 3);
+    }
   }
   let config;
   try {
-    config = loadConfig(configPath);
+    config = loadConfig(args.config);
   } catch (e) {
-    process.stderr.write(`storagectl serve-ssh: ${(e as Error).message}\n`);
-    process.exitCode = 3;
-    return;
+    return fail((e as Error).message, 3);
   }
   const zfs = new Zfs({
     runner: new CommandRunner({ prefix: config.zfs.commandPrefix }),
@@ -33,10 +79,35 @@ export async function main(argv: string[]): Promise<void> {
     zpool: config.zfs.zpoolPath,
     capabilitiesCache: `${config.stateDir}/capabilities.json`,
   });
-  process.exitCode = await serve(
-    { zfs, host: config.host, replicasRoot: config.replicasRoot, projectsRoot: config.projectsRoot, auditLog: config.receiverLog, client: process.env.SSH_CLIENT },
-    process.env.SSH_ORIGINAL_COMMAND,
-    process.stdout,
-    process.stderr,
-  );
+  let catalog: Promise<FactCatalog & { close(): Promise<void> }> | undefined;
+  const cfg = config;
+  const facts = new FactSource(() => (catalog ??= openCatalog(cfg, { connectTimeoutMs: 2000 })), {
+    cacheFile: `${config.stateDir}/receiver-facts.db`,
+    freshMs: config.receiver.factsFresh * 1000,
+    staleMs: config.receiver.factsStaleWhenCatalogDown * 1000,
+  });
+  try {
+    process.exitCode = await serve(
+      {
+        zfs,
+        host: config.host,
+        replicasRoot: config.replicasRoot,
+        projectsRoot: config.projectsRoot,
+        auditLog: config.receiverLog,
+        client: process.env.SSH_CLIENT,
+        peer,
+        presentedKey: presentedKey(),
+        facts,
+        sessionTimeLimitSeconds: config.receiver.sessionTimeLimit,
+        receiveSlots: { dir: `${config.stateDir}/receive-slots`, perPeer: config.receiver.maxReceivesPerPeer },
+      },
+      process.env.SSH_ORIGINAL_COMMAND,
+      process.stdin,
+      process.stdout,
+      process.stderr,
+    );
+  } finally {
+    facts.close();
+    if (catalog) await (await catalog.catch(() => undefined))?.close().catch(() => undefined);
+  }
 }

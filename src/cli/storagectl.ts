@@ -9,6 +9,7 @@ import { openCatalog, CatalogError, type Catalog, type ProjectRecord, type Repli
 import { freshnessAsOf } from '../agent/cycle-plan.js';
 import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
+import { leaseOwner } from '../lock/lease.js';
 import { move } from '../agent/move.js';
 import { restore, RestoreError } from '../agent/restore.js';
 import { SshPool } from '../replica/transport.js';
@@ -16,6 +17,8 @@ import { fetchListing } from '../replica/listing.js';
 import { silentLogger } from '../util/log.js';
 import * as v from '../util/validate.js';
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { authorizedKeyLines, writeBlock } from './authorized-keys.js';
 
 class UsageError extends Error {}
 class EnvError extends Error {}
@@ -135,10 +138,26 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('serve-ssh')
-    .description('the SSH forced command of the replication key (reads SSH_ORIGINAL_COMMAND)')
-    .action(async () => {
+    .description("the SSH forced command of a peer's replication key (reads SSH_ORIGINAL_COMMAND)")
+    .option('--peer <host>', 'the peer whose key this is (written by authorized-keys)')
+    .action(async (opts: { peer?: string }) => {
       const lean = await import('./serve-ssh.js');
-      await lean.main(['--config', cfg()]);
+      await lean.main(['--config', cfg(), 'serve-ssh', ...(opts.peer !== undefined ? ['--peer', opts.peer] : [])]);
+    });
+
+  program
+    .command('authorized-keys')
+    .description("authorized_keys lines for every host's replication key in the catalog, each bound to its peer name")
+    .option('--storagectl <path>', 'the storagectl the forced command runs', resolve(process.argv[1] ?? 'storagectl'))
+    .option('--write <file>', 'replace the generated block of this authorized_keys file (other lines kept)')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { storagectl: string; write?: string; json?: boolean }) => {
+      const { catalog } = await context(cfg());
+      const r = authorizedKeyLines(await catalog.listHosts(), { storagectl: opts.storagectl, config: resolve(cfg()) });
+      if (opts.write) writeBlock(opts.write, r.lines);
+      out(!!opts.json, { ...r, written: opts.write ?? null }, () => (opts.write ? `${opts.write}: ${r.lines.length} peer key(s) written\n` : r.lines.map((l) => `${l}\n`).join('')));
+      for (const h of r.missing) process.stderr.write(`warning: host ${h} has no replication key in the catalog (its agent registers it at start): no line for it\n`);
+      if (r.missing.length) process.exitCode = 1;
     });
 
   const project = program.command('project').description('project datasets');
@@ -188,7 +207,7 @@ export async function main(argv: string[]): Promise<void> {
       }
       // location none or a dead primary: lock, the freshest live replica (ties: least loaded), mount
       const r = await withSsh(config, (pool) =>
-        failover(catalog, pool, id, { owner: `storagectl-open@${config.host}:${process.pid}`, graceMs: dead, expectPrimary: p.primary ?? undefined, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
+        failover(catalog, pool, id, { owner: leaseOwner('storagectl-open', config.host), graceMs: dead, expectPrimary: p.primary ?? undefined, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
       );
       out(!!opts.json, { project: id, host: r.to, failover: r }, () => `${id} mounted on ${r.to} (primary ${p.primary ?? 'none'} was dead) at snapshot ${r.snapshot}; data-loss window up to ${r.dataLossWindowSeconds}s\n`);
     });
@@ -349,7 +368,7 @@ export async function main(argv: string[]): Promise<void> {
       const r = await withSsh(config, (pool) =>
         failover(catalog, pool, id, {
           to: opts.to,
-          owner: `storagectl@${config.host}:${process.pid}`,
+          owner: leaseOwner('storagectl-failover', config.host),
           graceMs: deadAfterMs(config),
           onStep: (s) => process.stderr.write(`failover: ${s}\n`), // steps on stderr, also with --json
         }),
@@ -395,7 +414,7 @@ export async function main(argv: string[]): Promise<void> {
         process.stderr.write(`move: ${s}\n`);
       };
       try {
-        const r = await move(agent, id, to, { owner: `storagectl-move@${config.host}:${process.pid}`, dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, onStep: step });
+        const r = await move(agent, id, to, { owner: leaseOwner('storagectl-move', config.host), dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, onStep: step });
         if (barOn) bar!.stop();
         out(!!opts.json, r, () => `${id} moved from ${r.from} to ${r.to} at ${r.finalSnapshot}${r.resumed ? ' (finished an interrupted move)' : `; writes stopped for ${(r.downtimeMs / 1000).toFixed(1)} s`}; ${r.from} ${r.source === 'replica' ? 'keeps a replica' : 'copy dropped'}\n`);
       } finally {
@@ -422,7 +441,7 @@ export async function main(argv: string[]): Promise<void> {
         const r = await restore(agent, id, snap, {
           mode: opts.mode,
           from: opts.from,
-          owner: `storagectl-restore@${config.host}:${process.pid}`,
+          owner: leaseOwner('storagectl-restore', config.host),
           onStep: (s) => process.stderr.write(`restore: ${s}\n`),
           onProgress: opts.json
             ? undefined
@@ -466,19 +485,18 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('repair-catalog')
-    .description('rebuild replica rows from the real zfs listings of each host (by guid); changes nothing on the hosts')
-    .option('--host <host>', 'only this host')
+    .description("rebuild the replica rows of this host's projects from the other hosts' real zfs listings (by guid); changes nothing on the hosts. Run it on each host: a host is answered only about its own projects")
+    .option('--host <host>', 'ask only this replica host')
     .option('--json', 'machine-readable output')
     .action(async (opts: { host?: string; json?: boolean }) => {
       if (opts.host) v.hostId(opts.host, 'storagectl repair-catalog --host');
       const { config, catalog } = await context(cfg());
-      const r = await withSsh(config, (pool) => repairCatalog(catalog, pool, { host: opts.host }));
+      const r = await withSsh(config, (pool) => repairCatalog(catalog, pool, config.host, { host: opts.host }));
       out(!!opts.json, r, () => {
         const lines = r.hosts.map((h) => (h.error ? `${h.host}: NOT LISTED: ${h.error}\n` : `${h.host}: ${h.datasets} replica dataset(s)\n`));
         for (const x of r.restored) lines.push(`restored ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
         for (const x of r.updated) lines.push(`updated  ${x.project} on ${x.host}: ${x.snapshot} (guid ${x.guid})\n`);
         for (const x of r.targetsAdded) lines.push(`target added: ${x.project} -> ${x.host}\n`);
-        for (const x of r.unknownDatasets) lines.push(`warning: ${x.host} holds ${x.dataset}, which the catalog does not know\n`);
         lines.push(`${r.restored.length} restored, ${r.updated.length} updated, ${r.targetsAdded.length} targets added\n`);
         return lines.join('');
       });

@@ -13,6 +13,22 @@ export class LockedError extends Error {
   }
 }
 
+/**
+ * A lease owner names the host that holds it: `<role>@<host>:<pid>`. The receivers of
+ * other hosts read the host back (ownerHost) to check that a fencing token they are
+ * handed belongs to the peer that hands it.
+ */
+export function leaseOwner(role: string, host: string, pid = process.pid): string {
+  if (!/^[a-z][a-z-]{0,31}$/.test(role)) throw new Error(`lease owner role ${JSON.stringify(role)}: expected lowercase letters and '-'`);
+  return `${role}@${host}:${pid}`;
+}
+
+/** The host of a lease owner written by leaseOwner (undefined for any other shape). */
+export function ownerHost(owner: string): string | undefined {
+  const m = /^[a-z][a-z-]{0,31}@([a-z0-9][a-z0-9.-]{0,62})(?::[0-9]{1,10})?$/.exec(owner);
+  return m?.[1];
+}
+
 export interface Lease {
   token: number;
   /** false once a renewal was refused (another holder took over after an expiry) */

@@ -9,13 +9,15 @@
 //   storage-v1 abort-resume <project-uuid>
 //   storage-v1 rollback-head <project-uuid>   (a replica whose newest snapshot was destroyed by hand:
 //                                              its never-mounted, readonly head back to its newest snapshot)
-//   storage-v1 promote <project-uuid>      (failover/move: replica -> mounted primary)
-//   storage-v1 fence <project-uuid>        (failover: unmount the primary, readonly)
+//   storage-v1 promote <project-uuid> <token> <guid>
+//                                          (failover/move: replica -> mounted primary; the
+//                                           caller's live fencing token, and the guid the
+//                                           replica's newest snapshot must have)
+//   storage-v1 fence <project-uuid> <token>   (failover: stop the old primary's writes)
 //   storage-v1 send <project-uuid>@<snapshot>  (restore: one snapshot of a replica, full stream on stdout)
-//   storage-v1 hold <tag> <project-uuid>@<snapshot>
-//   storage-v1 release <tag> <project-uuid>@<snapshot>
 //
-// Tags must start with "storage:" (the receiver only touches its own holds).
+// The grammar says only what a command is; who may run it is authorize.ts's decision
+// (see trust-model.md beside this file).
 import * as v from '../util/validate.js';
 
 export const PROTOCOL = 'storage-v1';
@@ -26,10 +28,12 @@ export type RemoteCommand =
   | { op: 'recv'; project: string }
   | { op: 'abort-resume'; project: string }
   | { op: 'rollback-head'; project: string }
-  | { op: 'promote'; project: string }
-  | { op: 'fence'; project: string }
-  | { op: 'hold' | 'release'; tag: string; project: string; snap: string }
+  | { op: 'promote'; project: string; token: number; guid: string }
+  | { op: 'fence'; project: string; token: number }
   | { op: 'send'; project: string; snap: string };
+
+/** The operations that name one project (every one but capabilities and list). */
+export type ProjectCommand = Exclude<RemoteCommand, { op: 'capabilities' } | { op: 'list' }>;
 
 export class RefusedCommand extends Error {
   constructor(reason: string, command: string) {
@@ -73,6 +77,14 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
     }
     return [project(s.slice(0, at)), snap];
   };
+  const token = (s: string): number => {
+    if (!/^[1-9][0-9]{0,14}$/.test(s)) throw new RefusedCommand(`fencing token ${v.describe(s)} is not a positive integer`, command);
+    return Number(s);
+  };
+  const guid = (s: string): string => {
+    if (!/^[0-9]{1,20}$/.test(s)) throw new RefusedCommand(`guid ${v.describe(s)} is not a decimal number`, command);
+    return s;
+  };
   switch (op) {
     case 'capabilities':
       arity(0);
@@ -87,27 +99,18 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
     case 'recv':
     case 'abort-resume':
     case 'rollback-head':
-    case 'promote':
-    case 'fence':
       arity(1);
       return { op, project: project(args[0]!) };
+    case 'fence':
+      arity(2);
+      return { op, project: project(args[0]!), token: token(args[1]!) };
+    case 'promote':
+      arity(3);
+      return { op, project: project(args[0]!), token: token(args[1]!), guid: guid(args[2]!) };
     case 'send': {
       arity(1);
       const [id, snap] = projectSnap(args[0]!);
       return { op, project: id, snap };
-    }
-    case 'hold':
-    case 'release': {
-      arity(2);
-      const tag = args[0]!;
-      if (!tag.startsWith('storage:')) throw new RefusedCommand('hold tags must start with "storage:"', command);
-      try {
-        v.holdTag(tag, 'ssh command');
-      } catch (e) {
-        throw new RefusedCommand((e as Error).message, command);
-      }
-      const [id, snap] = projectSnap(args[1]!);
-      return { op, tag, project: id, snap };
     }
     default:
       throw new RefusedCommand(`unknown operation ${v.describe(op ?? '')}`, command);
@@ -124,15 +127,20 @@ export function formatRemoteCommand(c: RemoteCommand): string {
     case 'recv':
     case 'abort-resume':
     case 'rollback-head':
-    case 'promote':
-    case 'fence':
       return `${PROTOCOL} ${c.op} ${v.projectId(c.project)}`;
-    case 'hold':
-    case 'release':
-      return `${PROTOCOL} ${c.op} ${v.holdTag(c.tag)} ${v.projectId(c.project)}@${v.snapshotName(c.snap)}`;
+    case 'fence':
+      return `${PROTOCOL} fence ${v.projectId(c.project)} ${checkToken(c.token)}`;
+    case 'promote':
+      if (!/^[0-9]{1,20}$/.test(c.guid)) throw new Error(`promote: guid ${v.describe(c.guid)} is not a decimal number`);
+      return `${PROTOCOL} promote ${v.projectId(c.project)} ${checkToken(c.token)} ${c.guid}`;
     case 'send':
       return `${PROTOCOL} send ${v.projectId(c.project)}@${v.snapshotName(c.snap)}`;
   }
+}
+
+function checkToken(t: number): number {
+  if (!Number.isSafeInteger(t) || t < 1 || t >= 1e15) throw new Error(`fencing token ${t} is not a positive integer below 1e15`);
+  return t;
 }
 
 /** What `list` returns: the replicas under the receiver's root (all, or the named ones that exist), by project id. */

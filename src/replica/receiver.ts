@@ -1,12 +1,21 @@
-// `storagectl serve-ssh`: the forced command of the replication key in a target's
-// authorized_keys. It runs exactly one protocol command (see protocol.ts) against its
-// configured replicas root and nothing else. Refusals go to stderr and the audit log,
-// and no zfs command runs for them. Replicas are kept unmounted and readonly.
+// `storagectl serve-ssh --peer <host>`: the forced command of each peer's replication key
+// in a host's authorized_keys. It runs exactly one protocol command (protocol.ts), for
+// a peer the catalog knows and only on the projects the catalog gives that peer
+// (authorize.ts; the trust model is trust-model.md beside this file). Refusals go to
+// stderr and the audit log (peer, op, project, reason), exit 2, and no zfs command runs
+// for them. Replicas are kept unmounted and readonly; a stream brings data, never
+// behaviour (stream-policy.ts).
 import { appendFileSync } from 'node:fs';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { Zfs, ZfsCommandError } from '../zfs/index.js';
 import { isProjectId } from '../util/validate.js';
 import { parseRemoteCommand, RefusedCommand, PROTOCOL, type RemoteCommand, type RemoteListing } from './protocol.js';
+import { authorize } from './authorize.js';
+import type { FactSource, GatheredFacts } from './auth-facts.js';
+import { readStreamHeader, type StreamHeader } from './stream-header.js';
+import { RECV_EXCLUDE, REPLICA_OVERRIDES, checkStream, deniedKnownTo, propertiesToReset } from './stream-policy.js';
+import { acquireSlot } from './receive-slots.js';
 
 export interface ReceiverEnv {
   zfs: Zfs;
@@ -17,6 +26,17 @@ export interface ReceiverEnv {
   auditLog?: string;
   /** SSH_CLIENT of the session, for the audit log */
   client?: string;
+  /** the caller's host id, from its authorized_keys line (`serve-ssh --peer <host>`) */
+  peer?: string;
+  /** the public key sshd says the caller used (ExposeAuthInfo's SSH_USER_AUTH), "type base64" */
+  presentedKey?: string;
+  /** the catalog's facts (through the receiver's cache); the catalog is opened only once a command has parsed */
+  facts: FactSource;
+  /** a receive running longer than this is killed (seconds; default 6 h) */
+  sessionTimeLimitSeconds?: number;
+  /** per-peer concurrent receives (default 4); slots are files in this directory */
+  receiveSlots?: { dir: string; perPeer: number };
+  now?: () => number;
 }
 
 export const EXIT_OK = 0;
@@ -26,38 +46,64 @@ export const EXIT_REFUSED = 2;
 function audit(env: ReceiverEnv, entry: Record<string, unknown>): void {
   if (!env.auditLog) return;
   try {
-    appendFileSync(env.auditLog, JSON.stringify({ ts: new Date().toISOString(), component: 'serve-ssh', host: env.host, client: env.client ?? null, ...entry }) + '\n');
+    appendFileSync(env.auditLog, JSON.stringify({ ts: new Date().toISOString(), component: 'serve-ssh', host: env.host, peer: env.peer ?? null, client: env.client ?? null, ...entry }) + '\n');
   } catch {
     /* the audit log must not break replication */
   }
 }
 
+class Refusal extends Error {}
+
 /** Runs one command; returns the process exit code. Never throws. */
-/** `recv` makes zfs read fd 0 of this process directly (see Zfs.recvFromStdin). */
-export async function serve(env: ReceiverEnv, command: string | undefined, stdout: Writable, stderr: Writable): Promise<number> {
+/** `recv` reads the stream from `stdin` (sshd's pipe), checks its header, then feeds zfs. */
+export async function serve(env: ReceiverEnv, command: string | undefined, stdin: Readable, stdout: Writable, stderr: Writable): Promise<number> {
   const started = Date.now();
+  const refuse = (reason: string, cmd?: RemoteCommand): number => {
+    const msg = reason.startsWith('refused: ') ? reason : `refused: ${reason}`;
+    stderr.write(`storagectl serve-ssh: ${msg}\n`);
+    const projects = cmd?.op === 'list' && cmd.projects ? { projects: cmd.projects } : {};
+    audit(env, { command: command ?? null, op: cmd?.op ?? null, project: cmd && 'project' in cmd ? cmd.project : null, ...projects, result: 'refused', reason: msg });
+    return EXIT_REFUSED;
+  };
   let cmd: RemoteCommand;
   try {
     cmd = parseRemoteCommand(command);
   } catch (e) {
-    const msg = e instanceof RefusedCommand ? e.message : `refused: ${(e as Error).message}`;
-    stderr.write(`storagectl serve-ssh: ${msg}\n`);
-    audit(env, { command: command ?? null, result: 'refused', reason: msg });
-    return EXIT_REFUSED;
+    return refuse(e instanceof RefusedCommand ? e.message : (e as Error).message);
   }
+  if (!env.peer) return refuse('no peer name: the authorized_keys line must run `serve-ssh --peer <host>` (storagectl authorized-keys writes it)', cmd);
+  let facts: GatheredFacts;
   try {
-    const extra = await run(env, cmd, stdout);
-    audit(env, { command, result: 'ok', durationMs: Date.now() - started, ...extra });
+    facts = await env.facts.gather(cmd, env.host, env.peer, env.presentedKey);
+  } catch (e) {
+    // fail closed: no answer from the catalog is no permission
+    return refuse(`cannot check ${env.peer}'s authorization in the catalog: ${(e as Error).message}`, cmd);
+  }
+  let decision = authorize(cmd, facts);
+  if (!decision.ok && facts.cached && facts.staleMs === 0) {
+    // cached rows say no: the catalog's live rows have the last word
+    try {
+      facts = await env.facts.gather(cmd, env.host, env.peer, env.presentedKey, { live: true });
+      decision = authorize(cmd, facts);
+    } catch (e) {
+      return refuse(`cannot check ${env.peer}'s authorization in the catalog: ${(e as Error).message}`, cmd);
+    }
+  }
+  if (!decision.ok) return refuse(decision.reason, cmd);
+  try {
+    const extra = await run(env, cmd, stdin, stdout, facts);
+    audit(env, { command, op: cmd.op, result: 'ok', durationMs: Date.now() - started, ...(facts.staleMs ? { catalogUnreachableFactsAgeMs: facts.staleMs } : {}), ...extra });
     return EXIT_OK;
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
+    if (e instanceof Refusal) return refuse(msg, cmd);
     stderr.write(`storagectl serve-ssh: ${cmd.op} failed: ${msg}\n`);
-    audit(env, { command, result: 'failed', error: msg, durationMs: Date.now() - started });
+    audit(env, { command, op: cmd.op, result: 'failed', error: msg, durationMs: Date.now() - started });
     return EXIT_FAILED;
   }
 }
 
-async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Promise<Record<string, unknown>> {
+async function run(env: ReceiverEnv, cmd: RemoteCommand, stdin: Readable, stdout: Writable, facts: GatheredFacts): Promise<Record<string, unknown>> {
   const { zfs, replicasRoot } = env;
   switch (cmd.op) {
     case 'capabilities': {
@@ -65,23 +111,14 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
       return {};
     }
     case 'list': {
-      const listing = await listReplicas(env, cmd.projects);
+      // unscoped (repair-catalog): only the caller's own projects, never the whole tree
+      const ids = cmd.projects ?? (await env.facts.projectsOf(facts.peer));
+      const listing = await listReplicas(env, ids);
       stdout.write(JSON.stringify(listing) + '\n');
       return { datasets: Object.keys(listing.datasets).length };
     }
-    case 'recv': {
-      await zfs.ensureDataset(replicasRoot, { parents: true, canmount: 'off', mountpoint: 'none', readonly: true });
-      const target = `${replicasRoot}/${cmd.project}`;
-      const caps = await zfs.capabilities();
-      const recv = await zfs.recvFromStdin({ target, noMount: true, resumable: true, setProps: caps.recvPropertyOverride ? { readonly: 'on' } : undefined, excludeProps: caps.recvPropertyOverride ? ['mountpoint'] : undefined });
-      await recv.done;
-      if (!caps.recvPropertyOverride) {
-        // a stream may carry a local readonly=off (e.g. from a promoted replica): replicas stay readonly
-        const { readonly } = await zfs.get(target, ['readonly']);
-        if (readonly !== 'on') await zfs.set(target, { readonly: 'on' });
-      }
-      return {};
-    }
+    case 'recv':
+      return receive(env, cmd.project, stdin);
     case 'abort-resume': {
       await zfs.abortResumable(`${replicasRoot}/${cmd.project}`);
       return {};
@@ -103,31 +140,19 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
       stdout.write(JSON.stringify({ rolledBack: ds, to: newest.snap }) + '\n');
       return { rolledBack: `${ds}@${newest.snap}` };
     }
-    case 'promote': {
-      // replica -> primary: rename under the projects root, drop the replica's readonly
-      // and mountpoint overrides (inherit the root's), mount. Idempotent.
-      if (!env.projectsRoot) throw new Error('promote: this receiver has no projects root configured');
-      const from = `${replicasRoot}/${cmd.project}`;
-      const to = `${env.projectsRoot}/${cmd.project}`;
-      if (!(await zfs.exists(to))) await zfs.rename(from, to);
-      await zfs.set(to, { canmount: 'noauto' });
-      await zfs.inherit(to, 'readonly');
-      await zfs.inherit(to, 'mountpoint');
-      const { mounted, mountpoint } = await zfs.get(to, ['mounted', 'mountpoint']);
-      if (mounted !== 'yes') await zfs.mount(to);
-      stdout.write(JSON.stringify({ promoted: to, mountpoint }) + '\n');
-      return { promoted: to };
-    }
+    case 'promote':
+      return promote(env, cmd.project, cmd.guid, stdout);
     case 'fence': {
+      // writes stop first: readonly narrows the window (new writes get EROFS), then unmount
       if (!env.projectsRoot) throw new Error('fence: this receiver has no projects root configured');
       const ds = `${env.projectsRoot}/${cmd.project}`;
       if (!(await zfs.exists(ds))) {
         stdout.write(JSON.stringify({ fenced: ds, present: false }) + '\n');
         return { fenced: ds };
       }
+      await zfs.set(ds, { readonly: 'on' });
       const { mounted } = await zfs.get(ds, ['mounted']);
       if (mounted === 'yes') await zfs.unmount(ds, { force: true });
-      await zfs.set(ds, { readonly: 'on' });
       stdout.write(JSON.stringify({ fenced: ds, present: true }) + '\n');
       return { fenced: ds };
     }
@@ -139,13 +164,116 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdout: Writable): Prom
       await send.done;
       return { sent: snapshot };
     }
-    case 'hold':
-      await zfs.hold(cmd.tag, [`${replicasRoot}/${cmd.project}@${cmd.snap}`]);
-      return {};
-    case 'release':
-      await zfs.release(cmd.tag, [`${replicasRoot}/${cmd.project}@${cmd.snap}`]);
-      return {};
   }
+}
+
+/**
+ * A replication stream into <replicasRoot>/<project>: its header is read and checked
+ * before any zfs command (one filesystem, the project's own, no children or volumes);
+ * zfs then receives it with the host-affecting properties overridden (OpenZFS -o/-x)
+ * or, where zfs cannot (zfs-fuse), reset before the session ends. Bounded in time and
+ * in concurrent receives per peer.
+ */
+async function receive(env: ReceiverEnv, project: string, stdin: Readable): Promise<Record<string, unknown>> {
+  const { zfs, replicasRoot } = env;
+  const slot = env.receiveSlots ? acquireSlot(env.receiveSlots.dir, env.peer!, env.receiveSlots.perPeer) : undefined;
+  if (slot === null) throw new Refusal(`${env.peer} already runs ${env.receiveSlots!.perPeer} receives on ${env.host} (receiver.maxReceivesPerPeer)`);
+  try {
+    let header: StreamHeader;
+    let stream: Readable;
+    try {
+      ({ header, stream } = await readStreamHeader(stdin));
+    } catch (e) {
+      throw new Refusal(`unreadable stream header: ${(e as Error).message}`);
+    }
+    const caps = await zfs.capabilities();
+    const problem = checkStream(header, project, { canOverride: caps.recvPropertyOverride });
+    if (problem) throw new Refusal(problem);
+    await zfs.ensureDataset(replicasRoot, { parents: true, canmount: 'off', mountpoint: 'none', readonly: true });
+    const target = `${replicasRoot}/${project}`;
+    const recv = await zfs.recv({ target, noMount: true, resumable: true, setProps: { ...REPLICA_OVERRIDES }, excludeProps: RECV_EXCLUDE });
+    const limit = (env.sessionTimeLimitSeconds ?? 6 * 3600) * 1000;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      recv.kill();
+      stream.destroy();
+    }, limit);
+    try {
+      await Promise.all([pipeline(stream, recv.stream).catch((e: Error) => recv.done.then(() => Promise.reject(e))), recv.done]);
+    } catch (e) {
+      if (timedOut) throw new Error(`receive into ${target} ran past the session limit of ${limit / 1000} s and was stopped`);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+    // an -R header lists what the sender declares; a crafted stream can carry more
+    // substreams than it declares: what arrived under the replica is checked too
+    const undeclared = await zfs.childNames(target);
+    if (undeclared.length) await quarantine(zfs, undeclared);
+    const reset = caps.recvPropertyOverride ? [] : await resetDenied(zfs, target, caps.implementation);
+    if (undeclared.length) {
+      throw new Refusal(`the stream carried undeclared child datasets (${undeclared.join(', ')}): they are kept unmounted and readonly for an operator (storagectl conflicts); the replica itself was received`);
+    }
+    return { received: header.toname, ...(reset.length ? { reset } : {}) };
+  } finally {
+    slot?.release();
+  }
+}
+
+/** Datasets a stream brought that no replica may have: never mounted, never written, never destroyed by us. */
+async function quarantine(zfs: Zfs, datasets: readonly string[]): Promise<void> {
+  for (const ds of datasets) {
+    await zfs.set(ds, { canmount: 'off', readonly: 'on' }).catch(() => undefined);
+    const { mounted } = await zfs.get(ds, ['mounted']).catch(() => ({ mounted: 'no' }));
+    if (mounted === 'yes') await zfs.unmount(ds, { force: true }).catch(() => undefined);
+  }
+}
+
+/**
+ * zfs-fuse has no recv -o/-x: the received values of the denied properties (and a
+ * readonly=off) are put back to the replica's own (inherit; a safe value for those that
+ * do not inherit), before anything mounts it (the stream's mountpoint was refused).
+ */
+async function resetDenied(zfs: Zfs, dataset: string, implementation: string): Promise<string[]> {
+  const sources = await zfs.getWithSource(dataset, [...new Set([...deniedKnownTo(implementation), ...Object.keys(REPLICA_OVERRIDES)])]);
+  const plan = propertiesToReset(sources);
+  for (const p of plan.inherit) await zfs.inherit(dataset, p);
+  if (Object.keys(plan.set).length) await zfs.set(dataset, plan.set);
+  return [...plan.inherit, ...Object.keys(plan.set)];
+}
+
+/**
+ * Replica -> primary: only the dataset the caller expects (its newest snapshot has the
+ * guid the caller chose), renamed under the projects root; the replica's overrides and
+ * every denied property back to the host's own values; mounted. Idempotent: a re-run
+ * finds the promoted dataset and checks the same guid.
+ */
+async function promote(env: ReceiverEnv, project: string, guid: string, stdout: Writable): Promise<Record<string, unknown>> {
+  const { zfs, replicasRoot } = env;
+  if (!env.projectsRoot) throw new Error('promote: this receiver has no projects root configured');
+  const from = `${replicasRoot}/${project}`;
+  const to = `${env.projectsRoot}/${project}`;
+  const found = (await zfs.listSnapshots([from, to])).snapshots;
+  const fromSnaps = found.get(from);
+  const toSnaps = found.get(to);
+  if (fromSnaps && toSnaps) throw new Error(`promote: both ${from} and ${to} exist on ${env.host}: resolve by hand (storagectl conflicts)`);
+  const snaps = toSnaps ?? fromSnaps;
+  if (!snaps) throw new Error(`promote: ${env.host} holds no replica of ${project} (${from} does not exist)`);
+  const newest = snaps[snaps.length - 1];
+  if (newest?.guid !== guid) {
+    throw new Error(`promote: ${toSnaps ? to : from}'s newest snapshot is ${newest ? `${newest.snap} (guid ${newest.guid})` : 'none'}, not the expected guid ${guid}: not promoting a dataset the caller did not choose`);
+  }
+  if (!toSnaps) await zfs.rename(from, to);
+  await zfs.set(to, { canmount: 'noauto' });
+  const sources = await zfs.getWithSource(to, [...deniedKnownTo((await zfs.capabilities()).implementation), 'readonly']);
+  const plan = propertiesToReset(sources, { primary: true });
+  for (const p of plan.inherit) await zfs.inherit(to, p);
+  if (Object.keys(plan.set).length) await zfs.set(to, plan.set);
+  const { mounted, mountpoint } = await zfs.get(to, ['mounted', 'mountpoint']);
+  if (mounted !== 'yes') await zfs.mount(to);
+  stdout.write(JSON.stringify({ promoted: to, mountpoint, guid }) + '\n');
+  return { promoted: to, guid };
 }
 
 /**

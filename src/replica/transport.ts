@@ -3,11 +3,11 @@
 // per-operation timeouts; and for transfers a byte meter with a progress watchdog,
 // an optional bandwidth cap, and backpressure from `zfs send` to the remote receiver.
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
-import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import { Transform, type Readable, type Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { parseKnownHosts, verifyHostKey, type KnownHosts } from './known-hosts.js';
 
 export interface SshTarget {
   /** host id (for messages) */
@@ -59,44 +59,6 @@ export interface TransferOptions {
   bandwidthLimit?: number;
   onProgress?: (p: TransferProgress) => void;
   signal?: AbortSignal;
-}
-
-// ---- known_hosts ----------------------------------------------------------------
-
-interface KnownHost {
-  patterns: string[];
-  hashed?: { salt: Buffer; hash: Buffer };
-  keyType: string;
-  key: Buffer;
-}
-
-export function parseKnownHosts(text: string): KnownHost[] {
-  const out: KnownHost[] = [];
-  for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    if (!line || line.startsWith('#') || line.startsWith('@')) continue;
-    const [hosts, keyType, keyB64] = line.split(/\s+/);
-    if (!hosts || !keyType || !keyB64) continue;
-    const key = Buffer.from(keyB64, 'base64');
-    if (hosts.startsWith('|1|')) {
-      const [, , salt, hash] = hosts.split('|');
-      out.push({ patterns: [], hashed: { salt: Buffer.from(salt ?? '', 'base64'), hash: Buffer.from(hash ?? '', 'base64') }, keyType, key });
-    } else {
-      out.push({ patterns: hosts.split(','), keyType, key });
-    }
-  }
-  return out;
-}
-
-/** The key blobs pinned for address:port (OpenSSH rules: "[addr]:port" unless port 22). */
-export function pinnedKeys(entries: KnownHost[], address: string, port: number): Buffer[] {
-  const name = port === 22 ? address : `[${address}]:${port}`;
-  return entries
-    .filter((e) => {
-      if (e.hashed) return createHmac('sha1', e.hashed.salt).update(name).digest().equals(e.hashed.hash);
-      return e.patterns.includes(name);
-    })
-    .map((e) => e.key);
 }
 
 // ---- meter / throttle / watchdog --------------------------------------------------
@@ -152,7 +114,7 @@ export class Meter extends Transform {
 export class SshConnection {
   private client?: Client;
   private connecting?: Promise<Client>;
-  private readonly knownHosts: KnownHost[];
+  private readonly knownHosts: KnownHosts;
   /** ms: the last bytes received from the target (keepalive replies included): when it was last seen up */
   lastReceivedAt = 0;
   private lastAttemptAt = 0;
@@ -179,7 +141,6 @@ export class SshConnection {
     this.connecting ??= new Promise<Client>((resolve, reject) => {
       const c = new Client();
       let hostKeyProblem: string | undefined;
-      const pinned = pinnedKeys(this.knownHosts, this.target.address, this.target.port);
       let privateKey: Buffer;
       try {
         privateKey = readFileSync(this.opts.privateKey);
@@ -205,15 +166,13 @@ export class SshConnection {
         keepaliveInterval: this.opts.keepaliveSeconds * 1000,
         keepaliveCountMax: 3,
         hostVerifier: (key: Buffer) => {
-          if (pinned.length === 0) {
-            hostKeyProblem = `host key of ${this.where()} is unknown: no entry in ${this.opts.knownHostsFile}; refusing to connect`;
-            return false;
-          }
-          if (!pinned.some((k) => k.equals(key))) {
-            hostKeyProblem = `host key of ${this.where()} does not match ${this.opts.knownHostsFile} (possible man-in-the-middle, or the host was reinstalled); refusing to connect`;
-            return false;
-          }
-          return true;
+          // the known_hosts rules (markers, patterns, hashed names) live in known-hosts.ts
+          const verdict = verifyHostKey(this.knownHosts, this.target.address, this.target.port, key, {
+            where: this.where(),
+            file: this.opts.knownHostsFile,
+          });
+          if (!verdict.ok) hostKeyProblem = verdict.message;
+          return verdict.ok;
         },
         algorithms: {
           cipher: ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'chacha20-poly1305@openssh.com', 'aes128-ctr', 'aes256-ctr'],

@@ -8,7 +8,7 @@ import { statSync, readFileSync, writeFileSync, mkdirSync, renameSync } from 'no
 import { dirname } from 'node:path';
 import { deriveCapabilities, type Capabilities } from './capabilities.js';
 import { ZfsCommandError, ZfsUnsupportedError, makeZfsError, formatArgv } from './errors.js';
-import { parseGetRows, parseListRows, parseCheapGetRows, parseCheapListRows, type DatasetTree, type ScopedListing } from './parse.js';
+import { parseGetRows, parseListRows, parseCheapGetRows, parseCheapListRows, parseResumeTokenContents, type DatasetTree, type ScopedListing } from './parse.js';
 import { CommandRunner } from './runner.js';
 import * as v from '../util/validate.js';
 
@@ -360,6 +360,21 @@ export class Zfs {
     return out;
   }
 
+  /** Values and their source (local, received, default, inherited from X) in one call. */
+  async getWithSource(dataset: string, props: readonly string[]): Promise<Map<string, { value: string; source: string }>> {
+    validateDatasetOrSnapshot(dataset, 'get');
+    const out = new Map<string, { value: string; source: string }>();
+    if (props.length === 0) return out;
+    props.forEach((p) => v.propertyName(p, 'get'));
+    const { stdout } = await this.zfs('get', '-H', '-p', '-o', 'property,value,source', props.join(','), dataset);
+    for (const line of stdout.split('\n')) {
+      if (!line) continue;
+      const [name, value, ...source] = line.split('\t');
+      out.set(name!, { value: value ?? '', source: source.join('\t') });
+    }
+    return out;
+  }
+
   async set(dataset: string, props: Record<string, string>): Promise<void> {
     validateDatasetOrSnapshot(dataset, 'set');
     const pairs = Object.entries(props).map(([k, val]) => `${v.propertyName(k, 'set')}=${v.propertyValue(val, `set ${k}`)}`);
@@ -651,6 +666,17 @@ export class Zfs {
     const child = this.runner.spawn(argv, undefined, { stdout: 'inherit' });
     child.stdin!.end();
     return { argv, done: exitPromise(child, [...this.runner.prefix, ...argv]) };
+  }
+
+  /**
+   * What a resume token would send (`zfs send -nv -t`): the snapshot it names and its
+   * guid. A token comes from the target (input from outside): the agent uses one only
+   * when it names the project's own dataset and a snapshot it has (see resumeTokenProblem).
+   */
+  async decodeResumeToken(token: string): Promise<{ toname: string; toguid: string; fromguid?: string }> {
+    const argv = await this.sendArgv({ snapshot: 'x@x', resumeToken: token });
+    const r = await this.runner.run([...argv.slice(0, 2), '-n', '-v', ...argv.slice(2)]);
+    return parseResumeTokenContents(`${r.stdout}\n${r.stderr}`);
   }
 
   /** The resume token of an interrupted resumable receive (OpenZFS), if any. */

@@ -185,3 +185,18 @@ export function parseCheapGetRows(text: string): CheapRow[] {
   }
   return [...rows].map(([name, r]) => cheapRow(name, r.guid, r.txg, r.line));
 }
+
+/**
+ * `zfs send -nv -t TOKEN` prints the token's contents as an nvlist ("toname = pool/fs@snap",
+ * "toguid = 0x..."). Returns the named snapshot and its guid in decimal.
+ */
+export function parseResumeTokenContents(text: string): { toname: string; toguid: string; fromguid?: string } {
+  const field = (name: string) => new RegExp(`^\\s*${name} = (\\S+)\\s*$`, 'm').exec(text)?.[1];
+  const toname = field('toname');
+  const toguid = field('toguid');
+  if (!toname || !toguid || !/^0x[0-9a-f]{1,16}$/i.test(toguid)) {
+    throw new Error(`cannot read the resume token's contents (zfs send -nv -t): ${JSON.stringify(text.slice(0, 300))}`);
+  }
+  const from = field('fromguid');
+  return { toname, toguid: BigInt(toguid).toString(), ...(from && /^0x[0-9a-f]{1,16}$/i.test(from) && BigInt(from) !== 0n ? { fromguid: BigInt(from).toString() } : {}) };
+}

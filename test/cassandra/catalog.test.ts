@@ -130,7 +130,7 @@ describe('cassandra catalog specifics', () => {
       assert.ok(gone, 'the heartbeat did not expire within 8 s');
       assert.ok(waited >= 1000, `expired too early: ${waited} ms`);
       const listed = (await short.listHosts()).find((x) => x.id === h);
-      assert.deepEqual(listed, { id: h, datacenter: 'dc1', address: '10.1.1.1', port: 22, root: 'tank/r', heartbeatAt: null, load: 7 });
+      assert.deepEqual(listed, { id: h, datacenter: 'dc1', address: '10.1.1.1', port: 22, root: 'tank/r', heartbeatAt: null, load: 7, replicationKey: null });
       await short.heartbeat(h, 8);
       assert.notEqual((await short.getHost(h))?.heartbeatAt, null, 'a new heartbeat brings it back');
     } finally {
@@ -273,7 +273,7 @@ describe('cassandra catalog specifics', () => {
   it('migrations: idempotent when run again, re-applied harmlessly when the record is lost, new files applied once, edited files refused', async () => {
     const ks = `catalog_mig_${RUN}`;
     keyspacesToDrop.add(ks);
-    const ALL = ['001_initial.cql', '002_host_generation.cql', '003_newest_snapshots.cql'];
+    const ALL = ['001_initial.cql', '002_host_generation.cql', '003_newest_snapshots.cql', '004_host_replication_key.cql'];
     const first = await CassandraCatalog.open(options({ keyspace: ks }));
     assert.deepEqual(first.appliedMigrations, ALL);
     const id = newProject();

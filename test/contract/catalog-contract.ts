@@ -22,6 +22,16 @@ async function waitPast(t: number, margin = 50): Promise<void> {
   if (d > 0) await sleep(d);
 }
 
+/** An OpenSSH public key line "<type> <base64>" of the wire format (random key material). */
+function publicKey(type = 'ssh-ed25519', material = 32): string {
+  const str = (b: Buffer) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(b.length);
+    return Buffer.concat([len, b]);
+  };
+  return `${type} ${Buffer.concat([str(Buffer.from(type)), str(randomBytes(material))]).toString('base64')}`;
+}
+
 function replica(project: string, host: string, creation: number, over: Partial<ReplicaRecord> = {}): ReplicaRecord {
   return { project, host, snapshot: `auto-${creation}`, guid: String(1000 + creation), snapshotCreation: creation, confirmedAt: 1_700_000_000_000 + creation, ...over };
 }
@@ -55,11 +65,11 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
     it('hosts: upsertHost then getHost round-trips; an unknown host is undefined', async () => {
       const id = newHost();
       await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.7', port: 2222, root: 'tank/replicas' });
-      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc1', address: '10.0.0.7', port: 2222, root: 'tank/replicas', heartbeatAt: null, load: 0 });
+      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc1', address: '10.0.0.7', port: 2222, root: 'tank/replicas', heartbeatAt: null, load: 0, replicationKey: null });
       assert.equal(await cat.getHost(newHost()), undefined);
       // a second registration updates the record
       await cat.upsertHost({ id, datacenter: 'dc2', address: 'node7.example', port: 22, root: 'pool/r' });
-      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc2', address: 'node7.example', port: 22, root: 'pool/r', heartbeatAt: null, load: 0 });
+      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc2', address: 'node7.example', port: 22, root: 'pool/r', heartbeatAt: null, load: 0, replicationKey: null });
     });
 
     it('hosts: heartbeat records time and load, re-registering keeps them, listHosts is sorted by id', async () => {
@@ -85,6 +95,88 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.deepEqual(ids, [...ids].sort(), 'listHosts is sorted by id');
       assert.ok(ids.includes(a) && ids.includes(b));
       assert.equal(all.find((x) => x.id === b)?.heartbeatAt, null);
+    });
+
+    it('hosts: replicationKey round-trips; a registration without one keeps the stored key; null removes it; listHosts shows it', async () => {
+      const id = newHost('k');
+      const plain = newHost('k');
+      const k1 = publicKey();
+      const k2 = publicKey('ecdsa-sha2-nistp256', 65);
+      await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.8', port: 22, root: 'tank/r', replicationKey: k1 });
+      await cat.upsertHost({ id: plain, datacenter: 'dc1', address: '10.0.0.9', port: 22, root: 'tank/r' });
+      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc1', address: '10.0.0.8', port: 22, root: 'tank/r', heartbeatAt: null, load: 0, replicationKey: k1 });
+      assert.equal((await cat.getHost(plain))?.replicationKey, null, 'a host registered without a key has none');
+      // re-registration without a key (as on every agent start) updates the rest, keeps the key
+      await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.18', port: 22, root: 'tank/r' });
+      await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.18', port: 2222, root: 'tank/r', replicationKey: undefined });
+      let h = await cat.getHost(id);
+      assert.deepEqual([h?.address, h?.port, h?.replicationKey], ['10.0.0.18', 2222, k1]);
+      const other = await open();
+      assert.equal((await other.getHost(id))?.replicationKey, k1, 'another process sees the key');
+      await other.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.18', port: 2222, root: 'tank/r', replicationKey: k2 });
+      assert.equal((await cat.getHost(id))?.replicationKey, k2, 'a new key replaces the old one');
+      const listed = await cat.listHosts();
+      assert.equal(listed.find((x) => x.id === id)?.replicationKey, k2);
+      assert.equal(listed.find((x) => x.id === plain)?.replicationKey, null);
+      // every accepted key type, and the longest accepted key data
+      for (const [type, material] of [
+        ['ssh-ed25519', 32],
+        ['ecdsa-sha2-nistp256', 65],
+        ['ecdsa-sha2-nistp384', 97],
+        ['ecdsa-sha2-nistp521', 133],
+        ['ssh-rsa', 400],
+        ['sk-ssh-ed25519@openssh.com', 50],
+        ['sk-ecdsa-sha2-nistp256@openssh.com', 90],
+      ] as const) {
+        const k = publicKey(type, material);
+        await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.18', port: 2222, root: 'tank/r', replicationKey: k });
+        assert.equal((await cat.getHost(id))?.replicationKey, k, type);
+      }
+      const longest = `ssh-rsa ${'A'.repeat(16_384)}`;
+      await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.18', port: 2222, root: 'tank/r', replicationKey: longest });
+      assert.equal((await cat.getHost(id))?.replicationKey, longest, '16384 characters of base64 are accepted');
+      // an explicit null removes it
+      await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.18', port: 2222, root: 'tank/r', replicationKey: null });
+      h = await cat.getHost(id);
+      assert.deepEqual([h?.address, h?.replicationKey], ['10.0.0.18', null]);
+    });
+
+    it('hosts: a malformed replicationKey is refused with an error naming the host, and nothing is written', async () => {
+      const id = newHost('kb');
+      const good = publicKey();
+      const reg = { id, datacenter: 'dc1', address: '10.0.0.5', port: 22, root: 'tank/r' };
+      await cat.upsertHost({ ...reg, replicationKey: good });
+      const b64 = good.split(' ')[1]!;
+      const bad: unknown[] = [
+        '',
+        'ssh-ed25519',
+        b64,
+        `ssh-ed25519 ${b64} admin@node7`, // a comment
+        `ssh-ed25519  ${b64}`,
+        ` ssh-ed25519 ${b64}`,
+        `ssh-ed25519 ${b64} `,
+        `ssh-ed25519 ${b64}\n`,
+        `ssh-ed25519\t${b64}`,
+        `ssh-dss ${b64}`,
+        `SSH-ED25519 ${b64}`,
+        `ssh-ed25519 ${b64.slice(0, 20)}!${b64.slice(20)}`,
+        `ssh-ed25519 ${b64}===`,
+        `ssh-ed25519 =${b64}`,
+        `ssh-ed25519 ${'A'.repeat(16_385)}`,
+        `ssh-ed25519 ${b64}\nssh-ed25519 ${b64}`,
+        42,
+      ];
+      for (const k of bad) {
+        await assert.rejects(
+          cat.upsertHost({ ...reg, address: '10.9.9.9', port: 2200, replicationKey: k as string }),
+          (e: unknown) => (e instanceof ValidationError || e instanceof CatalogError) && (e as Error).message.includes(id) && /replication public key/.test((e as Error).message),
+          `key ${JSON.stringify(k).slice(0, 60)} was not refused naming the host`,
+        );
+      }
+      assert.deepEqual(await cat.getHost(id), { ...reg, heartbeatAt: null, load: 0, replicationKey: good }, 'a refused registration changes nothing');
+      const fresh = newHost('kc');
+      await assert.rejects(cat.upsertHost({ ...reg, id: fresh, replicationKey: `ssh-ed25519 ${b64} comment` }), (e: unknown) => (e as Error).message.includes(fresh));
+      assert.equal(await cat.getHost(fresh), undefined, 'a host with a malformed key is not registered');
     });
 
     it('hosts: a heartbeat of an unregistered host is a CatalogError', async () => {
@@ -283,6 +375,54 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.ok(d.ok);
       assert.ok(d.token > a.token);
       assert.equal(await cat.renewLock(name, 'owner-a', a.token, 60_000), false, 'a released lease cannot be renewed');
+    });
+
+    it('locks: getLock is undefined for an unknown lock, shows the holder while held, owner null and the last token after release', async () => {
+      const name = `test:${randomUUID()}`;
+      const other = await open();
+      assert.equal(await cat.getLock(name), undefined);
+      const a = await cat.acquireLock(name, 'owner-a', 60_000);
+      assert.ok(a.ok);
+      assert.deepEqual(await cat.getLock(name), { owner: 'owner-a', token: a.token, expiresAt: a.expiresAt });
+      assert.deepEqual(await other.getLock(name), { owner: 'owner-a', token: a.token, expiresAt: a.expiresAt }, 'another process sees the same row');
+      // a renewal moves the expiry, not the token; a refused acquire changes nothing
+      assert.equal(await cat.renewLock(name, 'owner-a', a.token, 120_000), true);
+      const renewed = await cat.getLock(name);
+      assert.ok(renewed);
+      assert.deepEqual([renewed.owner, renewed.token], ['owner-a', a.token]);
+      assert.ok(renewed.expiresAt > a.expiresAt, `renewal did not move the expiry: ${renewed.expiresAt} <= ${a.expiresAt}`);
+      assert.equal((await other.acquireLock(name, 'owner-b', 60_000)).ok, false);
+      assert.deepEqual(await other.getLock(name), renewed);
+      await cat.releaseLock(name, 'owner-a', a.token);
+      const released = await other.getLock(name);
+      assert.ok(released, 'a released lock still has its row');
+      assert.equal(released.owner, null, 'released: no owner');
+      assert.equal(released.token, a.token, 'released: the token of the last holder stays');
+      assert.ok(released.expiresAt <= Date.now());
+      const b = await other.acquireLock(name, 'owner-b', 60_000);
+      assert.ok(b.ok);
+      assert.deepEqual(await cat.getLock(name), { owner: 'owner-b', token: b.token, expiresAt: b.expiresAt });
+      await other.releaseLock(name, 'owner-b', b.token);
+      assert.deepEqual([(await cat.getLock(name))?.owner, (await cat.getLock(name))?.token], [null, b.token]);
+      assert.equal(await cat.getLock(`test:${randomUUID()}`), undefined);
+    });
+
+    it('locks: getLock after expiry shows the last token and an expiry in the past; a takeover shows the new holder', async () => {
+      const name = `test:${randomUUID()}`;
+      const a = await cat.acquireLock(name, 'owner-a', SHORT_LEASE_MS);
+      assert.ok(a.ok);
+      assert.deepEqual(await cat.getLock(name), { owner: 'owner-a', token: a.token, expiresAt: a.expiresAt });
+      await waitPast(a.expiresAt);
+      const expired = await cat.getLock(name);
+      assert.ok(expired);
+      assert.equal(expired.token, a.token);
+      assert.ok(expired.expiresAt < Date.now(), `expiresAt ${expired.expiresAt} is not in the past`);
+      // the row may still name the expired holder (see LockRow): the expiry decides
+      assert.ok(expired.owner === null || expired.owner === 'owner-a', `owner ${expired.owner}`);
+      const b = await cat.acquireLock(name, 'owner-b', 60_000);
+      assert.ok(b.ok);
+      assert.deepEqual(await cat.getLock(name), { owner: 'owner-b', token: b.token, expiresAt: b.expiresAt });
+      await cat.releaseLock(name, 'owner-b', b.token);
     });
 
     it('locks: a lease expires; the next holder gets a larger token; the stale holder can neither renew nor release it', async () => {

@@ -200,7 +200,6 @@ up() {
   add_ns "$NAME-ctl" "$SUBNET.1" ctl
 
   ssh-keygen -q -t ed25519 -N '' -C "sandbox-$NAME-admin" -f "$DIR/admin_key"
-  ssh-keygen -q -t ed25519 -N '' -C "sandbox-$NAME-repl" -f "$DIR/repl_key"
   : > "$DIR/known_hosts"
 
   local i=10 hosts_json="" first=1
@@ -220,12 +219,10 @@ up() {
     "${create[@]}" "$pool" "$DIR/pools/$h.img" >/dev/null 2>&1 ||
       die "${create[*]} $pool $DIR/pools/$h.img failed: $("${create[@]}" "$pool" "$DIR/pools/$h.img" 2>&1)"
 
-    # sshd with its own host key and authorized_keys
+    # sshd with its own host key; this host's own replication key (peers know it by name)
     ssh-keygen -q -t ed25519 -N '' -C "$ns" -f "$hd/ssh_host_ed25519_key"
-    {
-      printf '%s\n' "$(cat "$DIR/admin_key.pub")"
-      printf 'restrict,command="%s --config %s serve-ssh" %s\n' "$REPO/bin/storagectl" "$hd/agent.yaml" "$(cat "$DIR/repl_key.pub")"
-    } > "$hd/authorized_keys"
+    ssh-keygen -q -t ed25519 -N '' -C "storage-repl-$h" -f "$hd/repl_key"
+    printf '%s\n' "$(cat "$DIR/admin_key.pub")" > "$hd/authorized_keys"
     chmod 600 "$hd/authorized_keys"
     cat > "$hd/sshd_config" <<EOF
 Port 22
@@ -238,6 +235,7 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
+ExposeAuthInfo yes
 StrictModes no
 PrintMotd no
 PrintLastLog no
@@ -272,7 +270,7 @@ catalog:
   path: $DIR/catalog.db
 ssh:
   user: root
-  privateKey: $DIR/repl_key
+  privateKey: $hd/repl_key
   knownHosts: $DIR/known_hosts
   stallTimeout: 30s
 interval: 10s
@@ -289,13 +287,20 @@ EOF
     first=0
     hosts_json+=$(jq -n --arg name "$h" --arg dc "$dc" --arg ns "$ns" --arg addr "$addr" --arg pool "$pool" \
       --arg dir "$hd" --arg mnt "$DIR/mnt/$h" \
-      '{name:$name, datacenter:$dc, netns:$ns, exec:["nsenter", ("--net=/run/netns/" + $ns)], address:$addr, port:22, pool:$pool, dir:$dir, mountBase:$mnt}')
+      '{name:$name, datacenter:$dc, netns:$ns, exec:["nsenter", ("--net=/run/netns/" + $ns)], address:$addr, port:22, pool:$pool, dir:$dir, mountBase:$mnt, replKey:($dir + "/repl_key")}')
+  done
+  # every host accepts every host's replication key, each line bound to its peer's name
+  # (what `storagectl authorized-keys` generates from the catalog in production)
+  for h in $(printf '%s\n' $HOSTS_SPEC | cut -d: -f1); do
+    for peer in $(printf '%s\n' $HOSTS_SPEC | cut -d: -f1); do
+      printf 'restrict,command="%s --config %s serve-ssh --peer %s" %s\n' "$REPO/bin/storagectl" "$DIR/hosts/$h/agent.yaml" "$peer" "$(cut -d' ' -f1,2 "$DIR/hosts/$peer/repl_key.pub")"
+    done >> "$DIR/hosts/$h/authorized_keys"
   done
 
   jq -n --arg name "$NAME" --arg dir "$DIR" --arg ctl "$NAME-ctl" --arg repo "$REPO" --arg zfs "$ZFS_IMPL" \
-    --arg admin "$DIR/admin_key" --arg repl "$DIR/repl_key" --arg kh "$DIR/known_hosts" \
+    --arg admin "$DIR/admin_key" --arg kh "$DIR/known_hosts" \
     --argjson hosts "[$hosts_json]" \
-    '{name:$name, zfs:$zfs, dir:$dir, controlNetns:$ctl, repo:$repo, adminKey:$admin, replKey:$repl, knownHosts:$kh, hosts:$hosts}' \
+    '{name:$name, zfs:$zfs, dir:$dir, controlNetns:$ctl, repo:$repo, adminKey:$admin, knownHosts:$kh, hosts:$hosts}' \
     > "$DIR/sandbox.json"
   # wait until every sshd answers
   for h in $(host_names); do

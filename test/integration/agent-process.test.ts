@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { sandbox, host, scaled } from '../lib/sandbox.js';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
+import { sandbox, host, scaled, setReceiverCatalog } from '../lib/sandbox.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
 import { sleep } from '../lib/fleet.js';
@@ -24,11 +25,12 @@ let agent: ChildProcess | undefined;
 let output = '';
 
 function writeConfig(extra: string): void {
-  const base = readFileSync(`${A.dir}/agent.yaml`, 'utf8')
-    .replace(/path: .*catalog\.db/, `path: ${catalogPath}`)
-    .replace(/interval: .*/, 'interval: 2s')
-    .replace(/listen: .*/, `listen: "${A.address}:9565"`);
-  writeFileSync(configPath, base + extra);
+  const doc = parseYaml(readFileSync(`${A.dir}/agent.yaml`, 'utf8')) as Record<string, unknown>;
+  doc.catalog = { backend: 'sqlite', path: catalogPath };
+  doc.interval = '2s';
+  doc.metrics = { ...(doc.metrics as object), listen: `${A.address}:9565` };
+  writeFileSync(configPath, stringifyYaml(doc) + extra);
+  setReceiverCatalog(sb.hosts, { backend: 'sqlite', path: catalogPath });
 }
 
 function startAgent(): ChildProcess {

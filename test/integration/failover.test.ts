@@ -13,6 +13,7 @@ import { startFleet, createProject, type Fleet } from '../lib/fleet.js';
 import { failover, LockedError } from '../../src/agent/failover.js';
 import { sshOptions } from '../../src/agent/agent.js';
 import { SshPool } from '../../src/replica/transport.js';
+import { leaseOwner } from '../../src/lock/lease.js';
 
 const sb = sandbox();
 const A = host(sb, 'a');
@@ -51,7 +52,7 @@ describe('failover', () => {
         await new Promise((res) => setTimeout(res, 1000));
       }
     })();
-    const r = await failover(fleet.catalog, ssh, p.id, { owner: 'test', graceMs: scaled(60_000) }).finally(() => {
+    const r = await failover(fleet.catalog, ssh, p.id, { owner: leaseOwner('test', 'a'), graceMs: scaled(60_000) }).finally(() => {
       fencing = false;
     });
     await aFence;
@@ -94,7 +95,7 @@ describe('failover', () => {
     for (const h of ['a', 'b', 'c']) await fleet.catalog.heartbeat(h, 0); // live for placement, however long the tests before took
     await fleet.agents.get('a')!.replicateProject(p.id);
     assert.equal((await fleet.catalog.getProject(p.id))!.targets.length, 2, 'placed on two replica hosts');
-    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => failover(fleet.catalog, ssh, p.id, { owner: `admin-${i}`, graceMs: scaled(60_000) })));
+    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => failover(fleet.catalog, ssh, p.id, { owner: leaseOwner('admin', 'a', i), graceMs: scaled(60_000) })));
     const ok = results.filter((r) => r.status === 'fulfilled');
     const locked = results.filter((r) => r.status === 'rejected' && r.reason instanceof LockedError);
     assert.equal(ok.length, 1, JSON.stringify(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)).slice(0, 3)));

@@ -1,16 +1,26 @@
 // The forced-command receiver behind a real sshd: anything but the protocol's exact
 // grammar is refused, with an error on stderr and an audit line, and no zfs command
 // runs (the host's zfs is an instrumented wrapper that logs every invocation).
-import { describe, it } from 'node:test';
+import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { sandbox, host, shStatus, expectedImplementation, TIME_SCALE } from '../lib/sandbox.js';
 import { SshConnection, HostKeyError } from '../../src/replica/transport.js';
+import { startFleet, type Fleet } from '../lib/fleet.js';
 
 const sb = sandbox();
+const A = host(sb, 'a');
 const B = host(sb, 'b');
 const C = host(sb, 'c');
+// the receivers authorize from the catalog: a fleet registers the hosts (and their keys)
+let fleet: Fleet;
+before(async () => {
+  fleet = await startFleet(sb);
+});
+after(async () => {
+  await fleet?.close();
+});
 
 function zfsCalls(): number {
   const log = `${B.dir}/zfs-calls.log`;
@@ -18,7 +28,8 @@ function zfsCalls(): number {
 }
 
 function viaSsh(command: string, stdin = ''): { status: number | null; stdout: string; stderr: string } {
-  const argv = ['nsenter', `--net=/run/netns/${sb.controlNetns}`, 'ssh', '-i', sb.replKey, '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${sb.knownHosts}`, '-o', 'StrictHostKeyChecking=yes', `root@${B.address}`, command];
+  // host a's replication key, used from the control namespace
+  const argv = ['nsenter', `--net=/run/netns/${sb.controlNetns}`, 'ssh', '-i', A.replKey, '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${sb.knownHosts}`, '-o', 'StrictHostKeyChecking=yes', `root@${B.address}`, command];
   const r = shStatus(argv);
   void stdin;
   return r;
@@ -26,7 +37,7 @@ function viaSsh(command: string, stdin = ''): { status: number | null; stdout: s
 
 const sshOpts = (knownHostsFile: string) => ({
   user: 'root',
-  privateKey: sb.replKey,
+  privateKey: A.replKey,
   knownHostsFile,
   keepaliveSeconds: 15,
   connectTimeoutSeconds: 5,
@@ -56,9 +67,11 @@ describe('serve-ssh (forced command) refuses everything outside its grammar', ()
     `storage-v1 recv ${uuid.toUpperCase()}`,
     `storage-v1 recv ${uuid} extra`,
     `storage-v1  recv ${uuid}`,
-    `storage-v1 hold mytag ${uuid}@snap`,
+    `storage-v1 hold storage:replica:a ${uuid}@snap`,
     `storage-v1 hold storage:x ${uuid}@$(id)`,
     `storage-v1 release storage:x ${uuid}`,
+    `storage-v1 fence ${uuid}`,
+    `storage-v1 promote ${uuid} 1`,
     'storage-v1 destroy x',
     'storage-v2 list',
     `storage-v1 recv ${uuid}\nid`,
@@ -87,11 +100,12 @@ describe('serve-ssh (forced command) refuses everything outside its grammar', ()
     const l = JSON.parse(list.stdout) as { protocol: string; host: string; datasets: object };
     assert.equal(l.protocol, 'storage-v1');
     assert.equal(l.host, 'b');
+    assert.deepEqual(l.datasets, {}, 'the unscoped list shows only the caller\'s projects (a has none)');
   });
 
   it('the replication key cannot open a shell or forward ports (restrict)', () => {
     // -W opens a direct-tcpip channel at once: `restrict` makes sshd refuse it
-    const argv = ['timeout', '20', 'nsenter', `--net=/run/netns/${sb.controlNetns}`, 'ssh', '-i', sb.replKey, '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${sb.knownHosts}`, '-W', '127.0.0.1:22', `root@${B.address}`];
+    const argv = ['timeout', '20', 'nsenter', `--net=/run/netns/${sb.controlNetns}`, 'ssh', '-i', A.replKey, '-o', 'BatchMode=yes', '-o', `UserKnownHostsFile=${sb.knownHosts}`, '-W', '127.0.0.1:22', `root@${B.address}`];
     const r = shStatus(argv);
     assert.notEqual(r.status, 0, 'port forwarding must be refused');
     assert.notEqual(r.status, 124, 'ssh -W hung instead of being refused');

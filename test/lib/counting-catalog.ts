@@ -1,6 +1,7 @@
 // A catalog that counts the calls made through it, by method, split into reads and
 // writes: tests and benchmarks assert what a cycle costs the catalog (an idle cycle: O(1)
-// reads, no write). It forwards every call unchanged to the real catalog.
+// reads, no write). It forwards every call unchanged to the real catalog. Every method not
+// in WRITES is a read (getHost, listHosts, ..., getLock).
 import type { Catalog } from '../../src/catalog/types.js';
 
 const WRITES = new Set(['upsertHost', 'heartbeat', 'createProject', 'setTargets', 'setLocation', 'upsertReplica', 'deleteReplica', 'recordNewest', 'addEvent', 'acquireLock', 'renewLock', 'releaseLock']);

@@ -10,7 +10,7 @@ import { Zfs } from '../../src/zfs/index.js';
 import { StateCache } from '../../src/agent/state.js';
 import { countingCatalog, type CatalogCounts } from './counting-catalog.js';
 import { silentLogger } from '../../src/util/log.js';
-import { TIME_SCALE, type Sandbox, type SandboxHost } from './sandbox.js';
+import { TIME_SCALE, setReceiverCatalog, type Sandbox, type SandboxHost } from './sandbox.js';
 
 export interface Fleet {
   catalog: SqliteCatalog;
@@ -24,6 +24,7 @@ export interface Fleet {
 
 export async function startFleet(sb: Sandbox, catalogPath = `${sb.dir}/catalog-${randomUUID().slice(0, 8)}.db`): Promise<Fleet> {
   const catalog = new SqliteCatalog(catalogPath);
+  setReceiverCatalog(sb.hosts, { backend: 'sqlite', path: catalogPath });
   const agents = new Map<string, Agent>();
   const configs = new Map<string, Config>();
   const catalogCounts = new Map<string, { counts: () => CatalogCounts; reset: () => void }>();

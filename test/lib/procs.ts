@@ -3,19 +3,25 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { scaled, type Sandbox, type SandboxHost } from './sandbox.js';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
+import { scaled, setReceiverCatalog, type Sandbox, type SandboxHost } from './sandbox.js';
 import { sleep } from './fleet.js';
 
 const execFileP = promisify(execFile);
 
-/** Writes <host dir>/<name>.yaml: the host's agent.yaml with another catalog, interval, metrics port and extra YAML. */
+/**
+ * Writes <host dir>/<name>.yaml: the host's agent.yaml with another catalog, interval,
+ * metrics port and extra YAML; the host's receiver is pointed at the same catalog.
+ */
 export function writeAgentConfig(h: SandboxHost, name: string, o: { catalogPath: string; interval?: string; metricsPort: number; extra?: string }): string {
   const path = `${h.dir}/${name}.yaml`;
-  const base = readFileSync(`${h.dir}/agent.yaml`, 'utf8')
-    .replace(/path: .*catalog\.db/, `path: ${o.catalogPath}`)
-    .replace(/interval: .*/, `interval: ${o.interval ?? '2s'}`)
-    .replace(/listen: .*/, `listen: "${h.address}:${o.metricsPort}"`);
-  writeFileSync(path, base + (o.extra ?? ''));
+  const catalog = { backend: 'sqlite', path: o.catalogPath };
+  const doc = parseYaml(readFileSync(`${h.dir}/agent.yaml`, 'utf8')) as Record<string, unknown>;
+  doc.catalog = catalog;
+  doc.interval = o.interval ?? '2s';
+  doc.metrics = { ...(doc.metrics as object), listen: `${h.address}:${o.metricsPort}` };
+  writeFileSync(path, stringifyYaml(doc) + (o.extra ?? ''));
+  setReceiverCatalog([h], catalog);
   return path;
 }
 

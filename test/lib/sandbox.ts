@@ -1,6 +1,7 @@
 // Access to the multi-host sandbox built by test/env/sandbox.sh. A missing sandbox is
 // a loud failure, never a skip: the integration tiers exist to run on real parts.
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync, existsSync, writeFileSync, renameSync } from 'node:fs';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 
@@ -15,6 +16,8 @@ export interface SandboxHost {
   pool: string;
   dir: string;
   mountBase: string;
+  /** this host's own replication key (every host's sshd knows it as peer <name>) */
+  replKey: string;
 }
 
 export interface Sandbox {
@@ -25,7 +28,6 @@ export interface Sandbox {
   controlNetns: string;
   repo: string;
   adminKey: string;
-  replKey: string;
   knownHosts: string;
   hosts: SandboxHost[];
 }
@@ -87,4 +89,19 @@ export function treeChecksum(dir: string): string {
 export function destroyTestTree(dataset: string): void {
   if (!/^[a-z0-9]+-[a-z0-9]+\/t[0-9a-f]{8}$/.test(dataset)) throw new Error(`refusing to clean up '${dataset}': not a test root`);
   spawnSync('zfs', ['destroy', '-r', '-f', dataset]);
+}
+
+/**
+ * Points every host's receiver (the forced command reads <host dir>/agent.yaml) at the
+ * catalog a test's agents use: the receivers authorize each command from the catalog,
+ * so they must see the same projects, hosts and leases. Test files run one at a time.
+ */
+export function setReceiverCatalog(hosts: readonly SandboxHost[], catalog: Record<string, unknown>): void {
+  for (const h of hosts) {
+    const file = `${h.dir}/agent.yaml`;
+    const doc = parseYaml(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    doc.catalog = catalog;
+    writeFileSync(`${file}.tmp`, `# sandbox host ${h.name}: written by test/env/sandbox.sh, catalog set by the running test\n${stringifyYaml(doc)}`);
+    renameSync(`${file}.tmp`, file);
+  }
 }

@@ -17,6 +17,7 @@ import { Agent, sshOptions } from '../../src/agent/agent.js';
 import { failover, LockedError } from '../../src/agent/failover.js';
 import { move } from '../../src/agent/move.js';
 import { SshPool } from '../../src/replica/transport.js';
+import { leaseOwner } from '../../src/lock/lease.js';
 import { silentLogger } from '../../src/util/log.js';
 import type { Catalog } from '../../src/catalog/types.js';
 
@@ -171,7 +172,7 @@ describe('20 concurrent move/failover calls on one project', () => {
     await cycleAll();
     const agentA = fleet.agents.get('a')!;
     const calls = Array.from({ length: 20 }, (_, i) =>
-      i % 2 === 0 ? move(agentA, p.id, 'b', { owner: `mover-${i}`, presyncThresholdBytes: 1 << 30 }) : failover(fleet.catalog, ssh, p.id, { owner: `failer-${i}`, graceMs: 60_000 }),
+      i % 2 === 0 ? move(agentA, p.id, 'b', { owner: leaseOwner('mover', 'a', i), presyncThresholdBytes: 1 << 30 }) : failover(fleet.catalog, ssh, p.id, { owner: leaseOwner('failer', 'b', i), graceMs: 60_000 }),
     );
     const results = await Promise.allSettled(calls);
     const ok = results.filter((r) => r.status === 'fulfilled');

@@ -15,7 +15,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
-import { sandbox, host, uniq, sh, type SandboxHost } from '../lib/sandbox.js';
+import { sandbox, host, uniq, sh, setReceiverCatalog, type SandboxHost } from '../lib/sandbox.js';
 import { createProject, sleep, type Fleet } from '../lib/fleet.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { loadConfig, type Config } from '../../src/agent/config.js';
@@ -160,9 +160,10 @@ before(async () => {
 
   // Migrate the fresh catalog once, before three agent processes open it at once.
   catalog = new SqliteCatalog(catalogPath);
+  setReceiverCatalog(sb.hosts, { backend: 'sqlite', path: catalogPath });
 
   // One agent process per host, on a modified copy of its agent.yaml (the receiver's
-  // forced command keeps reading the original: it only uses replicasRoot and zfs).
+  // forced command reads the original, pointed at the same catalog above).
   for (const h of sb.hosts) {
     const raw = parseYaml(readFileSync(`${h.dir}/agent.yaml`, 'utf8')) as Record<string, unknown>;
     raw.catalog = { backend: 'sqlite', path: catalogPath };

@@ -8,16 +8,17 @@ import { placeReplicas } from '../../src/agent/placement.js';
 import { parseConfig, ConfigError, deadAfterMs, selfFenceAfterMs } from '../../src/agent/config.js';
 import { readMounts, servesHere } from '../../src/agent/agent.js';
 import { parseRemoteCommand, formatRemoteCommand, RefusedCommand, checkListing } from '../../src/replica/protocol.js';
-import { parseKnownHosts, pinnedKeys, Meter } from '../../src/replica/transport.js';
+import { Meter } from '../../src/replica/transport.js';
+import { parseKnownHosts, pinnedKeys } from '../../src/replica/known-hosts.js';
 import { Zfs, CommandRunner, ZfsUnsupportedError, type RunOptions, type RunResult } from '../../src/zfs/index.js';
 import type { HostRecord } from '../../src/catalog/types.js';
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
 const fixture = (name: string) => readFileSync(fileURLToPath(new URL(`../../../test/fixtures/${name}`, import.meta.url)), 'utf8');
 
-const H = (id: string, dc: string, load = 0, live = true): HostRecord => ({ id, datacenter: dc, address: `10.0.0.${id.length}`, port: 22, root: 'x', heartbeatAt: live ? 1 : null, load });
+const H = (id: string, dc: string, load = 0, live = true): HostRecord => ({ id, datacenter: dc, address: `10.0.0.${id.length}`, port: 22, root: 'x', heartbeatAt: live ? 1 : null, load, replicationKey: null });
 
 describe('placement', () => {
   const isLive = (h: HostRecord) => h.heartbeatAt !== null;
@@ -98,17 +99,16 @@ describe('SSH command grammar', () => {
       { op: 'capabilities' as const },
       { op: 'recv' as const, project: id },
       { op: 'abort-resume' as const, project: id },
-      { op: 'hold' as const, tag: 'storage:replica:a', project: id, snap: '2026-11-22T22:30:05Z' },
-      { op: 'release' as const, tag: 'storage:replica:a', project: id, snap: 'named-1' },
-      { op: 'promote' as const, project: id },
-      { op: 'fence' as const, project: id },
+      { op: 'rollback-head' as const, project: id },
+      { op: 'promote' as const, project: id, token: 7, guid: '12345678901234567890' },
+      { op: 'fence' as const, project: id, token: 999_999_999_999_999 },
       { op: 'send' as const, project: id, snap: 'named-1' },
     ]) {
       assert.deepEqual(parseRemoteCommand(formatRemoteCommand(c)), c);
     }
   });
-  it('refuses metacharacters, wrong arity, unknown ops, foreign tags and non-UUIDs', () => {
-    for (const bad of [undefined, '', 'list', 'storage-v1', 'storage-v1 list x', `storage-v1 recv ${id};id`, 'storage-v1 recv ..', `storage-v1 hold other ${id}@s`, `storage-v1 hold storage:x ${id}`, 'storage-v1 rm -rf', `storage-v1 recv ${id} `, `storage-v1 recv\t${id}`, `storage-v1 send ${id}`, `storage-v1 send ${id}@`, `storage-v1 send ${id}@a ${id}@b`, `storage-v1 send x@y`, `storage-v1 send ${id}@..`]) {
+  it('refuses metacharacters, wrong arity, unknown ops (hold/release are gone), bad tokens and guids, and non-UUIDs', () => {
+    for (const bad of [undefined, '', 'list', 'storage-v1', 'storage-v1 list x', `storage-v1 recv ${id};id`, 'storage-v1 recv ..', `storage-v1 hold storage:x ${id}@s`, `storage-v1 release storage:x ${id}@s`, `storage-v1 fence ${id}`, `storage-v1 fence ${id} 0`, `storage-v1 fence ${id} -1`, `storage-v1 fence ${id} 1e3`, `storage-v1 fence ${id} 1000000000000000`, `storage-v1 promote ${id} 1`, `storage-v1 promote ${id} 1 x`, `storage-v1 promote ${id} 1 123456789012345678901`, 'storage-v1 rm -rf', `storage-v1 recv ${id} `, `storage-v1 recv\t${id}`, `storage-v1 send ${id}`, `storage-v1 send ${id}@`, `storage-v1 send ${id}@a ${id}@b`, `storage-v1 send x@y`, `storage-v1 send ${id}@..`]) {
       assert.throws(() => parseRemoteCommand(bad), RefusedCommand, JSON.stringify(bad));
     }
   });
@@ -122,7 +122,10 @@ describe('SSH command grammar', () => {
 });
 
 describe('known_hosts pinning', () => {
-  const key = randomBytes(51);
+  // a real ed25519 key blob (SSH wire format): known_hosts lines whose key is not one are malformed
+  const sshString = (b: Buffer) => Buffer.concat([Buffer.from([0, 0, 0, b.length]), b]);
+  const raw = Buffer.from(generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }).x!, 'base64url');
+  const key = Buffer.concat([sshString(Buffer.from('ssh-ed25519')), sshString(raw)]);
   const b64 = key.toString('base64');
   it('matches plain and hashed entries, with [addr]:port for non-22 ports', () => {
     const salt = randomBytes(20);
