@@ -11,7 +11,7 @@
 // each cycle's audit slice is the steady-state share of the period (N x interval / period).
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { sandbox, host } from '../test/lib/sandbox.js';
+import { sandbox, host, setReceiverCatalog } from '../test/lib/sandbox.js';
 import { countingCatalog } from '../test/lib/counting-catalog.js';
 import { Agent, type CycleReport } from '../src/agent/agent.js';
 import { loadConfig } from '../src/agent/config.js';
@@ -46,6 +46,7 @@ export async function scale(): Promise<void> {
   const catalogPath = `${sb.dir}/catalog-scale.db`;
   spawnSync('rm', ['-f', catalogPath, `${catalogPath}-wal`, `${catalogPath}-shm`]);
   const catalog = new SqliteCatalog(catalogPath);
+  setReceiverCatalog(sb.hosts, { backend: 'sqlite', path: catalogPath });
   let t0 = Date.now();
   for (const id of ids) {
     await catalog.createProject({ id, primary: 'a', replicationFactor: 1, quota: null });

@@ -986,13 +986,19 @@ export class Agent {
     let send;
     try {
       if (plan.kind === 'resume') {
-        const problem = resumeTokenProblem(await this.zfs.decodeResumeToken(plan.token), ds, this.state.snapshots(ds));
+        // the token is the target's word: decoded and checked before zfs send -t reads it
+        const problem = await this.zfs.decodeResumeToken(plan.token).then(
+          (d) => resumeTokenProblem(d, ds, this.state.snapshots(ds)),
+          (e: Error) => `it cannot be resumed from here (${e.message})`,
+        );
         if (problem) {
-          // not ours to send: the partial receive is discarded and the next cycle plans anew
+          // not sendable: the partial receive is discarded and the next cycle plans anew
           const r = await this.ssh.get(sshTarget(job.target)).exec(formatRemoteCommand({ op: 'abort-resume', project: job.project.id })).catch((e: Error) => ({ code: -1, stderr: e.message }));
           this.state.markRemoteStale(job.project.id, job.target.id);
-          await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'resume-token-refused', detail: `${problem}; abort-resume exit ${r.code}` }).catch(() => undefined);
-          throw new Error(`resume token from ${job.target.id} refused: ${problem}`);
+          const msg = `resume token from ${job.target.id} refused: ${problem}`;
+          log.warn({ abortResumeExit: r.code }, msg);
+          await this.catalog.addEvent({ project: job.project.id, host: job.target.id, kind: 'replication-failed', detail: `${msg}; partial receive discarded (abort-resume exit ${r.code})` }).catch(() => undefined);
+          throw new Error(msg);
         }
         send = await this.zfs.send({ snapshot: `${ds}@x`, resumeToken: plan.token });
       } else if (plan.kind === 'full') {

@@ -109,5 +109,8 @@ export async function main(argv: string[]): Promise<void> {
   } finally {
     facts.close();
     if (catalog) await (await catalog.catch(() => undefined))?.close().catch(() => undefined);
+    // a catalog driver that keeps a socket after close() must not keep the SSH session
+    // open: fires only if something still holds the event loop 2 s after the answer
+    setTimeout(() => process.exit(), 2000).unref();
   }
 }

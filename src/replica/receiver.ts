@@ -54,6 +54,13 @@ function audit(env: ReceiverEnv, entry: Record<string, unknown>): void {
 
 class Refusal extends Error {}
 
+/** What an audit line says a command was about: op, project (or the projects listed). */
+function subject(cmd: RemoteCommand | undefined): Record<string, unknown> {
+  if (!cmd) return { op: null, project: null };
+  if (cmd.op === 'list') return { op: 'list', project: null, ...(cmd.projects ? { projects: cmd.projects } : {}) };
+  return { op: cmd.op, project: 'project' in cmd ? cmd.project : null };
+}
+
 /** Runs one command; returns the process exit code. Never throws. */
 /** `recv` reads the stream from `stdin` (sshd's pipe), checks its header, then feeds zfs. */
 export async function serve(env: ReceiverEnv, command: string | undefined, stdin: Readable, stdout: Writable, stderr: Writable): Promise<number> {
@@ -61,8 +68,7 @@ export async function serve(env: ReceiverEnv, command: string | undefined, stdin
   const refuse = (reason: string, cmd?: RemoteCommand): number => {
     const msg = reason.startsWith('refused: ') ? reason : `refused: ${reason}`;
     stderr.write(`storagectl serve-ssh: ${msg}\n`);
-    const projects = cmd?.op === 'list' && cmd.projects ? { projects: cmd.projects } : {};
-    audit(env, { command: command ?? null, op: cmd?.op ?? null, project: cmd && 'project' in cmd ? cmd.project : null, ...projects, result: 'refused', reason: msg });
+    audit(env, { command: command ?? null, ...subject(cmd), result: 'refused', reason: msg });
     return EXIT_REFUSED;
   };
   let cmd: RemoteCommand;
@@ -92,13 +98,13 @@ export async function serve(env: ReceiverEnv, command: string | undefined, stdin
   if (!decision.ok) return refuse(decision.reason, cmd);
   try {
     const extra = await run(env, cmd, stdin, stdout, facts);
-    audit(env, { command, op: cmd.op, result: 'ok', durationMs: Date.now() - started, ...(facts.staleMs ? { catalogUnreachableFactsAgeMs: facts.staleMs } : {}), ...extra });
+    audit(env, { command, ...subject(cmd), result: 'ok', durationMs: Date.now() - started, ...(facts.staleMs ? { catalogUnreachableFactsAgeMs: facts.staleMs } : {}), ...extra });
     return EXIT_OK;
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     if (e instanceof Refusal) return refuse(msg, cmd);
     stderr.write(`storagectl serve-ssh: ${cmd.op} failed: ${msg}\n`);
-    audit(env, { command, op: cmd.op, result: 'failed', error: msg, durationMs: Date.now() - started });
+    audit(env, { command, ...subject(cmd), result: 'failed', error: msg, durationMs: Date.now() - started });
     return EXIT_FAILED;
   }
 }

@@ -34,11 +34,21 @@ export const DENIED_PROPERTIES = [
 
 const DRR_FLAG_CLONE = 1;
 
+/** Without recv -o/-x, zfs acts on these as the receive ends (zfs-fuse mounts and shares). */
+const ACTED_ON_DURING_RECEIVE = ['mountpoint', 'sharenfs', 'sharesmb'] as const;
+
 /** Forced on every replica (recv -o where zfs has it, else set after the receive). */
 export const REPLICA_OVERRIDES: Readonly<Record<string, string>> = { readonly: 'on', canmount: 'noauto' };
 
-/** recv -x: the denied properties that are not forced with -o (zfs takes one or the other). */
-export const RECV_EXCLUDE: readonly string[] = DENIED_PROPERTIES.filter((p) => !(p in REPLICA_OVERRIDES));
+/** Denied properties of volumes only: volumes are refused before zfs runs (checkStream). */
+export const VOLUME_ONLY: ReadonlySet<string> = new Set(['volmode']);
+
+/**
+ * recv -x: the denied properties that are not forced with -o (zfs takes one or the
+ * other), less the volume-only ones (zfs refuses `-x volmode` on a filesystem stream
+ * that is not recursive, e.g. a resumed one).
+ */
+export const RECV_EXCLUDE: readonly string[] = DENIED_PROPERTIES.filter((p) => !(p in REPLICA_OVERRIDES) && !VOLUME_ONLY.has(p));
 
 /** Properties that do not inherit: a stream's value is replaced by this one instead. */
 const NOT_INHERITABLE: Readonly<Record<string, string>> = { reservation: 'none', refreservation: 'none', canmount: 'noauto' };
@@ -53,7 +63,7 @@ export function deniedKnownTo(implementation: string): string[] {
 /**
  * Why a stream must be refused before zfs sees it (undefined: it may be received):
  * anything but one filesystem, the project's own; and, where zfs cannot override a
- * property on receive, a stream that sets a mountpoint (it would mount at once).
+ * property on receive, a stream that sets a mountpoint or a share (acted on at once).
  */
 export function checkStream(h: StreamHeader, project: string, o: { canOverride: boolean }): string | undefined {
   // 'none': an incremental -R stream with no substream (nothing changed) brings no data
@@ -67,8 +77,14 @@ export function checkStream(h: StreamHeader, project: string, o: { canOverride: 
   if (last !== project) return `the stream is of dataset ${JSON.stringify(name.slice(0, 200))}, not of project ${project}`;
   const first = h.toname.split('@')[0];
   if (h.topType !== 'none' && first !== name) return `the stream declares dataset ${JSON.stringify(name.slice(0, 200))} but its first substream is of ${JSON.stringify((first ?? '').slice(0, 200))}`;
-  if (!o.canOverride && h.datasets[0]!.props.mountpoint !== undefined) {
-    return `the stream sets mountpoint=${JSON.stringify(String(h.datasets[0]!.props.mountpoint).slice(0, 200))}, which this zfs cannot override on receive: refused before anything could mount`;
+  if (!o.canOverride) {
+    // zfs-fuse acts on these while it receives (mounts, shares): reset afterwards is too late
+    for (const p of ACTED_ON_DURING_RECEIVE) {
+      const val = h.datasets[0]!.props[p];
+      if (val !== undefined && !(p !== 'mountpoint' && val === 'off')) {
+        return `the stream sets ${p}=${JSON.stringify(String(val).slice(0, 200))}, which this zfs cannot override on receive: refused before anything could ${p === 'mountpoint' ? 'mount' : 'be shared'}`;
+      }
+    }
   }
   return undefined;
 }

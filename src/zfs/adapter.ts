@@ -675,7 +675,9 @@ export class Zfs {
    */
   async decodeResumeToken(token: string): Promise<{ toname: string; toguid: string; fromguid?: string }> {
     const argv = await this.sendArgv({ snapshot: 'x@x', resumeToken: token });
-    const r = await this.runner.run([...argv.slice(0, 2), '-n', '-v', ...argv.slice(2)]);
+    // the contents are printed before zfs looks the snapshot up: a token whose snapshot
+    // is gone still says what it names (exit 1, with the reason on stderr)
+    const r = await this.runner.run([...argv.slice(0, 2), '-n', '-v', ...argv.slice(2)], { okCodes: [0, 1] });
     return parseResumeTokenContents(`${r.stdout}\n${r.stderr}`);
   }
 

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomUUID, randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { sandbox, host } from '../lib/sandbox.js';
+import { sandbox, host, setReceiverCatalog } from '../lib/sandbox.js';
 import { sleep } from '../lib/fleet.js';
 import { Agent } from '../../src/agent/agent.js';
 import { loadConfig, type Config } from '../../src/agent/config.js';
@@ -57,6 +57,9 @@ async function open(name: string): Promise<{ agent: Agent; catalog: ResilientCat
 }
 
 before(async () => {
+  // the receivers authorize from the same catalog (and, while it is down, from the rows
+  // they cached before: receiver.factsStaleWhenCatalogDown)
+  setReceiverCatalog(sb.hosts, { backend: 'cassandra', contactPoints: [CONTACT], localDataCenter: DC, keyspace: KEYSPACE, replication: { [DC]: 1 } });
   await open('a');
   await open('b');
 });

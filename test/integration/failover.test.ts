@@ -100,6 +100,6 @@ describe('failover', () => {
     const locked = results.filter((r) => r.status === 'rejected' && r.reason instanceof LockedError);
     assert.equal(ok.length, 1, JSON.stringify(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)).slice(0, 3)));
     assert.equal(locked.length, 19);
-    for (const r of locked) assert.match(String((r as PromiseRejectedResult).reason), /locked by admin-\d+/);
+    for (const r of locked) assert.match(String((r as PromiseRejectedResult).reason), /locked by admin@a:\d+/);
   });
 });

@@ -11,7 +11,8 @@ import { readFileSync, existsSync, writeFileSync, mkdirSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { sandbox, host, sh, expectedImplementation, scaled, type SandboxHost } from '../lib/sandbox.js';
-import { startFleet, sleep, type Fleet } from '../lib/fleet.js';
+import { startFleet, type Fleet } from '../lib/fleet.js';
+import { storagectl } from '../lib/procs.js';
 import { SshPool } from '../../src/replica/transport.js';
 import { sshOptions } from '../../src/agent/agent.js';
 import { failover } from '../../src/agent/failover.js';
@@ -203,12 +204,45 @@ describe('a compromised peer (host c, its own valid key) against project P (prim
   });
 });
 
+describe('storagectl authorized-keys', () => {
+  it("writes, from the catalog, the lines a host needs: replication runs on the generated file alone", async () => {
+    const ak = `${B.dir}/authorized_keys`;
+    const original = readFileSync(ak, 'utf8');
+    const admin = original.split('\n')[0]!; // the sandbox's admin key line stays
+    try {
+      writeFileSync(ak, `${admin}\n`);
+      const r = await storagectl(sb, B, `${B.dir}/agent.yaml`, ['authorized-keys', '--storagectl', `${sb.repo}/bin/storagectl`, '--write', ak, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const out = JSON.parse(r.stdout) as { lines: string[]; missing: string[] };
+      assert.deepEqual(out.missing, []);
+      assert.equal(out.lines.length, sb.hosts.length, 'one line per host in the catalog');
+      const text = readFileSync(ak, 'utf8');
+      assert.ok(text.startsWith(`${admin}\n# BEGIN storage-agent peers`), text.slice(0, 300));
+      for (const h of sb.hosts) {
+        const pub = readFileSync(`${h.replKey}.pub`, 'utf8').split(' ').slice(0, 2).join(' ');
+        assert.ok(text.includes(`restrict,command="${sb.repo}/bin/storagectl --config ${B.dir}/agent.yaml serve-ssh --peer ${h.name}" ${pub} storage-peer:${h.name}\n`), `line for ${h.name}`);
+      }
+      // a real cycle of a through the generated file
+      const P = await projectOnA();
+      await cycleA();
+      assert.ok(await zfs.exists(`${B.pool}/replicas/${P.id}`));
+    } finally {
+      writeFileSync(ak, original);
+    }
+  });
+});
+
 describe('a crafted stream from the real primary brings data, never behaviour', () => {
   it('children refused; host-affecting properties never take effect on the replica nor after promote', async () => {
     const Q = await projectOnA();
+    // on the source too, nothing may mount where the stream will say (canmount=noauto)
+    await zfs.unmount(Q.ds);
     const free = async (h: SandboxHost) => Number((await zfs.get(h.pool, ['available'])).available);
     const poolFree = await free(A);
-    await zfs.set(Q.ds, { sharenfs: 'on', setuid: 'on', exec: 'on', refreservation: String(Math.floor(poolFree / 2)) });
+    await zfs.set(Q.ds, { setuid: 'on', exec: 'on', refreservation: String(Math.floor(poolFree / 2)) });
+    // sharenfs: zfs-fuse sets it and then fails to share (no NFS server here); it is set
+    spawnSync('zfs', ['set', 'sharenfs=on', Q.ds]);
+    assert.equal(sh(['zfs', 'get', '-H', '-o', 'value,source', 'sharenfs', Q.ds]).trim(), 'on\tlocal');
     await zfs.create(`${Q.ds}/child`, { canmount: 'noauto' });
     await zfs.set(Q.ds, { mountpoint: '/etc' }); // canmount=noauto: not mounted on a either
     sh(['zfs', 'snapshot', '-r', `${Q.ds}@s1`]);
@@ -237,11 +271,16 @@ describe('a crafted stream from the real primary brings data, never behaviour', 
     if (openzfs) {
       assert.equal(r.status, 0, r.stderr); // -o/-x on receive: the stream's values never apply
     } else {
-      // zfs-fuse cannot override on receive: a stream that would mount is refused outright
+      // zfs-fuse cannot override on receive: a stream that would mount or share is refused
+      // outright; the rest (setuid, exec, refreservation) is received and put back at once
       assert.equal(r.status, 2, r.stderr);
       assert.match(r.stderr, /sets mountpoint="\/etc", which this zfs cannot override on receive/);
       assert.equal(await zfs.exists(replica), false);
       await zfs.inherit(Q.ds, 'mountpoint');
+      r = sshAs(A.replKey, B, `storage-v1 recv ${Q.id}`, stream('crafted-share', ['-R', `${Q.ds}@s1`]));
+      assert.equal(r.status, 2, 'a share is acted on as the receive ends: refused too');
+      assert.match(r.stderr, /sets sharenfs="on"/);
+      spawnSync('zfs', ['inherit', 'sharenfs', Q.ds]);
       sh(['zfs', 'snapshot', `${Q.ds}@s2`]);
       r = sshAs(A.replKey, B, `storage-v1 recv ${Q.id}`, stream('crafted-2', ['-R', `${Q.ds}@s2`]));
       assert.equal(r.status, 0, r.stderr);
@@ -252,7 +291,8 @@ describe('a crafted stream from the real primary brings data, never behaviour', 
         .split('\n')
         .filter(Boolean)
         .map((l) => l.split('\t'))
-        .filter(([p]) => denied.includes(p!));
+        // a local `none` reservation is what recv -x / the receiver set in its place
+        .filter(([p, value]) => denied.includes(p!) && !(/reservation$/.test(p!) && (value === 'none' || value === '0')));
     assert.deepEqual(inEffect(replica), [], 'no denied property set locally or received on the replica');
     assert.equal((await zfs.get(replica, ['mounted'])).mounted, 'no');
     assert.equal((await zfs.get(replica, ['readonly'])).readonly, 'on');
@@ -260,7 +300,7 @@ describe('a crafted stream from the real primary brings data, never behaviour', 
     assert.ok(used < 16 * 2 ** 20, `b's pool lost ${used} bytes: only the data, no reservation (half the pool was asked for)`);
     const line = audit(B).reverse().find((l) => l.op === 'recv' && l.project === Q.id && l.result === 'ok') as (AuditLine & { reset?: string[] }) | undefined;
     assert.ok(line, 'the receive is audited');
-    if (!openzfs) assert.ok(line.reset?.includes('sharenfs') && line.reset.includes('refreservation'), `zfs-fuse: the receiver reset what the stream set: ${JSON.stringify(line)}`);
+    if (!openzfs) assert.ok(line.reset?.includes('exec') && line.reset.includes('setuid') && line.reset.includes('refreservation'), `zfs-fuse: the receiver reset what the stream set: ${JSON.stringify(line)}`);
 
     // 3. promote (a failover by a, its lease): the new primary inherits the host's own values
     const pool = new SshPool({ ...sshOptions(fleet.configs.get('a')!), connectTimeoutSeconds: 5 });
@@ -276,6 +316,5 @@ describe('a crafted stream from the real primary brings data, never behaviour', 
     const { mounted, mountpoint } = await zfs.get(promoted, ['mounted', 'mountpoint']);
     assert.equal(mounted, 'yes');
     assert.equal(mountpoint, `${B.mountBase}/${Q.id}`, 'mounted where the host mounts projects, not where the stream said');
-    await sleep(10);
   });
 });

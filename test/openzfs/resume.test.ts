@@ -28,6 +28,8 @@ const ds = `${A.pool}/projects/${id}`;
 const mnt = `${A.mountBase}/${id}`;
 const replica = `${B.pool}/replicas/${id}`;
 const figures: Record<string, number | string> = {};
+/** a real token of this project's partial receive (its snapshot completed later), replayed below as another project's */
+let stolenToken = '';
 
 function token(): string {
   return sh(['zfs', 'get', '-H', '-o', 'value', 'receive_resume_token', replica]).trim();
@@ -121,6 +123,7 @@ describe('resumable receive (OpenZFS recv -s / send -t)', () => {
     await interruptedBigCycle('big1.bin');
     const tok = await waitForToken(true);
     assert.match(tok, /^1-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+$/);
+    stolenToken = tok;
     // the replica still shows only the base: the partial receive is hidden
     assert.deepEqual(snaps(replica).map((s) => s.guid), [base.guid]);
     const newest = snaps(ds).at(-1)!;
@@ -182,5 +185,32 @@ describe('resumable receive (OpenZFS recv -s / send -t)', () => {
     assert.deepEqual(done.failures, []);
     assert.equal(done.sends.length, 0);
     assert.equal((await fleet.catalog.listReplicas(id)).find((x) => x.host === 'b')?.guid, newest.guid);
+  });
+
+  it("a token naming another project's snapshot (a compromised target's listing) is never sent: decoded, refused, discarded", async () => {
+    assert.match(stolenToken, /^1-/, 'the previous test captured a token of project P');
+    // project Q: primary a, replica on b, in sync
+    const q = randomUUID();
+    const qds = `${A.pool}/projects/${q}`;
+    await fleet.zfs.create(qds, { canmount: 'noauto' });
+    await fleet.catalog.createProject({ id: q, primary: 'a', replicationFactor: 1, quota: null });
+    await fleet.catalog.setTargets(q, ['b']);
+    const first = await agent.replicateProject(q);
+    assert.deepEqual(first.failures, []);
+    // b "reports" a partial receive of Q whose token names P's snapshot
+    const onB = snaps(`${B.pool}/replicas/${q}`).map((s) => ({ ...s, createtxg: 0, creation: 0 }));
+    agent.state.putRemotes([{ project: q, target: 'b', view: { snapshots: onB, resumeToken: stolenToken } }], Date.now());
+    const dataSends = () => sh(['bash', '-c', 'grep -E "^send " "$0" | grep -vc -- " -n " || true', `${A.dir}/zfs-calls.log`]).trim();
+    const sendsBefore = dataSends();
+    const r = await agent.replicateProject(q, { snapshot: 'never' });
+    assert.equal(r.sends.length, 0, JSON.stringify(r.sends));
+    assert.equal(r.failures.length, 1, JSON.stringify(r.failures));
+    assert.match(r.failures[0]!.error, new RegExp(`resume token from b refused: the resume token names ${A.pool}/projects/${id}@.*, not a snapshot of ${qds.replace(/[.]/g, '\\.')}`));
+    assert.equal(dataSends(), sendsBefore, 'only zfs send -n -v ran, no zfs send of data');
+    assert.ok((await fleet.catalog.listEvents({ project: q })).some((e) => e.kind === 'replication-failed' && /resume token from b refused/.test(e.detail)));
+    // the pair is asked again: in sync, nothing to send
+    const next = await agent.replicateProject(q, { snapshot: 'never' });
+    assert.deepEqual(next.failures, []);
+    assert.equal(next.sends.length, 0);
   });
 });

@@ -179,7 +179,7 @@ describe('20 concurrent move/failover calls on one project', () => {
     const locked = results.filter((r) => r.status === 'rejected' && r.reason instanceof LockedError);
     assert.equal(ok.length, 1, JSON.stringify(results.filter((r) => r.status === 'rejected' && !(r.reason instanceof LockedError)).map((r) => String((r as PromiseRejectedResult).reason))));
     assert.equal(locked.length, 19);
-    for (const r of locked) assert.match(String((r as PromiseRejectedResult).reason), /locked by (mover|failer)-\d+/);
+    for (const r of locked) assert.match(String((r as PromiseRejectedResult).reason), /locked by (mover@a|failer@b):\d+/);
     assert.equal((await mountedOn(p.id)).length, 1);
   });
 });

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { authorize, type AuthFacts } from '../../src/replica/authorize.js';
-import { checkStream, propertiesToReset, RECV_EXCLUDE, REPLICA_OVERRIDES, DENIED_PROPERTIES } from '../../src/replica/stream-policy.js';
+import { checkStream, propertiesToReset, RECV_EXCLUDE, REPLICA_OVERRIDES, DENIED_PROPERTIES, VOLUME_ONLY } from '../../src/replica/stream-policy.js';
 import { leaseOwner, ownerHost } from '../../src/lock/lease.js';
 import { authorizedKeyLines, mergeBlock, BEGIN, END } from '../../src/cli/authorized-keys.js';
 import { acquireSlot } from '../../src/replica/receive-slots.js';
@@ -141,13 +141,15 @@ describe('stream policy: data, never behaviour', () => {
     assert.match(checkStream(header({ drrFlags: 1 }), P, { canOverride: true })!, /clone/);
     assert.match(checkStream(header({ name: `pool/projects/${Q}` }), P, { canOverride: true })!, /not of project/);
   });
-  it('a mountpoint is refused only where zfs cannot override it on receive', () => {
+  it('a mountpoint or a share is refused only where zfs cannot override it on receive', () => {
     assert.equal(checkStream(header({ props: { mountpoint: '/etc' } }), P, { canOverride: true }), undefined);
     assert.match(checkStream(header({ props: { mountpoint: '/etc' } }), P, { canOverride: false })!, /mountpoint="\/etc".*refused before anything could mount/);
+    assert.match(checkStream(header({ props: { sharenfs: 'on' } }), P, { canOverride: false })!, /sharenfs="on".*before anything could be shared/);
+    assert.equal(checkStream(header({ props: { sharenfs: 'off', exec: 0, refreservation: 1 << 20 } }), P, { canOverride: false }), undefined);
   });
   it('recv -o and -x never name the same property; every denied one is covered', () => {
     for (const p of RECV_EXCLUDE) assert.ok(!(p in REPLICA_OVERRIDES), p);
-    for (const p of DENIED_PROPERTIES) assert.ok(RECV_EXCLUDE.includes(p) || p in REPLICA_OVERRIDES, p);
+    for (const p of DENIED_PROPERTIES) assert.ok(RECV_EXCLUDE.includes(p) || p in REPLICA_OVERRIDES || VOLUME_ONLY.has(p), p);
   });
   it('what a replica and a promoted primary put back', () => {
     const src = (value: string, source: string) => ({ value, source });
