@@ -21,7 +21,9 @@ const TIER_DIRS: Record<string, string | string[]> = {
   // zfs-fuse also runs the long operational scenarios (failover with agent processes,
   // move under writes, restore): implementation-neutral logic over the same adapter calls
   // the openzfs tier proves; under qemu's emulation they would double that tier's time
-  'zfs-fuse': ['integration', 'operations'],
+  // and the receiver's fuzz (2,000 SSH sessions: minutes here, hours under emulation; the
+  // commands it sends are refused before any zfs command, so the zfs underneath is moot)
+  'zfs-fuse': ['integration', 'operations', 'fuzz'],
   // real OpenZFS (kernel module) in the openzfs-vm guest: the same integration files as
   // zfs-fuse, plus the tests of what only OpenZFS offers (resumable receive, written, ...)
   openzfs: ['integration', 'openzfs'],

@@ -82,6 +82,9 @@ export class SqliteCatalog implements Catalog {
   }
 
   private migrate(): void {
+    // an up-to-date file (every open but the first few) takes no write lock: the
+    // receiver opens the catalog once per SSH session, beside the agent's writes
+    if ((this.db.pragma('user_version', { simple: true }) as number) >= MIGRATIONS.length) return;
     // several processes may open a fresh file at once: read the version inside the
     // IMMEDIATE transaction, so exactly one of them applies each migration
     for (let i = 0; i < MIGRATIONS.length; i++) {

@@ -202,15 +202,19 @@ describe('resumable receive (OpenZFS recv -s / send -t)', () => {
     agent.state.putRemotes([{ project: q, target: 'b', view: { snapshots: onB, resumeToken: stolenToken } }], Date.now());
     const dataSends = () => sh(['bash', '-c', 'grep -E "^send " "$0" | grep -vc -- " -n " || true', `${A.dir}/zfs-calls.log`]).trim();
     const sendsBefore = dataSends();
-    const r = await agent.replicateProject(q, { snapshot: 'never' });
-    assert.equal(r.sends.length, 0, JSON.stringify(r.sends));
-    assert.equal(r.failures.length, 1, JSON.stringify(r.failures));
-    assert.match(r.failures[0]!.error, new RegExp(`resume token from b refused: the resume token names ${A.pool}/projects/${id}@.*, not a snapshot of ${qds.replace(/[.]/g, '\\.')}`));
+    // a cycle plans from what the cache says of the pair (replicateProject would list b again)
+    for (const h of ['a', 'b', 'c']) await fleet.catalog.heartbeat(h, 0, Date.now());
+    const r = await agent.runCycle();
+    const failures = r.failures.filter((f) => f.project === q);
+    assert.equal(r.sends.filter((x) => x.project === q).length, 0, JSON.stringify(r.sends));
+    assert.equal(failures.length, 1, JSON.stringify(r.failures));
+    assert.match(failures[0]!.error, new RegExp(`resume token from b refused: the resume token names ${A.pool}/projects/${id}@.*, not a snapshot of ${qds.replace(/[.]/g, '\\.')}`));
     assert.equal(dataSends(), sendsBefore, 'only zfs send -n -v ran, no zfs send of data');
     assert.ok((await fleet.catalog.listEvents({ project: q })).some((e) => e.kind === 'replication-failed' && /resume token from b refused/.test(e.detail)));
     // the pair is asked again: in sync, nothing to send
-    const next = await agent.replicateProject(q, { snapshot: 'never' });
-    assert.deepEqual(next.failures, []);
-    assert.equal(next.sends.length, 0);
+    for (const h of ['a', 'b', 'c']) await fleet.catalog.heartbeat(h, 0, Date.now());
+    const next = await agent.runCycle();
+    assert.deepEqual(next.failures.filter((f) => f.project === q), []);
+    assert.equal(next.sends.filter((x) => x.project === q).length, 0);
   });
 });

@@ -5,7 +5,8 @@
 // allow-list may succeed (c owns no project: capabilities and its own empty listing);
 // everything else is refused with exit 2, b's instrumented zfs runs nothing for it, and
 // b's pool lists the same datasets and snapshots afterwards. The seed is printed first;
-// FUZZ_SEED=<n> replays a run, FUZZ_COUNT=<n> changes its size.
+// FUZZ_SEED=<n> replays a run, FUZZ_COUNT=<n> changes its size. Runs in the zfs-fuse tier
+// only (test/run.ts): every command it sends is refused before any zfs command.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, existsSync, writeFileSync } from 'node:fs';
