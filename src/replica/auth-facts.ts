@@ -124,7 +124,7 @@ export class FactSource {
       this.row<HostRecord>(`host:${peer}`, (c) => c.getHost(peer), (h) => checkHost(h, 'receiver cache'), ages, live, used),
       Promise.all(need.projects.map((id) => this.row<ProjectRecord>(`project:${id}`, (c) => c.getProject(id), (p) => checkProject(p, 'receiver cache'), ages, live, used))),
     ]).catch((e: Error) => {
-      throw live ? new Error(`the catalog did not answer, and ${cmd.op} is never authorized from cached rows: ${e.message}`) : e;
+      throw STALE_OK.has(cmd.op) ? e : new Error(`the catalog did not answer, and ${cmd.op} is never authorized from cached rows: ${e.message}`);
     });
     const staleMs = ages.length ? Math.max(...ages) : 0;
     const projects = new Map(rows.filter((p): p is ProjectRecord => p !== undefined).map((p) => [p.id, p]));
