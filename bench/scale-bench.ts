@@ -169,7 +169,8 @@ export async function scale(): Promise<void> {
   const ssh = new SshPool(sshOptions(config));
   const bHost = (await catalog.getHost('b'))!;
   t0 = Date.now();
-  const full = await fetchListing(ssh, bHost, { timeoutSeconds: 3600 });
+  // every replica of a's projects (a receiver answers a only about a's projects: all of them here)
+  const full = await fetchListing(ssh, bHost, { timeoutSeconds: 3600, projects: ids });
   const remoteMs = Date.now() - t0;
   ssh.closeAll();
   const oldMs = localMs + remoteMs;

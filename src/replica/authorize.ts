@@ -99,22 +99,16 @@ export function authorize(cmd: RemoteCommand, f: AuthFacts): Decision {
       if (p.primary !== f.peer) return deny(`only the primary of project ${p.id} (${p.primary ?? 'no host'}) may fetch its snapshots, not ${f.peer}`);
       return allow;
     }
-    case 'fence': {
-      const p = project(cmd.project);
-      if (isDecision(p)) return p;
-      const lease = holdsLease(f, p.id, cmd.token);
-      if (!lease.ok) return lease;
-      // the catalog has already stopped naming this host (failover switches first), or
-      // names it while an operation runs
-      if (p.primary === f.self && p.state === 'active') return deny(`the catalog names this host (${f.self}) the active primary of project ${p.id}: switch the location before fencing it`);
-      return allow;
-    }
+    case 'fence':
     case 'promote': {
       const p = project(cmd.project);
       if (isDecision(p)) return p;
       const lease = holdsLease(f, p.id, cmd.token);
       if (!lease.ok) return lease;
-      if (p.primary !== f.self) return deny(`the catalog names ${p.primary ?? 'no host'} as the primary of project ${p.id}, not this host (${f.self}): switch the location before promoting here`);
+      // fence: the catalog has already stopped naming this host (failover switches
+      // first), or names it while an operation runs; promote: it already names this host
+      if (cmd.op === 'fence' && p.primary === f.self && p.state === 'active') return deny(`the catalog names this host (${f.self}) the active primary of project ${p.id}: switch the location before fencing it`);
+      if (cmd.op === 'promote' && p.primary !== f.self) return deny(`the catalog names ${p.primary ?? 'no host'} as the primary of project ${p.id}, not this host (${f.self}): switch the location before promoting here`);
       return allow;
     }
   }

@@ -10,11 +10,10 @@ export interface ListedHost {
 }
 
 /**
- * The host's replicas: all of them (`projects` unset: repair-catalog), or only the named
- * projects, asked in batches of LIST_MAX per round trip (the cycle's scoped listings).
+ * The host's replicas of the named projects, asked in batches of LIST_MAX per round trip
+ * (a receiver answers a peer only about the peer's own projects: trust-model.md).
  */
-export async function fetchListing(ssh: SshPool, h: ListedHost, opts: { timeoutSeconds?: number; projects?: readonly string[]; stats?: { bytes: number; roundTrips: number } } = {}): Promise<RemoteListing> {
-  if (!opts.projects) return fetchOne(ssh, h, undefined, opts);
+export async function fetchListing(ssh: SshPool, h: ListedHost, opts: { timeoutSeconds?: number; projects: readonly string[]; stats?: { bytes: number; roundTrips: number } }): Promise<RemoteListing> {
   const merged: RemoteListing = { protocol: PROTOCOL, host: h.id, implementation: '', datasets: {} };
   for (let i = 0; i < opts.projects.length; i += LIST_MAX) {
     const part = await fetchOne(ssh, h, opts.projects.slice(i, i + LIST_MAX), opts);
@@ -28,7 +27,7 @@ export async function fetchListing(ssh: SshPool, h: ListedHost, opts: { timeoutS
   return merged;
 }
 
-async function fetchOne(ssh: SshPool, h: ListedHost, projects: string[] | undefined, opts: { timeoutSeconds?: number; stats?: { bytes: number; roundTrips: number } }): Promise<RemoteListing> {
+async function fetchOne(ssh: SshPool, h: ListedHost, projects: string[], opts: { timeoutSeconds?: number; stats?: { bytes: number; roundTrips: number } }): Promise<RemoteListing> {
   const r = await ssh.get({ host: h.id, address: h.address, port: h.port }).exec(formatRemoteCommand({ op: 'list', projects }), { timeoutSeconds: opts.timeoutSeconds });
   if (opts.stats) {
     opts.stats.roundTrips++;

@@ -3,7 +3,7 @@
 // SSH_ORIGINAL_COMMAND; it is parsed here by a strict grammar, never by a shell:
 //
 //   storage-v1 capabilities
-//   storage-v1 list                        (every replica: repair-catalog only)
+//   storage-v1 list                        (the caller's own projects' replicas)
 //   storage-v1 list <uuid> [<uuid> ...]    (only the named replicas, at most LIST_MAX)
 //   storage-v1 recv <project-uuid>
 //   storage-v1 abort-resume <project-uuid>
@@ -143,7 +143,7 @@ function checkToken(t: number): number {
   return t;
 }
 
-/** What `list` returns: the replicas under the receiver's root (all, or the named ones that exist), by project id. */
+/** What `list` returns: the named (or the caller's own) replicas that exist under the receiver's root, by project id. */
 export interface RemoteListing {
   protocol: typeof PROTOCOL;
   host: string;

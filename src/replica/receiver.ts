@@ -8,8 +8,7 @@
 import { appendFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Zfs, ZfsCommandError } from '../zfs/index.js';
-import { isProjectId } from '../util/validate.js';
+import type { Zfs } from '../zfs/index.js';
 import { parseRemoteCommand, RefusedCommand, PROTOCOL, type RemoteCommand, type RemoteListing } from './protocol.js';
 import { authorize } from './authorize.js';
 import type { FactSource, GatheredFacts } from './auth-facts.js';
@@ -283,42 +282,22 @@ async function promote(env: ReceiverEnv, project: string, guid: string, stdout: 
 }
 
 /**
- * The replicas under the root: all of them (one listing of the tree, for repair-catalog),
- * or only the named projects (a scoped listing of just those datasets: what the cycle
- * asks after a transfer and in its audit slice). A named project with no replica here is
- * absent from the answer.
+ * The named projects' replicas under the root (a scoped listing of just those datasets:
+ * what the cycle asks after a transfer and in its audit slice, and what the unscoped
+ * `list` asks for the caller's own projects). A named project with no replica here is
+ * absent from the answer. The whole tree is never listed.
  */
-export async function listReplicas(env: ReceiverEnv, projects?: readonly string[]): Promise<RemoteListing> {
+export async function listReplicas(env: ReceiverEnv, projects: readonly string[]): Promise<RemoteListing> {
   const { zfs, replicasRoot } = env;
   const caps = await zfs.capabilities();
   const listing: RemoteListing = { protocol: PROTOCOL, host: env.host, implementation: caps.version, datasets: {} };
-  if (projects) {
-    if (projects.length === 0) return listing;
-    const names = projects.map((p) => `${replicasRoot}/${p}`);
-    const scoped = await zfs.listSnapshots(names);
-    const found = [...scoped.snapshots.keys()];
-    const tokens = caps.recvResumable && found.length ? (await zfs.getMany(found, ['receive_resume_token'])).values : new Map<string, Record<string, string>>();
-    for (const [name, snaps] of scoped.snapshots) {
-      const token = tokens.get(name)?.receive_resume_token;
-      listing.datasets[name.slice(replicasRoot.length + 1)] = { snapshots: snaps, ...(token && token !== '-' ? { resumeToken: token } : {}) };
-    }
-    return listing;
-  }
-  let tree;
-  try {
-    tree = await zfs.list(replicasRoot, { depth: 1, props: caps.recvResumable ? ['receive_resume_token'] : [] });
-  } catch (e) {
-    if (e instanceof ZfsCommandError && e.kind === 'not-found') return listing;
-    throw e;
-  }
-  for (const ds of tree.values()) {
-    const id = ds.name.slice(replicasRoot.length + 1);
-    if (ds.name === replicasRoot || !isProjectId(id)) continue;
-    const token = ds.props.receive_resume_token;
-    listing.datasets[id] = {
-      snapshots: ds.snapshots.map((s) => ({ snap: s.snap, guid: s.guid, createtxg: s.createtxg, creation: s.creation })),
-      ...(token && token !== '-' ? { resumeToken: token } : {}),
-    };
+  if (projects.length === 0) return listing;
+  const scoped = await zfs.listSnapshots(projects.map((p) => `${replicasRoot}/${p}`));
+  const found = [...scoped.snapshots.keys()];
+  const tokens = caps.recvResumable && found.length ? (await zfs.getMany(found, ['receive_resume_token'])).values : new Map<string, Record<string, string>>();
+  for (const [name, snaps] of scoped.snapshots) {
+    const token = tokens.get(name)?.receive_resume_token;
+    listing.datasets[name.slice(replicasRoot.length + 1)] = { snapshots: snaps, ...(token && token !== '-' ? { resumeToken: token } : {}) };
   }
   return listing;
 }
