@@ -21,7 +21,11 @@ import { DirtyTracker } from './dirty.js';
 import { StateCache, type Snap } from './state.js';
 import { auditSlice, decidePairs, freshnessAsOf, newestShared, pairAction, resumeTokenProblem, type PairDecision, type PairInput, type PairKnowledge } from './cycle-plan.js';
 import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
-import { deadAfterMs, selfFenceAfterMs, type Config } from './config.js';
+import { deadAfterMs, fenceBoundMs, selfFenceAfterMs, type Config } from './config.js';
+import { readMounts } from '../zfs/mounts.js';
+import { describeSkew, readSkew, skewTooLarge } from './clock.js';
+import { describeFence, fenceDataset } from '../zfs/fence.js';
+export { readMounts };
 import { autoSnapshotName, isProjectId } from '../util/validate.js';
 import type { Logger } from '../util/log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -200,6 +204,10 @@ export class Agent {
   /** One cycle. Never throws for per-project problems: they are reported. */
   async runCycle(): Promise<CycleReport> {
     const run = this.startRun();
+    if (this.clockProblem) {
+      run.report.failures.push({ project: '-', error: this.clockProblem });
+      return run.report;
+    }
     const caps = await this.zfs.capabilities();
 
     // observe: the catalog's view (re-read only when this host's generation moved), what
@@ -417,6 +425,12 @@ export class Agent {
     // a copy judged already (e.g. one the catalog does not know) is judged again only when
     // this host's generation moves: no catalog read per stray per cycle
     const strays = [...mounted, ...this.unservedFound].filter((d) => !mine.has(d) && this.straysJudged.get(d) !== gen);
+    // demotion only on a fresh catalog answer: a degraded catalog serves cached rows, and a
+    // project moved here meanwhile would be unmounted and set aside (judged again later)
+    if (strays.length && catalogDegraded(this.catalog)) {
+      this.log.warn({ strays: strays.length }, 'catalog degraded: not judging copies the cached view does not serve from here');
+      return;
+    }
     this.unservedFound.clear();
     for (const ds of strays) {
       try {
@@ -797,12 +811,32 @@ export class Agent {
    * cycle never makes this host look dead and an idle cycle makes no catalog write.
    */
   async heartbeat(): Promise<void> {
+    await this.checkClock();
+    if (this.clockProblem) throw new Error(this.clockProblem);
     try {
       await this.catalog.heartbeat(this.config.host, this.load, this.now());
       await this.refreshHosts();
     } catch (e) {
       this.metrics?.catalogError('heartbeat');
       throw e;
+    }
+  }
+
+  /** set while this host's clock is beyond failover.maxClockSkew of the catalog's: the cycle refuses to act */
+  clockProblem: string | undefined;
+
+  /** This host's clock against the catalog's (with every heartbeat, and at start). */
+  async checkClock(): Promise<void> {
+    const bound = this.config.failover.maxClockSkew * 1000;
+    try {
+      const r = await readSkew(this.catalog, this.now);
+      this.metrics?.skew(r.skewMs / 1000);
+      const problem = skewTooLarge(r, bound) ? describeSkew(r, bound) : undefined;
+      if (problem && !this.clockProblem) this.log.error({ skewMs: r.skewMs, boundMs: bound }, problem);
+      if (!problem && this.clockProblem) this.log.warn({ skewMs: r.skewMs }, 'clock back within failover.maxClockSkew of the catalog: acting again');
+      this.clockProblem = problem;
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'could not read the catalog clock');
     }
   }
 
@@ -813,7 +847,9 @@ export class Agent {
    */
   async demote(dataset: string, p: ProjectRecord): Promise<string> {
     const c = this.config;
-    if ((await this.zfs.get(dataset, ['mounted'])).mounted === 'yes') await this.zfs.unmount(dataset, { force: true });
+    const fence = await fenceDataset(this.zfs, dataset);
+    if (!fence.fenced) throw new Error(`cannot stop serving ${dataset}: ${describeFence(fence)}`);
+    if (fence.stopped.length) this.log.warn({ project: p.id, stopped: fence.stopped }, 'demote: stopped the processes using the project');
     const stamp = autoSnapshotName(new Date(this.now())).replace(/:/g, '');
     await this.zfs.snapshot([`${dataset}@demoted-${stamp}`]);
     const conflictsRoot = `${c.pool}/conflicts`;
@@ -821,7 +857,7 @@ export class Agent {
     const aside = `${conflictsRoot}/${p.id}-${stamp}`;
     await this.zfs.rename(dataset, aside);
     await this.zfs.set(aside, { readonly: 'on', canmount: 'noauto' });
-    await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} (${p.state}) now; unmounted here, this host's data kept in ${aside}` });
+    await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} (${p.state}) now; fenced here (${describeFence(fence)}), this host's data kept in ${aside}` });
     this.log.warn({ project: p.id, primary: p.primary, state: p.state, keptIn: aside }, 'demoted: a project this host no longer serves was unmounted and kept aside');
     return aside;
   }
@@ -843,7 +879,7 @@ export class Agent {
   /** ms since epoch of the last fresh answer of the catalog (the fence check's read) */
   private lastCatalogOk = Date.now();
   /** projects this agent unmounted because the catalog was unreachable (remounted when it answers) */
-  private readonly selfFenced = new Set<string>();
+  private readonly selfFenced = new Map<string, boolean>(); // id -> readonly was set by the fence
   private lastAutoCheck = 0;
 
   /** projects mounted here, from /proc/self/mountinfo (no zfs call): dataset names */
@@ -893,11 +929,12 @@ export class Agent {
         }
       }
       // the catalog answers again: remount what this agent unmounted itself
-      for (const id of [...this.selfFenced]) {
+      for (const [id, readonlySet] of [...this.selfFenced]) {
         const p = byId.get(id);
         this.selfFenced.delete(id);
         if (!p || !servesHere(p, c.host) || mounted.has(`${c.projectsRoot}/${id}`)) continue;
         try {
+          if (readonlySet) await this.zfs.inherit(`${c.projectsRoot}/${id}`, 'readonly');
           await this.zfs.mount(`${c.projectsRoot}/${id}`);
           res.remounted.push(id);
         } catch (e) {
@@ -907,13 +944,15 @@ export class Agent {
       if (res.remounted.length) this.log.warn({ projects: res.remounted }, 'catalog reachable again: remounted the projects unmounted by self-fencing');
     }
     const selfFence = selfFenceAfterMs(c);
-    if (selfFence !== null && this.now() - this.lastCatalogOk > selfFence) {
+    if (this.now() - this.lastCatalogOk > selfFence) {
       for (const ds of mounted) {
         const id = ds.slice(c.projectsRoot.length + 1);
         try {
-          await this.zfs.unmount(ds, { force: true });
-          this.selfFenced.add(id);
+          const fence = await fenceDataset(this.zfs, ds);
+          if (!fence.fenced) throw new Error(describeFence(fence));
+          this.selfFenced.set(id, fence.readonly === 'set');
           res.selfFenced.push(id);
+          if (fence.stopped.length) this.log.error({ project: id, stopped: fence.stopped }, 'self-fence: stopped the processes using the project');
         } catch (e) {
           this.log.error({ project: id, err: (e as Error).message }, 'self-fence: unmount failed');
         }
@@ -925,7 +964,7 @@ export class Agent {
     }
     this.metrics?.fence('demoted', res.demoted.length);
     this.metrics?.fence('remounted', res.remounted.length);
-    if (c.failover.mode === 'auto' && served && fresh && this.now() - this.lastAutoCheck >= Math.min(c.interval, 3 * c.failover.fenceCheck) * 1000) {
+    if (c.failover.mode === 'auto' && served && fresh && !this.clockProblem && this.now() - this.lastAutoCheck >= Math.min(c.interval, 3 * c.failover.fenceCheck) * 1000) {
       this.lastAutoCheck = this.now();
       res.failovers = await this.autoFailover();
       this.metrics?.fence('failover', res.failovers.length);
@@ -954,7 +993,7 @@ export class Agent {
         if (!isDead(await this.catalog.getHost(h.id), this.now())) break;
         try {
           try {
-            const r = await failover(this.catalog, this.ssh, p.id, { owner: leaseOwner('agent', c.host), graceMs: dead, now: this.now, expectPrimary: h.id });
+            const r = await failover(this.catalog, this.ssh, p.id, { owner: leaseOwner('agent', c.host), graceMs: dead, selfFenceBoundMs: fenceBoundMs(c), now: this.now, expectPrimary: h.id });
             done.push(p.id);
             this.log.warn({ project: p.id, from: r.from, to: r.to, snapshot: r.snapshot, dataLossWindowSeconds: r.dataLossWindowSeconds, oldPrimary: r.oldPrimaryFenced }, 'automatic failover done');
           } catch (e) {
@@ -1161,27 +1200,6 @@ export function servesHere(p: ProjectRecord, host: string): boolean {
 function catalogDegraded(catalog: Catalog): boolean {
   const status = (catalog as { status?: () => { degraded: boolean } }).status;
   return typeof status === 'function' ? status.call(catalog).degraded : false;
-}
-
-/** /proc/self/mountinfo: fstype and source of every mount (octal escapes decoded). */
-export function readMounts(text?: string): Array<{ mountpoint: string; fstype: string; source: string }> {
-  let t = text;
-  if (t === undefined) {
-    try {
-      t = readFileSync('/proc/self/mountinfo', 'utf8');
-    } catch {
-      return [];
-    }
-  }
-  const unesc = (x: string) => x.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  const out: Array<{ mountpoint: string; fstype: string; source: string }> = [];
-  for (const line of t.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (dash < 6 || f.length < dash + 3) continue;
-    out.push({ mountpoint: unesc(f[4]!), fstype: f[dash + 1]!, source: unesc(f[dash + 2]!) });
-  }
-  return out;
 }
 
 export function sshTarget(h: HostRecord): SshTarget {

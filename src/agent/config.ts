@@ -6,17 +6,27 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import * as v from '../util/validate.js';
 
+/** Durations are seconds: at least 1 s, at most 24 days (a timer of more overflows Node's setTimeout). */
+export const MIN_DURATION_S = 1;
+export const MAX_DURATION_S = 24 * 86400;
 const duration = z
-  .union([z.number().positive(), z.string()])
+  .union([z.number(), z.string()])
   .transform((val, ctx) => {
-    if (typeof val === 'number') return val;
-    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$/.exec(val.trim());
-    if (!m) {
-      ctx.addIssue({ code: 'custom', message: `expected a duration like 30s, 5m, 1h, 7d (got ${JSON.stringify(val)})` });
+    let sec: number;
+    if (typeof val === 'number') sec = val;
+    else {
+      const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$/.exec(val.trim());
+      if (!m) {
+        ctx.addIssue({ code: 'custom', message: `expected a duration like 30s, 5m, 1h, 7d (got ${JSON.stringify(val)})` });
+        return z.NEVER;
+      }
+      sec = Number(m[1]) * { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800 }[m[2] as 'ms'];
+    }
+    if (!Number.isFinite(sec) || sec < MIN_DURATION_S || sec > MAX_DURATION_S) {
+      ctx.addIssue({ code: 'custom', message: `expected a duration from 1s to 24d (got ${JSON.stringify(val)})` });
       return z.NEVER;
     }
-    const mult = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800 }[m[2] as 'ms'];
-    return Number(m[1]) * mult;
+    return sec;
   });
 
 const checked = <T extends z.ZodTypeAny>(schema: T, fn: (val: z.infer<T>) => unknown) =>
@@ -144,16 +154,22 @@ export const ConfigSchema = z
         /** a host is dead after this long without a heartbeat (default 3 intervals) */
         after: duration.optional(),
         /**
-         * unmount every project this host serves when the catalog could not be reached
-         * for this long (default: 2 intervals in auto mode, off in manual mode), so an
-         * isolated primary stops serving before anyone may promote a replica
+         * fence every project this host serves (writers stopped, unmounted) when the
+         * catalog could not be read for this long (default: 2 intervals, at least 2 fence
+         * checks), in both modes: a failover that cannot reach the old primary waits for
+         * this bound (see fenceBoundMs) instead of trusting an old heartbeat
          */
-        selfFenceAfter: z.union([duration, z.literal('off')]).optional(),
+        selfFenceAfter: duration.optional(),
         /** how often the agent checks that every project mounted here is still its own */
         fenceCheck: duration.default(5),
+        /**
+         * the largest difference tolerated between this host's clock and the catalog's:
+         * beyond it the agent and storagectl refuse to act (metric storage_clock_skew_seconds)
+         */
+        maxClockSkew: duration.default(2),
       })
       .strict()
-      .default({ mode: 'manual', fenceCheck: 5 }),
+      .default({ mode: 'manual', fenceCheck: 5, maxClockSkew: 2 }),
     audit: z
       .object({
         /**
@@ -194,9 +210,24 @@ export const ConfigSchema = z
     for (const [key, root] of [['projectsRoot', c.projectsRoot], ['replicasRoot', c.replicasRoot]] as const) {
       if (!root.startsWith(`${c.pool}/`)) ctx.addIssue({ code: 'custom', path: [key], message: `must be inside pool ${c.pool}` });
     }
-    const dead = c.failover.after ?? 3 * c.interval;
-    if (typeof c.failover.selfFenceAfter === 'number' && c.failover.selfFenceAfter >= dead) {
-      ctx.addIssue({ code: 'custom', path: ['failover', 'selfFenceAfter'], message: `must be shorter than failover.after (${dead}s): an isolated primary has to stop serving before a replica may be promoted` });
+    const f = c.failover;
+    const selfFence = selfFenceAfterS(c);
+    if (f.selfFenceAfter !== undefined && f.selfFenceAfter < 2 * f.fenceCheck) {
+      ctx.addIssue({ code: 'custom', path: ['failover', 'selfFenceAfter'], message: `must be at least two fence checks (2 x failover.fenceCheck = ${2 * f.fenceCheck}s): one slow read must not unmount every project` });
+    }
+    if (f.selfFenceAfter !== undefined && f.selfFenceAfter <= c.interval) {
+      ctx.addIssue({ code: 'custom', path: ['failover', 'selfFenceAfter'], message: `must be longer than interval (${c.interval}s)` });
+    }
+    const bound = selfFence + f.fenceCheck + f.maxClockSkew + FENCE_ACTION_S;
+    if (f.after !== undefined && f.after <= bound) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['failover', 'after'],
+        message: `must be longer than the self-fence bound (selfFenceAfter ${selfFence}s + fenceCheck ${f.fenceCheck}s + maxClockSkew ${f.maxClockSkew}s + ${FENCE_ACTION_S}s to stop writers = ${bound}s): a host must have stopped serving before it counts as dead`,
+      });
+    }
+    if (f.fenceCheck >= c.interval * 10 && f.fenceCheck > 60) {
+      ctx.addIssue({ code: 'custom', path: ['failover', 'fenceCheck'], message: `must be at most 60s or 10 intervals: it bounds how long a demoted primary keeps serving` });
     }
     if (c.projectsRoot === c.replicasRoot || c.projectsRoot.startsWith(`${c.replicasRoot}/`) || c.replicasRoot.startsWith(`${c.projectsRoot}/`)) {
       ctx.addIssue({ code: 'custom', path: ['replicasRoot'], message: 'projectsRoot and replicasRoot must be disjoint' });
@@ -234,15 +265,32 @@ export function loadConfig(path: string): Config {
   return parseConfig(text, path);
 }
 
-/** ms without a heartbeat after which a host counts as dead */
-export function deadAfterMs(c: Config): number {
-  return (c.failover.after ?? 3 * c.interval) * 1000;
+/** seconds a fence takes to stop writers and unmount (zfs/fence.ts: ~4 s of attempts), counted in the bound */
+export const FENCE_ACTION_S = 5;
+
+function selfFenceAfterS(c: Pick<Config, 'interval' | 'failover'>): number {
+  return c.failover.selfFenceAfter ?? Math.max(2 * c.interval, 2 * c.failover.fenceCheck);
 }
 
-/** ms without catalog contact after which this host unmounts what it serves (null: never) */
-export function selfFenceAfterMs(c: Config): number | null {
-  const s = c.failover.selfFenceAfter;
-  if (s === 'off') return null;
-  if (s !== undefined) return s * 1000;
-  return c.failover.mode === 'auto' ? 2 * c.interval * 1000 : null;
+/**
+ * ms without a heartbeat after which a host counts as dead: failover.after, default the
+ * larger of 3 intervals and just past the self-fence bound
+ */
+export function deadAfterMs(c: Config): number {
+  return (c.failover.after ?? Math.max(3 * c.interval, fenceBoundMs(c) / 1000 + 1)) * 1000;
+}
+
+/** ms without a fresh catalog read after which this host fences every project it serves */
+export function selfFenceAfterMs(c: Config): number {
+  return selfFenceAfterS(c) * 1000;
+}
+
+/**
+ * ms after the catalog stops naming a host as a project's primary by which that host has
+ * stopped serving it, even cut off from the catalog: its last fresh read was before the
+ * change, it fences by selfFenceAfter after that read (noticed within one fence check),
+ * the fence takes up to FENCE_ACTION_S, and the clocks may differ by maxClockSkew.
+ */
+export function fenceBoundMs(c: Config): number {
+  return (selfFenceAfterS(c) + c.failover.fenceCheck + c.failover.maxClockSkew + FENCE_ACTION_S) * 1000;
 }

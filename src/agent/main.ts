@@ -39,6 +39,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   const agent = new Agent({ config, catalog, log, metrics });
   await agent.init();
+  await agent.checkClock(); // beyond failover.maxClockSkew the cycle refuses to act (logged, metric)
   // before anything else: a project mounted here that the catalog no longer serves from
   // here (failed over while this agent was down) stops being served now
   await agent.fenceCheck().catch((e: Error) => log.error({ err: e.message }, 'fence check failed'));

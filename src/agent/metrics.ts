@@ -25,6 +25,7 @@ export class AgentMetrics {
   private readonly projectsByRole: Gauge<'role'>;
   private readonly queue: Gauge<'target'>;
   private readonly selfFencedTotal: Counter;
+  private readonly clockSkew: Gauge;
   private readonly fenceEvents: Counter<'kind'>;
   private readonly newest = new Map<string, Map<string, number | null>>(); // target -> project -> creation (unix s) of the newest snapshot on target
   private server?: Server;
@@ -53,6 +54,7 @@ export class AgentMetrics {
     this.heartbeatAge = new Gauge({ name: 'storage_host_heartbeat_age_seconds', help: 'Seconds since the host last heartbeated into the catalog', labelNames: ['host'], registers: [r] });
     this.projectsByRole = new Gauge({ name: 'storage_projects', help: 'Projects on this host by role', labelNames: ['role'], registers: [r] });
     this.queue = new Gauge({ name: 'storage_replication_queue_depth', help: 'Transfers waiting or running per target', labelNames: ['target'], registers: [r] });
+    this.clockSkew = new Gauge({ name: 'storage_clock_skew_seconds', help: "This host's clock minus the catalog's, at the last heartbeat (beyond failover.maxClockSkew the agent refuses to act)", registers: [r] });
     this.selfFencedTotal = new Counter({ name: 'storage_self_fenced_projects_total', help: 'Projects unmounted because the catalog could not be reached for failover.selfFenceAfter', registers: [r] });
     this.fenceEvents = new Counter({ name: 'storage_fence_events_total', help: 'Fencing and failover actions by this agent (demoted, remounted, failover)', labelNames: ['kind'], registers: [r] });
     this.cycleZfsCalls = new Gauge({ name: 'storage_agent_cycle_zfs_calls', help: 'Local zfs calls made by the last cycle', registers: [r] });
@@ -93,6 +95,10 @@ export class AgentMetrics {
   roles(primary: number, replica: number): void {
     this.projectsByRole.set({ role: 'primary' }, primary);
     this.projectsByRole.set({ role: 'replica' }, replica);
+  }
+
+  skew(seconds: number): void {
+    this.clockSkew.set(seconds);
   }
 
   selfFenced(n: number): void {

@@ -42,14 +42,19 @@
 //   projects.set_targets              LWT    LOCAL_QUORUM       S       no    never creates a row
 //   projects.set_location             LWT    LOCAL_QUORUM       S       no
 //   projects.replica_put / replica_del       LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
-//   projects_by_host.put / del / list        LOCAL_QUORUM       -       yes   USING TIMESTAMP location_ts
-//   host_gen.bump / get                      LOCAL_QUORUM       -       yes   a fresh timeuuid per change
+//   projects_by_host.put / del / list        QUORUM             -       yes   USING TIMESTAMP location_ts
+//   host_gen.bump / get                      QUORUM             -       yes   a fresh timeuuid per change
+//   projects.get_quorum (by-primary list)    QUORUM             -       yes
+//     (these are the fence check's reads and the writes they must see: QUORUM across all
+//     datacenters, so a primary whose datacenter is cut off fails them and self-fences
+//     instead of reading its own stale replicas; see docs/failover-move-restore.md)
 //   newest.put / list                        LOCAL_QUORUM       -       yes   one writer: the primary's agent
 //   replicas.get, replicas.list              LOCAL_QUORUM       -       yes
 //   replicas.get_serial                      S (read)           -       yes
 //   replicas.insert / update / delete LWT    LOCAL_QUORUM       S       no
 //   replicas_by_host.put / del / list        LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
 //   events.* (writes and reads)              LOCAL_ONE          -       yes   history, not decisions
+//   clock.now (Catalog.clock)                LOCAL_ONE          -       yes   the coordinator's clock (skew check)
 //   locks.get (also getLock)                 S (read)           -       yes   linearizable view of a lease
 //   locks.acquire_* (conditional batch) LWT  LOCAL_QUORUM       S       no
 //   locks.renew / locks.release       LWT    LOCAL_QUORUM       S       no
@@ -127,6 +132,9 @@ import {
   type NewestSnapshot,
   type ProjectRecord,
   type ProjectState,
+  type ProjectOperation,
+  decodeOperation,
+  encodeOperation,
   type ReplicaRecord,
 } from './types.js';
 import * as v from '../util/validate.js';
@@ -228,7 +236,7 @@ export function replicationCql(spec: ReplicationSpec): string {
 
 // ---------------------------------------------------------------- statements
 
-type Level = 'LOCAL_ONE' | 'LOCAL_QUORUM' | 'SERIAL_READ';
+type Level = 'LOCAL_ONE' | 'LOCAL_QUORUM' | 'QUORUM' | 'SERIAL_READ';
 interface Statement {
   cql: string;
   level: Level;
@@ -237,7 +245,7 @@ interface Statement {
 }
 
 function statements(ks: string) {
-  const PROJECT_COLS = 'id, primary_host, replication_factor, quota, state, targets, location_token, location_ts, created_at';
+  const PROJECT_COLS = 'id, primary_host, replication_factor, quota, state, targets, location_token, location_ts, created_at, operation';
   const REPLICA_COLS = 'project, host, snapshot, guid, snapshot_creation, confirmed_at';
   const HOST_COLS = 'id, datacenter, address, port, root, load, heartbeat_at, replication_key';
   const LEASE_SET = `UPDATE ${ks}.locks USING TTL ? SET owner = ?, lease_token = ?, expires_at = ? WHERE name = ?`;
@@ -260,23 +268,24 @@ function statements(ks: string) {
       lwt: true,
     },
     'projects.get': { cql: `SELECT ${PROJECT_COLS} FROM ${ks}.projects WHERE id = ?`, level: 'LOCAL_QUORUM' },
+    'projects.get_quorum': { cql: `SELECT ${PROJECT_COLS} FROM ${ks}.projects WHERE id = ?`, level: 'QUORUM' },
     'projects.get_serial': { cql: `SELECT ${PROJECT_COLS} FROM ${ks}.projects WHERE id = ?`, level: 'SERIAL_READ' },
     'projects.list': { cql: `SELECT ${PROJECT_COLS} FROM ${ks}.projects`, level: 'LOCAL_QUORUM' },
     'projects.set_targets': { cql: `UPDATE ${ks}.projects SET targets = ? WHERE id = ? IF created_at != null`, level: 'LOCAL_QUORUM', lwt: true },
     'projects.set_location': {
-      cql: `UPDATE ${ks}.projects SET primary_host = ?, state = ?, location_token = ?, location_ts = ? WHERE id = ? IF location_ts = ?`,
+      cql: `UPDATE ${ks}.projects SET primary_host = ?, state = ?, location_token = ?, location_ts = ?, operation = ? WHERE id = ? IF location_ts = ?`,
       level: 'LOCAL_QUORUM',
       lwt: true,
     },
     'projects.replica_put': { cql: `UPDATE ${ks}.projects USING TIMESTAMP ? SET replicas[?] = ? WHERE id = ?`, level: 'LOCAL_QUORUM' },
     'projects.replica_del': { cql: `DELETE replicas[?] FROM ${ks}.projects USING TIMESTAMP ? WHERE id = ?`, level: 'LOCAL_QUORUM' },
-    'projects_by_host.put': { cql: `INSERT INTO ${ks}.projects_by_host (host, project) VALUES (?, ?) USING TIMESTAMP ?`, level: 'LOCAL_QUORUM' },
-    'projects_by_host.del': { cql: `DELETE FROM ${ks}.projects_by_host USING TIMESTAMP ? WHERE host = ? AND project = ?`, level: 'LOCAL_QUORUM' },
-    'projects_by_host.list': { cql: `SELECT project FROM ${ks}.projects_by_host WHERE host = ?`, level: 'LOCAL_QUORUM' },
-    'host_gen.bump': { cql: `UPDATE ${ks}.host_generation SET gen = ? WHERE host = ?`, level: 'LOCAL_QUORUM' },
+    'projects_by_host.put': { cql: `INSERT INTO ${ks}.projects_by_host (host, project) VALUES (?, ?) USING TIMESTAMP ?`, level: 'QUORUM' },
+    'projects_by_host.del': { cql: `DELETE FROM ${ks}.projects_by_host USING TIMESTAMP ? WHERE host = ? AND project = ?`, level: 'QUORUM' },
+    'projects_by_host.list': { cql: `SELECT project FROM ${ks}.projects_by_host WHERE host = ?`, level: 'QUORUM' },
+    'host_gen.bump': { cql: `UPDATE ${ks}.host_generation SET gen = ? WHERE host = ?`, level: 'QUORUM' },
     'newest.put': { cql: `INSERT INTO ${ks}.newest_snapshots (project, snapshot, guid, creation) VALUES (?, ?, ?, ?)`, level: 'LOCAL_QUORUM' },
     'newest.list': { cql: `SELECT project, snapshot, guid, creation FROM ${ks}.newest_snapshots`, level: 'LOCAL_QUORUM' },
-    'host_gen.get': { cql: `SELECT gen FROM ${ks}.host_generation WHERE host = ?`, level: 'LOCAL_QUORUM' },
+    'host_gen.get': { cql: `SELECT gen FROM ${ks}.host_generation WHERE host = ?`, level: 'QUORUM' },
 
     'replicas.get': { cql: `SELECT snapshot_creation, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'LOCAL_QUORUM' },
     'replicas.get_serial': { cql: `SELECT snapshot_creation, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'SERIAL_READ' },
@@ -303,6 +312,7 @@ function statements(ks: string) {
     'events.list_day': { cql: `SELECT at, project, host, kind, detail FROM ${ks}.events_by_day WHERE day = ? AND at >= ? LIMIT ?`, level: 'LOCAL_ONE' },
     'events.list_project': { cql: `SELECT at, project, host, kind, detail FROM ${ks}.events_by_project WHERE project = ? AND day = ? AND at >= ? LIMIT ?`, level: 'LOCAL_ONE' },
 
+    'clock.now': { cql: `SELECT toTimestamp(now()) AS t FROM system.local`, level: 'LOCAL_ONE' },
     'locks.get': { cql: `SELECT owner, lease_token, expires_at, last_token FROM ${ks}.locks WHERE name = ?`, level: 'SERIAL_READ' },
     // conditional batches: [lease cells USING TTL + condition, last_token without TTL]
     'locks.acquire_free': { cql: `${LEASE_SET} IF owner = null AND last_token = ?`, level: 'LOCAL_QUORUM', lwt: true },
@@ -587,7 +597,7 @@ export class CassandraCatalog implements Catalog {
 
   private levelOf(s: Statement): ctypes.consistencies {
     if (s.level === 'SERIAL_READ') return this.serial;
-    return s.level === 'LOCAL_ONE' ? consistencies.localOne : consistencies.localQuorum;
+    return s.level === 'LOCAL_ONE' ? consistencies.localOne : s.level === 'QUORUM' ? consistencies.quorum : consistencies.localQuorum;
   }
 
   private async exec(name: StatementName, params: unknown[], extra: { fetchSize?: number; pageState?: string } = {}): Promise<ResultSet> {
@@ -826,6 +836,7 @@ export class CassandraCatalog implements Catalog {
         targets: targets as string[],
         locationToken: colNum(r, 'location_token', where),
         createdAt: colDate(r, 'created_at', where),
+        operation: decodeOperation(colOptStr(r, 'operation', where), `${where} ${String(r['id'])}`),
       },
       where,
     );
@@ -887,7 +898,12 @@ export class CassandraCatalog implements Catalog {
   async listProjectsByPrimary(host: string): Promise<ProjectRecord[]> {
     v.hostId(host, 'listProjectsByPrimary');
     const ids = (await this.allRows('projects_by_host.list', [host])).map((r) => v.projectId(colStr(r, 'project', 'projects_by_host row'), 'projects_by_host row'));
-    const rows = await mapLimit(ids, 16, (id) => this.readProject(id, false));
+    // QUORUM (not LOCAL_QUORUM): this is the fence check's read; a datacenter cut off from
+    // the others must fail it (and self-fence), not answer from its own stale replicas
+    const rows = await mapLimit(ids, 16, async (id) => {
+      const r = (await this.exec('projects.get_quorum', [id])).first();
+      return r ? this.projectFrom(r) : undefined;
+    });
     const out: ProjectRecord[] = [];
     const stale: ProjectRowX[] = [];
     for (const x of rows) {
@@ -918,8 +934,9 @@ export class CassandraCatalog implements Catalog {
     await this.bump((await this.readProject(project, false))?.project.primary ?? null);
   }
 
-  async setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void> {
+  async setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void> {
     v.projectId(project, 'setLocation');
+    const op = encodeOperation(operation, `setLocation ${project}`);
     if (primary !== null) v.hostId(primary, 'setLocation');
     if (!STATES.includes(state)) throw new v.ValidationError('project state', 'setLocation', `must be one of ${STATES.join(', ')}`, state);
     if (!Number.isSafeInteger(token)) throw new v.ValidationError('fencing token', 'setLocation', 'must be an integer', String(token));
@@ -946,7 +963,7 @@ export class CassandraCatalog implements Catalog {
       // (3) compare-and-set on location_ts
       let applied: boolean;
       try {
-        applied = (await this.exec('projects.set_location', [primary, state, token, ts, project, cur.locationTs])).wasApplied();
+        applied = (await this.exec('projects.set_location', [primary, state, token, ts, op, project, cur.locationTs])).wasApplied();
       } catch (e) {
         if (!unknownOutcome(e)) throw e;
         applied = (await this.readProject(project, true))?.locationTs === ts;
@@ -1132,6 +1149,14 @@ export class CassandraCatalog implements Catalog {
    * its owner, lease token and expiry; a released one (or one whose TTL ran out) is free:
    * owner null, the last token (last_token never expires), expiresAt 0.
    */
+  async clock(): Promise<number> {
+    const r = (await this.exec('clock.now', [])).first();
+    const t = r?.['t'] as unknown;
+    const ms = t instanceof Date ? t.getTime() : typeof t === 'number' ? t : Number(t?.toString());
+    if (!Number.isSafeInteger(ms) || ms <= 0) throw new CatalogError(`clock: the coordinator answered ${String(t)}, not a time`);
+    return ms;
+  }
+
   async getLock(name: string): Promise<LockRow | undefined> {
     checkLockText('lock name', name, 'getLock');
     const cur = await this.readLock(name);

@@ -12,7 +12,8 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ValidationError } from '../util/validate.js';
-import type { Catalog, EventRecord, HostRecord, HostRegistration, LockResult, LockRow, NewestSnapshot, ProjectRecord, ProjectState, ReplicaRecord } from './types.js';
+import type { Catalog, EventRecord, HostRecord, HostRegistration, LockResult, LockRow, NewestSnapshot, ProjectRecord, ProjectState,
+  ProjectOperation, ReplicaRecord } from './types.js';
 
 type Journaled = 'upsertReplica' | 'heartbeat' | 'addEvent' | 'setTargets' | 'upsertHost' | 'recordNewest';
 
@@ -160,8 +161,8 @@ export class ResilientCatalog implements Catalog {
   setTargets(project: string, targets: string[]): Promise<void> {
     return this.write('setTargets', [project, targets], () => this.inner.setTargets(project, targets));
   }
-  setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void> {
-    return this.inner.setLocation(project, primary, state, token);
+  setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void> {
+    return this.inner.setLocation(project, primary, state, token, operation);
   }
   upsertReplica(r: ReplicaRecord): Promise<void> {
     return this.write('upsertReplica', [r], () => this.inner.upsertReplica(r));
@@ -190,6 +191,10 @@ export class ResilientCatalog implements Catalog {
   }
   releaseLock(name: string, owner: string, token: number): Promise<void> {
     return this.inner.releaseLock(name, owner, token);
+  }
+  /** never from a cache: a clock read is live or fails */
+  clock(): Promise<number> {
+    return this.inner.clock();
   }
   getLock(name: string): Promise<LockRow | undefined> {
     // a read, but a fencing check: no cache, no journal; a failure is the caller's to see

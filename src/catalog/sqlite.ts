@@ -1,7 +1,7 @@
 // The embedded catalog: one SQLite file (WAL) shared by every agent and storagectl on
 // one machine. Writes that must be atomic run in IMMEDIATE transactions.
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
   CatalogError,
@@ -23,6 +23,9 @@ import {
   type NewestSnapshot,
   type ProjectRecord,
   type ProjectState,
+  type ProjectOperation,
+  decodeOperation,
+  encodeOperation,
   type ReplicaRecord,
 } from './types.js';
 import * as v from '../util/validate.js';
@@ -51,6 +54,8 @@ const MIGRATIONS: string[] = [
   `CREATE TABLE newest_snapshots (project TEXT PRIMARY KEY, snapshot TEXT NOT NULL, guid TEXT NOT NULL, creation INTEGER NOT NULL);`,
   // each host's replication public key (HostRecord.replicationKey); existing rows: NULL
   `ALTER TABLE hosts ADD COLUMN replication_key TEXT;`,
+  // the operation in progress on a project (ProjectRecord.operation, JSON); NULL: none
+  `ALTER TABLE projects ADD COLUMN operation TEXT;`,
 ];
 
 interface ProjectRow {
@@ -62,6 +67,7 @@ interface ProjectRow {
   targets: string;
   location_token: number;
   created_at: number;
+  operation: string | null;
 }
 
 export class SqliteCatalog implements Catalog {
@@ -182,6 +188,7 @@ export class SqliteCatalog implements Catalog {
         targets: targets as string[],
         locationToken: r.location_token,
         createdAt: r.created_at,
+        operation: decodeOperation(r.operation, `projects row ${r.id}`),
       },
       'projects row',
     );
@@ -248,10 +255,11 @@ export class SqliteCatalog implements Catalog {
     });
   }
 
-  setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void> {
+  setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void> {
     return this.wrap('set location', () => {
       v.projectId(project, 'setLocation');
       if (primary !== null) v.hostId(primary, 'setLocation');
+      const op = encodeOperation(operation, `setLocation ${project}`);
       this.db
         .transaction(() => {
           const lock = this.db.prepare('SELECT owner, token, expires_at FROM locks WHERE name = ?').get(projectLockName(project)) as
@@ -264,7 +272,7 @@ export class SqliteCatalog implements Catalog {
             );
           }
           const before = this.db.prepare('SELECT primary_host FROM projects WHERE id = ?').get(project) as { primary_host: string | null } | undefined;
-          const r = this.db.prepare('UPDATE projects SET primary_host = ?, state = ?, location_token = ? WHERE id = ?').run(primary, state, token, project);
+          const r = this.db.prepare('UPDATE projects SET primary_host = ?, state = ?, location_token = ?, operation = ? WHERE id = ?').run(primary, state, token, op, project);
           if (r.changes === 0) throw new CatalogError(`set location: project ${project} does not exist`);
           this.bump(primary);
           if (before && before.primary_host !== primary) this.bump(before.primary_host);
@@ -389,6 +397,17 @@ export class SqliteCatalog implements Catalog {
     return this.wrap('release lock', () => {
       // the token stays, so the next holder's token is larger (fencing)
       this.db.prepare('UPDATE locks SET owner = NULL, expires_at = 0 WHERE name = ? AND owner = ? AND token = ?').run(name, owner, token);
+    });
+  }
+
+  clock(): Promise<number> {
+    return this.wrap('read the clock', () => {
+      // a write stamps the file's mtime with the kernel's clock (statx is a system call:
+      // not affected by an LD_PRELOAD'ed clock such as faketime)
+      if (this.path === ':memory:') return Date.now();
+      const f = `${this.path}.clock`;
+      writeFileSync(f, String(process.pid));
+      return statSync(f).mtimeMs;
     });
   }
 

@@ -42,6 +42,80 @@ export interface ProjectRecord {
   /** fencing token of the last location change */
   locationToken: number;
   createdAt: number;
+  /**
+   * The operation in progress on this project (failover, move, restore), written in the
+   * same compare-and-set as the location; null when none. This, not the event log, is what
+   * a re-run or a recovering agent resumes from.
+   */
+  operation: ProjectOperation | null;
+}
+
+export const OPERATION_KINDS = ['failover', 'move', 'restore'] as const;
+export type OperationKind = (typeof OPERATION_KINDS)[number];
+
+/** An operation's durable state (ProjectRecord.operation). */
+export interface ProjectOperation {
+  kind: OperationKind;
+  /** the host that served the project when the operation began (null: none) */
+  from: string | null;
+  /** the host the operation moves it to (restore: the primary itself) */
+  to: string;
+  /** the snapshot chosen (failover: to promote at; move: the final one once taken; restore: the one restored) */
+  snapshot: string | null;
+  guid: string | null;
+  /** unix seconds: that snapshot's creation, when known */
+  creation: number | null;
+  /** the fencing token of the lease that wrote it */
+  token: number;
+  /** ms since epoch */
+  startedAt: number;
+  /** the last step reached (one of OPERATION_STEPS[kind], see util/crash-point.ts) */
+  step: string;
+  /** move: the source was mounted when the move began (a failed move remounts it) */
+  wasMounted?: boolean;
+  /** restore: rollback or clone */
+  mode?: 'rollback' | 'clone';
+  /** restore: the safety snapshot taken before the copy */
+  safetySnapshot?: string;
+}
+
+/** Validates an operation read back from a row (JSON text) or given to setLocation. */
+export function checkOperation(o: unknown, where: string): ProjectOperation {
+  const bad = (what: string) => new CatalogError(`${where}: operation ${what}: ${v.describe(o)}`);
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw bad('is not an object');
+  const x = o as Record<string, unknown>;
+  if (!OPERATION_KINDS.includes(x['kind'] as OperationKind)) throw bad('has an unknown kind');
+  if (x['from'] !== null) v.hostId(x['from'], `${where} (operation from)`);
+  v.hostId(x['to'], `${where} (operation to)`);
+  if (x['snapshot'] !== null) v.snapshotName(x['snapshot'], `${where} (operation snapshot)`);
+  if (x['guid'] !== null && !(typeof x['guid'] === 'string' && /^\d{1,20}$/.test(x['guid']))) throw bad('has a malformed guid');
+  if (x['creation'] !== null && !(Number.isSafeInteger(x['creation']) && (x['creation'] as number) >= 0)) throw bad('has a malformed creation');
+  if (!Number.isSafeInteger(x['token']) || (x['token'] as number) < 0) throw bad('has a malformed token');
+  if (!Number.isSafeInteger(x['startedAt']) || (x['startedAt'] as number) < 0) throw bad('has a malformed start time');
+  if (typeof x['step'] !== 'string' || !/^[a-z][a-z-]{0,39}$/.test(x['step'])) throw bad('has a malformed step');
+  if (x['wasMounted'] !== undefined && typeof x['wasMounted'] !== 'boolean') throw bad('has a malformed wasMounted');
+  if (x['mode'] !== undefined && x['mode'] !== 'rollback' && x['mode'] !== 'clone') throw bad('has a malformed mode');
+  if (x['safetySnapshot'] !== undefined) v.snapshotName(x['safetySnapshot'], `${where} (operation safety snapshot)`);
+  const allowed = new Set(['kind', 'from', 'to', 'snapshot', 'guid', 'creation', 'token', 'startedAt', 'step', 'wasMounted', 'mode', 'safetySnapshot']);
+  for (const k of Object.keys(x)) if (!allowed.has(k)) throw bad(`has an unknown field ${JSON.stringify(k)}`);
+  return x as unknown as ProjectOperation;
+}
+
+/** The JSON text stored for an operation (null for none). */
+export function encodeOperation(o: ProjectOperation | null, where: string): string | null {
+  return o === null ? null : JSON.stringify(checkOperation(o, where));
+}
+
+/** Parses the stored JSON text of an operation. */
+export function decodeOperation(text: string | null | undefined, where: string): ProjectOperation | null {
+  if (text === null || text === undefined || text === '') return null;
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch {
+    throw new CatalogError(`${where}: operation is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
+  }
+  return checkOperation(o, where);
 }
 
 export interface ReplicaRecord {
@@ -134,8 +208,11 @@ export interface Catalog {
    * and re-read their projects only when it moved: an idle host costs O(1) catalog reads.
    */
   hostGeneration(host: string): Promise<string>;
-  /** Changes a project's location; rejected with FencingError unless `token` holds the project's lock. */
-  setLocation(project: string, primary: string | null, state: ProjectState, token: number): Promise<void>;
+  /**
+   * Changes a project's location and its operation in progress (null: none) in one
+   * compare-and-set; rejected with FencingError unless `token` holds the project's lock.
+   */
+  setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void>;
 
   /** Newest wins: a row older (by snapshotCreation) than the stored one is ignored. */
   upsertReplica(r: ReplicaRecord): Promise<void>;
@@ -161,6 +238,13 @@ export interface Catalog {
    * from a cache.
    */
   getLock(name: string): Promise<LockRow | undefined>;
+  /**
+   * The catalog's own clock, ms since epoch, not this process's: Cassandra's coordinator
+   * (`now()`); for SQLite the kernel's time as stamped on a file write next to the
+   * database (the kernel, not the process's libc, so a skewed process cannot fake it).
+   * Agents compare it with their clock and refuse to act beyond failover.maxClockSkew.
+   */
+  clock(): Promise<number>;
 }
 
 export function projectLockName(project: string): string {

@@ -3,7 +3,7 @@
 // error (nothing was done); 3 environment problem (configuration or catalog missing).
 import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
-import { loadConfig, parseConfig, ConfigError, deadAfterMs, type Config } from '../agent/config.js';
+import { loadConfig, parseConfig, ConfigError, deadAfterMs, fenceBoundMs, type Config } from '../agent/config.js';
 import { Agent, sshOptions, type AgentDeps } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord, type ReplicaRecord } from '../catalog/index.js';
 import { freshnessAsOf } from '../agent/cycle-plan.js';
@@ -12,6 +12,7 @@ import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
 import { leaseOwner } from '../lock/lease.js';
 import { move } from '../agent/move.js';
 import { restore, RestoreError } from '../agent/restore.js';
+import { assertClock } from '../agent/clock.js';
 import { SshPool } from '../replica/transport.js';
 import { fetchListing } from '../replica/listing.js';
 import { silentLogger } from '../util/log.js';
@@ -41,6 +42,21 @@ async function context(configPath: string): Promise<Ctx> {
   const catalog = await openCatalog(config);
   const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath, capabilitiesCache: `${config.stateDir}/capabilities.json` });
   return { config, catalog, zfs };
+}
+
+/**
+ * context() for an operation that changes where a project is served: refuses (exit 1,
+ * ClockSkewError) when this host's clock is beyond failover.maxClockSkew of the catalog's.
+ */
+async function actingContext(configPath: string): Promise<Ctx> {
+  const ctx = await context(configPath);
+  try {
+    await assertClock(ctx.catalog, ctx.config.failover.maxClockSkew * 1000);
+  } catch (e) {
+    await ctx.catalog.close().catch(() => undefined);
+    throw e;
+  }
+  return ctx;
 }
 
 /** The project's catalog row; with `verb`, also requires that this host serves it. */
@@ -190,7 +206,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'machine-readable output')
     .action(async (id: string, opts: { json?: boolean }) => {
       v.projectId(id, 'storagectl open');
-      const ctx = await context(cfg());
+      const ctx = await actingContext(cfg());
       const { config, zfs, catalog } = ctx;
       const p = await projectHere(ctx, id);
       if (p.primary === config.host) {
@@ -207,7 +223,7 @@ export async function main(argv: string[]): Promise<void> {
       }
       // location none or a dead primary: lock, the freshest live replica (ties: least loaded), mount
       const r = await withSsh(config, (pool) =>
-        failover(catalog, pool, id, { owner: leaseOwner('storagectl-open', config.host), graceMs: dead, expectPrimary: p.primary ?? undefined, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
+        failover(catalog, pool, id, { owner: leaseOwner('storagectl-open', config.host), graceMs: dead, selfFenceBoundMs: fenceBoundMs(config), expectPrimary: p.primary ?? undefined, onStep: (s) => process.stderr.write(`open: ${s}\n`) }),
       );
       out(!!opts.json, { project: id, host: r.to, failover: r }, () => `${id} mounted on ${r.to} (primary ${p.primary ?? 'none'} was dead) at snapshot ${r.snapshot}; data-loss window up to ${r.dataLossWindowSeconds}s\n`);
     });
@@ -364,12 +380,13 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (id: string, opts: { to?: string; json?: boolean }) => {
       v.projectId(id, 'storagectl failover');
       if (opts.to) v.hostId(opts.to, 'storagectl failover --to');
-      const { config, catalog } = await context(cfg());
+      const { config, catalog } = await actingContext(cfg());
       const r = await withSsh(config, (pool) =>
         failover(catalog, pool, id, {
           to: opts.to,
           owner: leaseOwner('storagectl-failover', config.host),
           graceMs: deadAfterMs(config),
+          selfFenceBoundMs: fenceBoundMs(config),
           onStep: (s) => process.stderr.write(`failover: ${s}\n`), // steps on stderr, also with --json
         }),
       );
@@ -388,7 +405,7 @@ export async function main(argv: string[]): Promise<void> {
       v.hostId(to, 'storagectl move <host>');
       const threshold = Number(opts.presyncThreshold);
       if (!Number.isInteger(threshold) || threshold < 0) throw new UsageError(`--presync-threshold: expected bytes, got ${v.describe(opts.presyncThreshold)}`);
-      const { config, catalog, zfs } = await context(cfg());
+      const { config, catalog, zfs } = await actingContext(cfg());
       const tty = !opts.json && process.stderr.isTTY;
       const { default: cliProgress } = await import('cli-progress');
       const bar = tty ? new cliProgress.SingleBar({ format: 'move |{bar}| {sent} at {rate}/s, ETA {eta_formatted}', hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : undefined;
@@ -433,7 +450,7 @@ export async function main(argv: string[]): Promise<void> {
       v.snapshotName(snap, 'storagectl restore <snapshot>');
       if (opts.mode !== 'clone' && opts.mode !== 'rollback') throw new UsageError(`--mode: expected clone or rollback, got ${v.describe(opts.mode)}`);
       if (opts.from) v.hostId(opts.from, 'storagectl restore --from');
-      const { config, catalog, zfs } = await context(cfg());
+      const { config, catalog, zfs } = await actingContext(cfg());
       const agent = cliAgent({ config, catalog, zfs });
       const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
       let lastShown = 0;

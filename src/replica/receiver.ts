@@ -9,6 +9,7 @@ import { appendFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Zfs } from '../zfs/index.js';
+import { describeFence, fenceDataset } from '../zfs/fence.js';
 import { parseRemoteCommand, RefusedCommand, PROTOCOL, type RemoteCommand, type RemoteListing } from './protocol.js';
 import { authorize } from './authorize.js';
 import type { FactSource, GatheredFacts } from './auth-facts.js';
@@ -148,18 +149,13 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdin: Readable, stdout
     case 'promote':
       return promote(env, cmd.project, cmd.guid, stdout);
     case 'fence': {
-      // writes stop first: readonly narrows the window (new writes get EROFS), then unmount
+      // writes stop first (readonly, the processes using it, then unmount): see zfs/fence.ts
       if (!env.projectsRoot) throw new Error('fence: this receiver has no projects root configured');
       const ds = `${env.projectsRoot}/${cmd.project}`;
-      if (!(await zfs.exists(ds))) {
-        stdout.write(JSON.stringify({ fenced: ds, present: false }) + '\n');
-        return { fenced: ds };
-      }
-      await zfs.set(ds, { readonly: 'on' });
-      const { mounted } = await zfs.get(ds, ['mounted']);
-      if (mounted === 'yes') await zfs.unmount(ds, { force: true });
-      stdout.write(JSON.stringify({ fenced: ds, present: true }) + '\n');
-      return { fenced: ds };
+      const r = await fenceDataset(zfs, ds);
+      stdout.write(JSON.stringify({ fenced: ds, present: r.present, report: r }) + '\n');
+      if (!r.fenced) throw new Error(`fence: ${ds} is still mounted on ${env.host}: ${describeFence(r)}`);
+      return { fenced: ds, stopped: r.stopped.length, readonly: r.readonly };
     }
     case 'send': {
       // one snapshot of a replica, as a full stream (restore on the primary receives it
@@ -266,7 +262,10 @@ async function promote(env: ReceiverEnv, project: string, guid: string, stdout: 
   const snaps = toSnaps ?? fromSnaps;
   if (!snaps) throw new Error(`promote: ${env.host} holds no replica of ${project} (${from} does not exist)`);
   const newest = snaps[snaps.length - 1];
-  if (newest?.guid !== guid) {
+  // already promoted by an earlier run (it may have snapshotted since): the chosen guid is in its history
+  // (and mounted: serving since; a stale unmounted copy must have the guid as its newest)
+  const chosen = newest?.guid === guid || (toSnaps !== undefined && toSnaps.some((s) => s.guid === guid) && (await zfs.get(to, ['mounted'])).mounted === 'yes');
+  if (!chosen) {
     throw new Error(`promote: ${toSnaps ? to : from}'s newest snapshot is ${newest ? `${newest.snap} (guid ${newest.guid})` : 'none'}, not the expected guid ${guid}: not promoting a dataset the caller did not choose`);
   }
   if (!toSnaps) await zfs.rename(from, to);

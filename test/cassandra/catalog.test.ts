@@ -146,13 +146,13 @@ describe('cassandra catalog specifics', () => {
     assert.deepEqual(await byHost(h1), [id]);
     const lock = await cat.acquireLock(projectLockName(id), 'mover', 60_000);
     assert.ok(lock.ok);
-    await cat.setLocation(id, h2, 'moving', lock.token);
+    await cat.setLocation(id, h2, 'moving', lock.token, null);
     assert.deepEqual([await byHost(h1), await byHost(h2)], [[], [id]]);
-    await cat.setLocation(id, h3, 'active', lock.token);
+    await cat.setLocation(id, h3, 'active', lock.token, null);
     assert.deepEqual([await byHost(h1), await byHost(h2), await byHost(h3)], [[], [], [id]]);
-    await cat.setLocation(id, null, 'fenced', lock.token);
+    await cat.setLocation(id, null, 'fenced', lock.token, null);
     assert.deepEqual(await byHost(h3), []);
-    await cat.setLocation(id, h1, 'active', lock.token);
+    await cat.setLocation(id, h1, 'active', lock.token, null);
     assert.deepEqual([await byHost(h1), await byHost(h3)], [[id], []]);
     // the write timestamps are the project's location_ts
     const locationTs = async () => BigInt(String((await cql(`SELECT location_ts FROM ${KEYSPACE}.projects WHERE id = ?`, [id]))[0]?.['location_ts']));
@@ -171,7 +171,7 @@ describe('cassandra catalog specifics', () => {
     assert.deepEqual(await cat.listProjectsByPrimary(h3), []);
     assert.deepEqual(await byHost(h3), [id]);
     await sleep(5);
-    await cat.setLocation(id, h2, 'active', lock.token);
+    await cat.setLocation(id, h2, 'active', lock.token, null);
     assert.ok((await locationTs()) > ts + 1000n);
     assert.deepEqual(await cat.listProjectsByPrimary(h3), []);
     assert.deepEqual(await byHost(h3), [], 'cleaned once provably stale');
@@ -241,7 +241,7 @@ describe('cassandra catalog specifics', () => {
     assert.ok(lock.ok);
     const other = await CassandraCatalog.open(options());
     try {
-      await Promise.all(hosts.slice(1).map((h, i) => (i % 2 ? cat : other).setLocation(id, h, 'active', lock.token)));
+      await Promise.all(hosts.slice(1).map((h, i) => (i % 2 ? cat : other).setLocation(id, h, 'active', lock.token, null)));
       const p = await cat.getProject(id);
       assert.ok(p?.primary && hosts.slice(1).includes(p.primary));
       for (const h of hosts) {
@@ -263,10 +263,10 @@ describe('cassandra catalog specifics', () => {
     await cat.releaseLock(name, 'a', a.token);
     const b = await cat.acquireLock(name, 'b', 60_000);
     assert.ok(b.ok);
-    await cat.setLocation(id, h2, 'active', b.token);
+    await cat.setLocation(id, h2, 'active', b.token, null);
     // forge the lock back to `a`'s token, as a lagging view of the lock would show it
     await cql(`UPDATE ${KEYSPACE}.locks SET owner = 'a', lease_token = ? WHERE name = ? IF owner = 'b'`, [cassandra.types.Long.fromNumber(a.token), name]);
-    await assert.rejects(cat.setLocation(id, h3, 'active', a.token), (e: unknown) => e instanceof FencingError && /older than the token of the last location change/.test((e as Error).message));
+    await assert.rejects(cat.setLocation(id, h3, 'active', a.token, null), (e: unknown) => e instanceof FencingError && /older than the token of the last location change/.test((e as Error).message));
     assert.equal((await cat.getProject(id))?.primary, h2);
   });
 

@@ -258,7 +258,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       const gb0 = await cat.hostGeneration(b);
       const lock = await cat.acquireLock(projectLockName(id), 'gen-test', 30_000);
       assert.ok(lock.ok);
-      await cat.setLocation(id, b, 'active', lock.token);
+      await cat.setLocation(id, b, 'active', lock.token, null);
       assert.notEqual(await cat.hostGeneration(a), g2, 'the old primary sees the move');
       assert.notEqual(await cat.hostGeneration(b), gb0, 'the new primary sees the move');
       assert.equal(await cat.hostGeneration(other), g0o, 'an uninvolved host does not');
@@ -481,7 +481,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       const lock = projectLockName(id);
       const a = await cat.acquireLock(lock, 'agent-a', SHORT_LEASE_MS);
       assert.ok(a.ok);
-      await cat.setLocation(id, h2, 'moving', a.token);
+      await cat.setLocation(id, h2, 'moving', a.token, null);
       let p = await cat.getProject(id);
       assert.equal(p?.primary, h2);
       assert.equal(p?.state, 'moving');
@@ -490,14 +490,14 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.deepEqual(await cat.listProjectsByPrimary(h1), []);
       await waitPast(a.expiresAt);
       // expired, nobody else yet
-      await assert.rejects(cat.setLocation(id, h3, 'active', a.token), FencingError);
+      await assert.rejects(cat.setLocation(id, h3, 'active', a.token, null), FencingError);
       const other = await open();
       const b = await other.acquireLock(lock, 'agent-b', 60_000);
       assert.ok(b.ok, `takeover failed: ${JSON.stringify(b)}`);
       assert.ok(b.token > a.token);
-      await assert.rejects(cat.setLocation(id, h3, 'active', a.token), FencingError);
+      await assert.rejects(cat.setLocation(id, h3, 'active', a.token, null), FencingError);
       assert.equal((await cat.getProject(id))?.primary, h2, 'a rejected write changes nothing');
-      await other.setLocation(id, h4, 'active', b.token);
+      await other.setLocation(id, h4, 'active', b.token, null);
       p = await cat.getProject(id);
       assert.deepEqual([p?.primary, p?.state, p?.locationToken], [h4, 'active', b.token]);
       assert.deepEqual((await cat.listProjectsByPrimary(h4)).map((x) => x.id), [id]);
@@ -505,31 +505,31 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.deepEqual(await cat.listProjectsByPrimary(h3), []);
       // and the stale holder still cannot, even with the lock free again
       await other.releaseLock(lock, 'agent-b', b.token);
-      await assert.rejects(cat.setLocation(id, h3, 'active', a.token), FencingError);
-      await assert.rejects(other.setLocation(id, h3, 'active', b.token), FencingError, 'a released lease no longer fences');
+      await assert.rejects(cat.setLocation(id, h3, 'active', a.token, null), FencingError);
+      await assert.rejects(other.setLocation(id, h3, 'active', b.token, null), FencingError, 'a released lease no longer fences');
     });
 
     it('fencing: setLocation without the lock or with a wrong token is a FencingError; the holder may write several times; nowhere is a location', async () => {
       const h1 = newHost();
       const h2 = newHost();
       const id = await newProjectOn(h1);
-      await assert.rejects(cat.setLocation(id, h2, 'active', 1), FencingError);
+      await assert.rejects(cat.setLocation(id, h2, 'active', 1, null), FencingError);
       // another project's lock does not fence this one
       const other = await newProjectOn(h1);
       const o = await cat.acquireLock(projectLockName(other), 'agent', 60_000);
       assert.ok(o.ok);
-      await assert.rejects(cat.setLocation(id, h2, 'active', o.token), FencingError);
+      await assert.rejects(cat.setLocation(id, h2, 'active', o.token, null), FencingError);
       const lock = projectLockName(id);
       const a = await cat.acquireLock(lock, 'agent', 60_000);
       assert.ok(a.ok);
-      await assert.rejects(cat.setLocation(id, h2, 'active', a.token + 1), FencingError);
-      await assert.rejects(cat.setLocation(id, h2, 'active', a.token - 1), FencingError);
+      await assert.rejects(cat.setLocation(id, h2, 'active', a.token + 1, null), FencingError);
+      await assert.rejects(cat.setLocation(id, h2, 'active', a.token - 1, null), FencingError);
       assert.deepEqual([(await cat.getProject(id))?.primary, (await cat.getProject(id))?.locationToken], [h1, 0]);
-      await cat.setLocation(id, h2, 'moving', a.token);
-      await cat.setLocation(id, null, 'fenced', a.token);
+      await cat.setLocation(id, h2, 'moving', a.token, null);
+      await cat.setLocation(id, null, 'fenced', a.token, null);
       assert.deepEqual(await cat.listProjectsByPrimary(h2), []);
-      await cat.setLocation(id, h1, 'failing-over', a.token);
-      await cat.setLocation(id, h1, 'active', a.token);
+      await cat.setLocation(id, h1, 'failing-over', a.token, null);
+      await cat.setLocation(id, h1, 'active', a.token, null);
       const p = await cat.getProject(id);
       assert.deepEqual([p?.primary, p?.state, p?.locationToken], [h1, 'active', a.token]);
       assert.deepEqual((await cat.listProjectsByPrimary(h1)).map((x) => x.id), [id, other].sort());
@@ -539,7 +539,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       const id = newProject();
       const a = await cat.acquireLock(projectLockName(id), 'agent', 60_000);
       assert.ok(a.ok);
-      await assert.rejects(cat.setLocation(id, newHost(), 'active', a.token), (e: unknown) => e instanceof CatalogError && !(e instanceof FencingError) && /does not exist/.test((e as Error).message));
+      await assert.rejects(cat.setLocation(id, newHost(), 'active', a.token, null), (e: unknown) => e instanceof CatalogError && !(e instanceof FencingError) && /does not exist/.test((e as Error).message));
       assert.equal(await cat.getProject(id), undefined);
     });
 
@@ -554,7 +554,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
         await rejects(cat.getProject(b), `getProject ${b}`);
         await rejects(cat.createProject({ id: b, primary: null, replicationFactor: 1, quota: null }), `createProject ${b}`);
         await rejects(cat.setTargets(b, []), `setTargets ${b}`);
-        await rejects(cat.setLocation(b, null, 'active', 1), `setLocation ${b}`);
+        await rejects(cat.setLocation(b, null, 'active', 1, null), `setLocation ${b}`);
         await rejects(cat.upsertReplica(replica(b, 'h1', 1)), `upsertReplica ${b}`);
         await rejects(cat.listReplicas(b), `listReplicas ${b}`);
         await rejects(cat.deleteReplica(b, 'h1'), `deleteReplica ${b}`);
@@ -567,7 +567,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
         await rejects(cat.heartbeat(b, 1), `heartbeat ${b}`);
         await rejects(cat.createProject({ id: newProject(), primary: b, replicationFactor: 1, quota: null }), `createProject primary ${b}`);
         await rejects(cat.setTargets(good, ['ok-host', b]), `setTargets ${b}`);
-        await rejects(cat.setLocation(good, b, 'active', 1), `setLocation ${b}`);
+        await rejects(cat.setLocation(good, b, 'active', 1, null), `setLocation ${b}`);
         await rejects(cat.upsertReplica(replica(good, b, 1)), `upsertReplica host ${b}`);
         await rejects(cat.listReplicasByHost(b), `listReplicasByHost ${b}`);
         await rejects(cat.deleteReplica(good, b), `deleteReplica host ${b}`);

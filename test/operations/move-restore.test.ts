@@ -294,7 +294,7 @@ describe('self-fencing', () => {
         return (...args: unknown[]) => (down ? Promise.reject(new Error('catalog unreachable (test)')) : (v as (...a: unknown[]) => unknown).apply(t, args));
       },
     }) as Catalog;
-    const config = { ...fleet.configs.get('a')!, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 2 } };
+    const config = { ...fleet.configs.get('a')!, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 2, maxClockSkew: 2 } };
     const agent = new Agent({ config, catalog: flaky, zfs: fleet.zfs, log: silentLogger() });
     try {
       assert.deepEqual((await agent.fenceCheck()).selfFenced, []);

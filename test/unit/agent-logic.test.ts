@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { placeReplicas } from '../../src/agent/placement.js';
-import { parseConfig, ConfigError, deadAfterMs, selfFenceAfterMs } from '../../src/agent/config.js';
+import { parseConfig, ConfigError, deadAfterMs, fenceBoundMs, selfFenceAfterMs, FENCE_ACTION_S } from '../../src/agent/config.js';
 import { readMounts, servesHere } from '../../src/agent/agent.js';
 import { parseRemoteCommand, formatRemoteCommand, RefusedCommand, checkListing } from '../../src/replica/protocol.js';
 import { Meter } from '../../src/replica/transport.js';
@@ -74,17 +74,29 @@ interval: 1m
     assert.throws(() => parseConfig(good.replace('replicasRoot: tank/replicas', 'replicasRoot: tank/projects/r'), 'c'), /disjoint/);
     assert.throws(() => parseConfig(good.replace('projectsRoot: tank/projects', 'projectsRoot: other/projects'), 'c'), /inside pool tank/);
   });
-  it('failover: manual by default; auto self-fences after 2 intervals, before a host counts as dead', () => {
+  it('failover: manual by default; self-fencing in both modes after 2 intervals, and the fence bound before a host counts as dead', () => {
     const m = parseConfig(good, 'c');
     assert.equal(m.failover.mode, 'manual');
     assert.equal(deadAfterMs(m), 180_000);
-    assert.equal(selfFenceAfterMs(m), null);
+    assert.equal(selfFenceAfterMs(m), 120_000);
+    assert.equal(fenceBoundMs(m), (120 + 5 + 2 + FENCE_ACTION_S) * 1000);
     const a = parseConfig(good + 'failover: { mode: auto }\n', 'c');
     assert.equal(selfFenceAfterMs(a), 120_000);
-    assert.ok(selfFenceAfterMs(a)! < deadAfterMs(a));
-    assert.equal(selfFenceAfterMs(parseConfig(good + 'failover: { mode: auto, selfFenceAfter: "off" }\n', 'c')), null);
-    assert.throws(() => parseConfig(good + 'failover: { mode: auto, after: 60s, selfFenceAfter: 90s }\n', 'c'), /failover\.selfFenceAfter: must be shorter than failover\.after \(60s\)/);
+    assert.ok(fenceBoundMs(a) < deadAfterMs(a));
+    // a short interval: the default dead time grows past the bound instead of undercutting it
+    const short = parseConfig(good.replace(/interval: [^\n]*/, 'interval: 2s'), 'c');
+    assert.equal(selfFenceAfterMs(short), 10_000, 'at least two fence checks');
+    assert.ok(deadAfterMs(short) > fenceBoundMs(short), `${deadAfterMs(short)} > ${fenceBoundMs(short)}`);
+    assert.throws(() => parseConfig(good + 'failover: { mode: auto, selfFenceAfter: "off" }\n', 'c'), /failover\.selfFenceAfter/);
+    assert.throws(() => parseConfig(good + 'failover: { mode: auto, after: 60s, selfFenceAfter: 90s }\n', 'c'), /failover\.after: must be longer than the self-fence bound/);
+    assert.throws(() => parseConfig(good + 'failover: { selfFenceAfter: 6s }\n', 'c'), /failover\.selfFenceAfter: must be at least two fence checks/);
     assert.throws(() => parseConfig(good + 'failover: { mode: sometimes }\n', 'c'), /failover\.mode/);
+  });
+  it('durations are bounded: 1 s to 24 days (a longer timer overflows setTimeout; 1ms would spin)', () => {
+    assert.throws(() => parseConfig(good + 'audit: { period: 25d }\n', 'c'), /audit\.period: expected a duration from 1s to 24d/);
+    assert.throws(() => parseConfig(good.replace(/interval: [^\n]*/, 'interval: 1ms'), 'c'), /interval: expected a duration from 1s to 24d/);
+    assert.throws(() => parseConfig(good.replace(/interval: [^\n]*/, 'interval: 0'), 'c'), /interval: expected a duration/);
+    assert.equal(parseConfig(good + 'audit: { period: 24d }\n', 'c').audit.period, 24 * 86400);
   });
   it('reports YAML syntax errors with the file name', () => {
     assert.throws(() => parseConfig('host: [unclosed', 'broken.yaml'), /broken\.yaml: YAML error/);
@@ -213,7 +225,7 @@ describe('fencing helpers', () => {
     ]);
   });
   it('a host serves a project only while the catalog names it, active, moving or failing over to it', () => {
-    const p = (primary: string | null, state: 'active' | 'moving' | 'failing-over' | 'fenced') => ({ id: 'x', primary, replicationFactor: 2, quota: null, state, targets: [], locationToken: 0, createdAt: 0 });
+    const p = (primary: string | null, state: 'active' | 'moving' | 'failing-over' | 'fenced') => ({ id: 'x', primary, replicationFactor: 2, quota: null, state, targets: [], locationToken: 0, createdAt: 0, operation: null });
     assert.equal(servesHere(p('a', 'active'), 'a'), true);
     assert.equal(servesHere(p('a', 'moving'), 'a'), true);
     assert.equal(servesHere(p('a', 'failing-over'), 'a'), true);

@@ -44,7 +44,7 @@ describe('resilient catalog (outage journal)', () => {
     await rc.addEvent({ project: id, host: 'a', kind: 'x', detail: 'during outage' });
     assert.equal(rc.journaled(), 4);
     assert.equal(rc.status().degraded, true);
-    await assert.rejects(rc.setLocation(id, 'b', 'active', 1), CatalogError, 'location changes are never journaled');
+    await assert.rejects(rc.setLocation(id, 'b', 'active', 1, null), CatalogError, 'location changes are never journaled');
     await assert.rejects(rc.acquireLock('x', 'me', 1000), CatalogError);
     await assert.rejects(rc.listReplicas(id), CatalogError, 'no earlier view of this query');
     assert.ok(errors.length >= 4);
