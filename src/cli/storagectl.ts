@@ -44,6 +44,13 @@ async function context(configPath: string): Promise<Ctx> {
   return { config, catalog, zfs };
 }
 
+/** --lease <seconds>: 5 s to 1 h. */
+function leaseOption(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 5 || n > 3600) throw new UsageError(`--lease: expected whole seconds from 5 to 3600, got ${v.describe(text)}`);
+  return n * 1000;
+}
+
 /**
  * context() for an operation that changes where a project is served: refuses (exit 1,
  * ClockSkewError) when this host's clock is beyond failover.maxClockSkew of the catalog's.
@@ -376,10 +383,12 @@ export async function main(argv: string[]): Promise<void> {
     .command('failover <project>')
     .description('serve a project from its freshest live replica (ties: least loaded) after fencing the old primary')
     .option('--to <host>', 'this replica host (must hold a replica)')
+    .option('--lease <seconds>', 'length of the project lease (renewed at a third; every irreversible step needs a quarter of it left)', '60')
     .option('--json', 'machine-readable output')
-    .action(async (id: string, opts: { to?: string; json?: boolean }) => {
+    .action(async (id: string, opts: { to?: string; lease: string; json?: boolean }) => {
       v.projectId(id, 'storagectl failover');
       if (opts.to) v.hostId(opts.to, 'storagectl failover --to');
+      const leaseMs = leaseOption(opts.lease);
       const { config, catalog } = await actingContext(cfg());
       const r = await withSsh(config, (pool) =>
         failover(catalog, pool, id, {
@@ -387,6 +396,7 @@ export async function main(argv: string[]): Promise<void> {
           owner: leaseOwner('storagectl-failover', config.host),
           graceMs: deadAfterMs(config),
           selfFenceBoundMs: fenceBoundMs(config),
+          leaseMs,
           onStep: (s) => process.stderr.write(`failover: ${s}\n`), // steps on stderr, also with --json
         }),
       );
@@ -397,10 +407,11 @@ export async function main(argv: string[]): Promise<void> {
     .command('move <project> <host>')
     .description('move a project to another host with seconds of downtime (run on its primary): pre-sync, stop writes, final incremental, verify, switch')
     .option('--drop-source', 'remove the copy on this host once the target serves (default: it stays a replica)')
-    .option('--force', 'unmount at the source even if processes have files open')
+    .option('--force', 'stop the processes using the project at the source (killed) when it is busy, then unmount')
+    .option('--lease <seconds>', 'length of the project lease (renewed at a third; every irreversible step needs a quarter of it left)', '120')
     .option('--presync-threshold <bytes>', 'pre-sync until a round sends less than this', String(64 * 2 ** 20))
     .option('--json', 'machine-readable output')
-    .action(async (id: string, to: string, opts: { dropSource?: boolean; force?: boolean; presyncThreshold: string; json?: boolean }) => {
+    .action(async (id: string, to: string, opts: { dropSource?: boolean; force?: boolean; presyncThreshold: string; lease: string; json?: boolean }) => {
       v.projectId(id, 'storagectl move');
       v.hostId(to, 'storagectl move <host>');
       const threshold = Number(opts.presyncThreshold);
@@ -431,7 +442,7 @@ export async function main(argv: string[]): Promise<void> {
         process.stderr.write(`move: ${s}\n`);
       };
       try {
-        const r = await move(agent, id, to, { owner: leaseOwner('storagectl-move', config.host), dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, onStep: step });
+        const r = await move(agent, id, to, { owner: leaseOwner('storagectl-move', config.host), dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, leaseMs: leaseOption(opts.lease), onStep: step });
         if (barOn) bar!.stop();
         out(!!opts.json, r, () => `${id} moved from ${r.from} to ${r.to} at ${r.finalSnapshot}${r.resumed ? ' (finished an interrupted move)' : `; writes stopped for ${(r.downtimeMs / 1000).toFixed(1)} s`}; ${r.from} ${r.source === 'replica' ? 'keeps a replica' : 'copy dropped'}\n`);
       } finally {

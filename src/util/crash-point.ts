@@ -9,8 +9,6 @@ export const OPERATION_STEPS = {
   failover: ['locked', 'recorded', 'fenced', 'promoted', 'switched'],
   /** move.ts, in order */
   move: ['locked', 'recorded', 'presynced', 'writes-stopped', 'verified', 'switched', 'promoted', 'source-kept'],
-  /** restore.ts (rollback mode), in order */
-  restore: ['locked', 'recorded', 'writes-stopped', 'safety-snapshot', 'copied', 'restored-snapshot'],
 } as const;
 
 export type OperationName = keyof typeof OPERATION_STEPS;
@@ -19,11 +17,11 @@ export type StepOf<O extends OperationName> = (typeof OPERATION_STEPS)[O][number
 export function crashPoint<O extends OperationName>(op: O, step: StepOf<O>): void {
   const at = `${op}:${step}`;
   if (process.env['STORAGE_CRASH_AT'] === at) {
-    process.stderr.write(`crash point ${at}: killing this process (STORAGE_CRASH_AT)\n`);
+    process.stderr.write(`crash point ${at}: killing this process (pid ${process.pid}, STORAGE_CRASH_AT)\n`);
     process.kill(process.pid, 'SIGKILL');
   }
   if (process.env['STORAGE_STOP_AT'] === at) {
-    process.stderr.write(`crash point ${at}: stopping this process (STORAGE_STOP_AT)\n`);
+    process.stderr.write(`crash point ${at}: stopping this process (pid ${process.pid}, STORAGE_STOP_AT)\n`);
     process.kill(process.pid, 'SIGSTOP');
   }
 }

@@ -193,10 +193,10 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       const id = await newProjectOn(primary, 3, 10 * 2 ** 30);
       const p = await cat.getProject(id);
       assert.ok(p);
-      assert.deepEqual({ ...p, createdAt: 0 }, { id, primary, replicationFactor: 3, quota: 10 * 2 ** 30, state: 'active', targets: [], locationToken: 0, createdAt: 0 });
+      assert.deepEqual({ ...p, createdAt: 0 }, { id, primary, replicationFactor: 3, quota: 10 * 2 ** 30, state: 'active', targets: [], locationToken: 0, createdAt: 0, operation: null });
       assert.ok(p.createdAt >= t0 - 1000 && p.createdAt <= Date.now() + 1000, `createdAt ${p.createdAt}`);
       const nowhere = await newProjectOn(null, 0, null);
-      assert.deepEqual({ ...(await cat.getProject(nowhere))!, createdAt: 0 }, { id: nowhere, primary: null, replicationFactor: 0, quota: null, state: 'active', targets: [], locationToken: 0, createdAt: 0 });
+      assert.deepEqual({ ...(await cat.getProject(nowhere))!, createdAt: 0 }, { id: nowhere, primary: null, replicationFactor: 0, quota: null, state: 'active', targets: [], locationToken: 0, createdAt: 0, operation: null });
       assert.equal(await cat.getProject(newProject()), undefined);
     });
 
@@ -347,6 +347,23 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
     });
 
     // ---- locks ----
+
+    it('projects: the operation in progress is written with the location, read back, validated, and cleared', async () => {
+      const id = randomUUID();
+      const h = newHost('op');
+      await cat.upsertHost({ id: h, datacenter: 'dc1', address: '10.0.0.1', port: 22, root: 'tank/replicas' });
+      await cat.createProject({ id, primary: h, replicationFactor: 1, quota: null });
+      const l = await cat.acquireLock(projectLockName(id), 'op@h:1', 60_000);
+      assert.ok(l.ok);
+      const op = { kind: 'move' as const, from: h, to: h, snapshot: null, guid: null, creation: null, token: l.token, startedAt: 1_700_000_000_000, step: 'recorded', wasMounted: true };
+      await cat.setLocation(id, h, 'moving', l.token, op);
+      assert.deepEqual((await cat.getProject(id))!.operation, op);
+      assert.deepEqual((await cat.listProjectsByPrimary(h)).find((p) => p.id === id)!.operation, op);
+      await assert.rejects(cat.setLocation(id, h, 'active', l.token, { ...op, kind: 'nope' } as unknown as typeof op), /operation has an unknown kind/);
+      assert.deepEqual((await cat.getProject(id))!.operation, op, 'a refused write changes nothing');
+      await cat.setLocation(id, h, 'active', l.token, null);
+      assert.equal((await cat.getProject(id))!.operation, null);
+    });
 
     it('locks: acquire, contend, renew by the holder only, release', async () => {
       const name = `test:${randomUUID()}`;

@@ -63,25 +63,26 @@ have_all() {
   command -v zfs-fuse >/dev/null && command -v zfs >/dev/null && command -v zpool >/dev/null &&
     [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null &&
     command -v ip >/dev/null && command -v nft >/dev/null && command -v tc >/dev/null &&
-    command -v fusermount >/dev/null && command -v jq >/dev/null && command -v rsync >/dev/null
+    command -v fusermount >/dev/null && command -v jq >/dev/null && command -v rsync >/dev/null &&
+    command -v fuser >/dev/null && command -v faketime >/dev/null && command -v setfattr >/dev/null
 }
 
 deps() {
   preflight
   if kernel_zfs; then
     local t missing=()
-    for t in zfs zpool ssh ssh-keygen ip jq nsenter rsync; do command -v "$t" >/dev/null || missing+=("$t"); done
+    for t in zfs zpool ssh ssh-keygen ip jq nsenter rsync fuser faketime; do command -v "$t" >/dev/null || missing+=("$t"); done
     [ -x /usr/sbin/sshd ] || missing+=(sshd)
     [ ${#missing[@]} -eq 0 ] || die "--zfs kernel: missing tools: ${missing[*]} (nothing is installed in this mode)"
     return 0
   fi
   if ! have_all; then
-    log "installing missing Debian packages (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync)"
+    log "installing missing Debian packages (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync psmisc faketime attr)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync >/dev/null ||
-      die "apt-get install failed (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync)"
-    have_all || die "packages installed but a tool is still missing (zfs-fuse, zfs, zpool, sshd, ssh, ip, nft, tc, fusermount, jq, rsync)"
+    apt-get install -y -qq --no-install-recommends zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync psmisc faketime attr >/dev/null ||
+      die "apt-get install failed (zfs-fuse openssh-server openssh-client iproute2 nftables fuse jq rsync psmisc faketime attr)"
+    have_all || die "packages installed but a tool is still missing (zfs-fuse, zfs, zpool, sshd, ssh, ip, nft, tc, fusermount, jq, rsync, fuser, faketime, setfattr)"
   fi
   start_zfs_fuse
 }

@@ -58,13 +58,29 @@ export class AgentProcess {
 }
 
 /** storagectl in a host's namespace; resolves with exit code and output (never rejects). */
-export async function storagectl(sb: Sandbox, h: SandboxHost, configPath: string, args: string[], timeoutMs = scaled(120_000)): Promise<{ code: number; stdout: string; stderr: string }> {
+/**
+ * Runs storagectl in the host's network namespace. o.env: extra environment (e.g.
+ * STORAGE_CRASH_AT); o.wrap: a command to run it under (e.g. ['faketime', '-f', '+120s']).
+ * code: the exit code, -1 when killed by a signal (signal says which).
+ */
+export async function storagectl(
+  sb: Sandbox,
+  h: SandboxHost,
+  configPath: string,
+  args: string[],
+  timeoutMs = scaled(120_000),
+  o: { env?: Record<string, string>; wrap?: string[] } = {},
+): Promise<{ code: number; stdout: string; stderr: string; signal?: string }> {
   try {
-    const r = await execFileP('nsenter', [`--net=/run/netns/${h.netns}`, `${sb.repo}/bin/storagectl`, '--config', configPath, ...args], { timeout: timeoutMs, maxBuffer: 64 << 20 });
+    const r = await execFileP('nsenter', [`--net=/run/netns/${h.netns}`, ...(o.wrap ?? []), `${sb.repo}/bin/storagectl`, '--config', configPath, ...args], {
+      timeout: timeoutMs,
+      maxBuffer: 64 << 20,
+      env: o.env ? { ...process.env, ...o.env } : process.env,
+    });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
   } catch (e) {
-    const x = e as { code?: number; stdout?: string; stderr?: string; message: string };
-    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout ?? '', stderr: x.stderr ?? x.message };
+    const x = e as { code?: number; signal?: string; stdout?: string; stderr?: string; message: string };
+    return { code: typeof x.code === 'number' ? x.code : -1, stdout: x.stdout ?? '', stderr: x.stderr ?? x.message, signal: x.signal ?? undefined };
   }
 }
 

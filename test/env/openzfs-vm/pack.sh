@@ -15,12 +15,24 @@ pack_project() {
   rsync=$(command -v rsync) || { echo "no rsync on the host (test/env/sandbox.sh deps installs it)" >&2; return 1; }
   cp -L "$rsync" "$share/tools/rsync"
   ldd "$rsync" | awk '$3 ~ /^\// && $1 ~ /^lib(popt|lz4|xxhash)/ {print $3}' | while read -r l; do cp -L "$l" "$share/tools/lib/"; done
+  # fuser (psmisc: the fence lists the processes using a mount) and faketime (the clock
+  # skew test), with faketime's preload libraries at the path the binary was built with
+  for t in fuser faketime; do
+    command -v "$t" >/dev/null || { echo "no $t on the host (test/env/sandbox.sh deps installs it)" >&2; return 1; }
+    cp -L "$(command -v "$t")" "$share/tools/$t"
+  done
+  mkdir -p "$share/tools/faketime-lib"
+  cp -L /usr/lib/x86_64-linux-gnu/faketime/libfaketime*.so.1 "$share/tools/faketime-lib/" || { echo "no libfaketime on the host" >&2; return 1; }
   # what the guest runs first: those tools in place, the project unpacked in /opt/storage
   cat > "$share/install.sh" <<'GUEST'
 set -eu
 install -m 0755 /mnt/tools/node /usr/local/bin/node
 install -m 0755 /mnt/tools/jq /usr/local/bin/jq
 install -m 0755 /mnt/tools/rsync /usr/bin/rsync
+install -m 0755 /mnt/tools/fuser /usr/bin/fuser
+install -m 0755 /mnt/tools/faketime /usr/bin/faketime
+mkdir -p /usr/lib/x86_64-linux-gnu/faketime
+cp /mnt/tools/faketime-lib/* /usr/lib/x86_64-linux-gnu/faketime/
 cp /mnt/tools/lib/* /usr/local/lib/ 2>/dev/null || true
 ldconfig
 mkdir -p /opt/storage

@@ -1,0 +1,170 @@
+// Never two writable copies (issue: fencing under busy mounts, pauses, clock skew and
+// crashes), on the sandbox's real pools, sshd and forced commands, run as an operator
+// would: `storagectl` processes.
+//  - a failover fences an old primary whose mount is busy (a writer holding a file open,
+//    a process whose working directory is inside): the writers are stopped, the copy is
+//    unmounted, and the output says what ran;
+//  - an operator process paused (SIGSTOP) past its lease performs no side effect when it
+//    continues, and a re-run finishes;
+//  - storagectl under faketime, beyond failover.maxClockSkew, refuses to act and says why;
+//  - a crash (SIGKILL) at every named step of failover (OPERATION_STEPS, so a new step
+//    cannot be left out): the re-run completes with exactly one writable copy and the data
+//    written before. (Move's steps: test/operations/crash-move.test.ts, zfs-fuse only.)
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { sandbox, host, treeChecksum, scaled } from '../lib/sandbox.js';
+import { startFleet, createProject, cycleAll, sleep, type Fleet } from '../lib/fleet.js';
+import { storagectl, writeAgentConfig, waitFor } from '../lib/procs.js';
+import { OPERATION_STEPS } from '../../src/util/crash-point.js';
+import { readMounts } from '../../src/zfs/mounts.js';
+
+const sb = sandbox();
+const A = host(sb, 'a');
+const B = host(sb, 'b');
+const catalogPath = `${sb.dir}/catalog-fence-${randomUUID().slice(0, 8)}.db`;
+let fleet: Fleet;
+const cfg = new Map<string, string>();
+const children: ChildProcess[] = [];
+const LEASE = 6; // seconds: a crashed operator's lease runs out quickly
+
+before(async () => {
+  fleet = await startFleet(sb, catalogPath);
+  let port = 9691;
+  for (const h of sb.hosts) cfg.set(h.name, writeAgentConfig(h, 'agent-fence', { catalogPath, metricsPort: port++ }));
+});
+
+after(async () => {
+  for (const c of children) c.kill('SIGKILL');
+  await fleet?.close();
+});
+
+/** Where the project is mounted writable (mounted=yes, readonly=off), over every host's pool. */
+async function writableOn(id: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const h of sb.hosts) {
+    const d = `${h.pool}/projects/${id}`;
+    if (!(await fleet.zfs.exists(d))) continue;
+    const p = await fleet.zfs.get(d, ['mounted', 'readonly']);
+    if (p.mounted === 'yes' && p.readonly === 'off') out.push(h.name);
+  }
+  return out;
+}
+
+async function replicated(files: Record<string, Buffer | string>) {
+  const p = await createProject(fleet, A, { files });
+  const sum = treeChecksum(p.mnt);
+  const r = await cycleAll(fleet);
+  assert.deepEqual(r.get('a')!.failures, []);
+  return { ...p, sum };
+}
+
+/** Re-runs a storagectl command while the crashed holder's lease has not run out yet. */
+async function rerun(h: typeof A, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  for (let i = 0; ; i++) {
+    const r = await storagectl(sb, h, cfg.get(h.name)!, args);
+    if (!(r.code === 2 && /locked by/.test(r.stderr)) || i > 20) return r;
+    await sleep(1000);
+  }
+}
+
+async function servedBy(id: string): Promise<{ primary: string | null; state: string; operation: unknown }> {
+  const p = (await fleet.catalog.getProject(id))!;
+  return { primary: p.primary, state: p.state, operation: p.operation };
+}
+
+describe('fence of a busy primary', () => {
+  it('stops the writers (an open file, a working directory inside), unmounts, and the failover completes', async () => {
+    const p = await replicated({ 'data.bin': randomBytes(20_000) });
+    // a writer holding its descriptor open, appending every 50 ms; a shell parked inside
+    const writer = spawn('node', ['-e', `const fs=require('fs');const fd=fs.openSync(${JSON.stringify(`${p.mnt}/log.txt`)},'a');setInterval(()=>fs.writeSync(fd,'x\\n'),50)`], { stdio: 'ignore' });
+    const parked = spawn('sleep', ['600'], { cwd: p.mnt, stdio: 'ignore' });
+    children.push(writer, parked);
+    await waitFor('the writer to write', () => existsSync(`${p.mnt}/log.txt`) && readFileSync(`${p.mnt}/log.txt`).length > 0, scaled(10_000));
+    const gone = (c: ChildProcess) => new Promise<string | null>((res) => (c.exitCode !== null || c.signalCode !== null ? res(c.signalCode) : c.once('exit', (_code, sig) => res(sig))));
+
+    const r = await storagectl(sb, B, cfg.get('b')!, ['failover', p.id, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const res = JSON.parse(r.stdout) as { to: string; oldPrimaryFenced: string };
+    assert.equal(res.oldPrimaryFenced, 'unmounted');
+    // the remedy that ran is reported: readonly, then the processes using the mount stopped
+    assert.match(r.stderr, /old primary a: readonly set, stopped 2 processes \(\d+ (node|sleep), \d+ (node|sleep)\), unmounted/);
+    process.stdout.write(`# ${r.stderr.split('\n').find((l) => l.includes('old primary a: readonly'))}\n`);
+    assert.equal(await gone(writer), 'SIGKILL');
+    assert.equal(await gone(parked), 'SIGKILL');
+    assert.deepEqual(await writableOn(p.id), [res.to], 'exactly one writable copy: the promoted one');
+    const old = await fleet.zfs.get(p.dataset, ['mounted', 'readonly']);
+    assert.deepEqual([old.mounted, old.readonly], ['no', 'on'], "the old primary's copy: unmounted and readonly");
+    assert.equal(readMounts().some((m) => m.source === p.dataset), false, "the old primary's copy is mounted nowhere: no write can reach it");
+  });
+});
+
+describe('lease expiry during a slow step', () => {
+  it('an operator paused (SIGSTOP) past its lease does nothing when it continues; a re-run finishes', async () => {
+    const p = await replicated({ 'data.bin': randomBytes(20_000) });
+    const child = spawn('nsenter', [`--net=/run/netns/${B.netns}`, `${sb.repo}/bin/storagectl`, '--config', cfg.get('b')!, 'failover', p.id, '--lease', String(LEASE)], {
+      env: { ...process.env, STORAGE_STOP_AT: 'failover:fenced' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(child);
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+    await waitFor('the operator to stop itself at failover:fenced', () => /stopping this process \(pid (\d+)/.test(stderr), scaled(60_000), () => process.stdout.write(stderr));
+    const pid = Number(/stopping this process \(pid (\d+)/.exec(stderr)![1]);
+    await sleep(LEASE * 1000 + 1000); // the lease runs out while it is stopped
+    const before = await servedBy(p.id);
+    process.kill(pid, 'SIGCONT');
+    const code = await exited;
+    assert.notEqual(code, 0);
+    assert.match(stderr, /not doing "promote on [bc]": lease \d+ has -?\d+ ms left by this process's clock, less than the margin/);
+    assert.deepEqual(await writableOn(p.id), [], 'the late operator promoted nothing (the old primary was fenced before the pause)');
+    assert.deepEqual(await servedBy(p.id), before, 'and wrote nothing to the catalog');
+    const again = await rerun(B, ['failover', p.id, '--json']);
+    assert.equal(again.code, 0, again.stderr);
+    const to = (JSON.parse(again.stdout) as { to: string }).to;
+    assert.deepEqual(await writableOn(p.id), [to]);
+    assert.deepEqual(await servedBy(p.id), { primary: to, state: 'active', operation: null });
+  });
+});
+
+describe('clock skew', () => {
+  it('storagectl and the agent under faketime beyond failover.maxClockSkew refuse to act and say why', async () => {
+    const p = await replicated({ 'a.txt': 'x' });
+    const r = await storagectl(sb, B, cfg.get('b')!, ['failover', p.id], scaled(60_000), { wrap: ['faketime', '-f', '+120s'] });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /this host's clock is 1[12]\d\.\d s ahead of the catalog's \(bound failover\.maxClockSkew 2 s\): refusing to act/);
+    assert.deepEqual(await servedBy(p.id), { primary: 'a', state: 'active', operation: null }, 'nothing changed');
+    const behind = await storagectl(sb, B, cfg.get('b')!, ['move', p.id, 'c'], scaled(60_000), { wrap: ['faketime', '-f', '-300s'] });
+    assert.equal(behind.code, 1);
+    assert.match(behind.stderr, /clock is 30\d\.\d s behind the catalog's/);
+    // the agent: one cycle (--once) exits 1 with the reason, and takes no snapshot
+    const before = (await fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.length;
+    writeFileSync(`${p.mnt}/changed.txt`, 'a change the agent would snapshot');
+    const agent = spawnSync('nsenter', [`--net=/run/netns/${A.netns}`, 'faketime', '-f', '+120s', `${sb.repo}/bin/storage-agent`, '--config', cfg.get('a')!, '--once'], { encoding: 'utf8', timeout: scaled(120_000) });
+    assert.equal(agent.status, 1, agent.stderr);
+    assert.match(agent.stdout + agent.stderr, /clock is 1[12]\d\.\d s ahead of the catalog's/);
+    assert.equal((await fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.length, before, 'no snapshot taken');
+  });
+});
+
+describe('crash at every step', () => {
+  for (const step of OPERATION_STEPS.failover) {
+    it(`failover killed at ${step}: the re-run completes, one writable copy, nothing lost`, async () => {
+      const p = await replicated({ 'data.bin': randomBytes(30_000), 'notes.txt': step });
+      const crashed = await storagectl(sb, B, cfg.get('b')!, ['failover', p.id, '--lease', String(LEASE)], scaled(120_000), { env: { STORAGE_CRASH_AT: `failover:${step}` } });
+      assert.equal(crashed.signal, 'SIGKILL', `killed at the crash point: ${crashed.stderr}`);
+      assert.ok((await writableOn(p.id)).length <= 1, 'never two writable copies, also right after the crash');
+      const r = await rerun(B, ['failover', p.id, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const to = (JSON.parse(r.stdout) as { to: string }).to;
+      assert.deepEqual(await writableOn(p.id), [to]);
+      assert.deepEqual(await servedBy(p.id), { primary: to, state: 'active', operation: null });
+      const mp = (await fleet.zfs.get(`${host(sb, to).pool}/projects/${p.id}`, ['mountpoint'])).mountpoint!;
+      assert.equal(treeChecksum(mp), p.sum, 'the data written before the failover');
+    });
+  }
+
+});

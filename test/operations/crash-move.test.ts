@@ -1,0 +1,89 @@
+// A crash (SIGKILL) at every named step of `storagectl move` (OPERATION_STEPS.move, so a
+// new step cannot be left out): the re-run completes with exactly one writable copy, on
+// the target, with everything written before the move. zfs-fuse tier only (the VM tier
+// runs the failover's steps, test/integration/fencing.test.ts: the CI time budget).
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { sandbox, host, treeChecksum, scaled } from '../lib/sandbox.js';
+import { startFleet, createProject, cycleAll, sleep, type Fleet } from '../lib/fleet.js';
+import { storagectl, writeAgentConfig, waitFor } from '../lib/procs.js';
+import { OPERATION_STEPS } from '../../src/util/crash-point.js';
+import { readMounts } from '../../src/zfs/mounts.js';
+
+const sb = sandbox();
+const A = host(sb, 'a');
+const B = host(sb, 'b');
+const catalogPath = `${sb.dir}/catalog-crashmv-${randomUUID().slice(0, 8)}.db`;
+let fleet: Fleet;
+const cfg = new Map<string, string>();
+const children: ChildProcess[] = [];
+const LEASE = 6; // seconds: a crashed operator's lease runs out quickly
+
+before(async () => {
+  fleet = await startFleet(sb, catalogPath);
+  let port = 9791;
+  for (const h of sb.hosts) cfg.set(h.name, writeAgentConfig(h, 'agent-fence', { catalogPath, metricsPort: port++ }));
+});
+
+after(async () => {
+  for (const c of children) c.kill('SIGKILL');
+  await fleet?.close();
+});
+
+/** Where the project is mounted writable (mounted=yes, readonly=off), over every host's pool. */
+async function writableOn(id: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const h of sb.hosts) {
+    const d = `${h.pool}/projects/${id}`;
+    if (!(await fleet.zfs.exists(d))) continue;
+    const p = await fleet.zfs.get(d, ['mounted', 'readonly']);
+    if (p.mounted === 'yes' && p.readonly === 'off') out.push(h.name);
+  }
+  return out;
+}
+
+async function replicated(files: Record<string, Buffer | string>) {
+  const p = await createProject(fleet, A, { files });
+  const sum = treeChecksum(p.mnt);
+  const r = await cycleAll(fleet);
+  assert.deepEqual(r.get('a')!.failures, []);
+  return { ...p, sum };
+}
+
+/** Re-runs a storagectl command while the crashed holder's lease has not run out yet. */
+async function rerun(h: typeof A, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  for (let i = 0; ; i++) {
+    const r = await storagectl(sb, h, cfg.get(h.name)!, args);
+    if (!(r.code === 2 && /locked by/.test(r.stderr)) || i > 20) return r;
+    await sleep(1000);
+  }
+}
+
+async function servedBy(id: string): Promise<{ primary: string | null; state: string; operation: unknown }> {
+  const p = (await fleet.catalog.getProject(id))!;
+  return { primary: p.primary, state: p.state, operation: p.operation };
+}
+
+describe('crash at every step of a move', () => {
+  for (const step of OPERATION_STEPS.move) {
+    it(`move killed at ${step}: the re-run completes, one writable copy, nothing lost`, async () => {
+      const p = await replicated({ 'data.bin': randomBytes(30_000), 'notes.txt': step });
+      writeFileSync(`${p.mnt}/written-before-the-move.txt`, 'after the last replication: the move carries it');
+      const sum = treeChecksum(p.mnt);
+      const args = ['move', p.id, 'b', '--lease', String(LEASE)];
+      const crashed = await storagectl(sb, A, cfg.get('a')!, args, scaled(120_000), { env: { STORAGE_CRASH_AT: `move:${step}` } });
+      assert.equal(crashed.signal, 'SIGKILL', `killed at the crash point: ${crashed.stderr}`);
+      assert.ok((await writableOn(p.id)).length <= 1, 'never two writable copies, also right after the crash');
+      const r = await rerun(A, ['move', p.id, 'b', '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(await writableOn(p.id), ['b']);
+      assert.deepEqual(await servedBy(p.id), { primary: 'b', state: 'active', operation: null });
+      const mp = (await fleet.zfs.get(`${B.pool}/projects/${p.id}`, ['mountpoint'])).mountpoint!;
+      assert.equal(treeChecksum(mp), sum, 'everything written before the move, on the target');
+      assert.ok(await fleet.zfs.exists(`${A.pool}/replicas/${p.id}`), 'the source keeps a replica');
+    });
+  }
+});

@@ -1,0 +1,81 @@
+// Pure parts of fencing: the crash points named in OPERATION_STEPS are exactly those in
+// the code; operation rows are validated; the lease check refuses after a pause and after
+// a takeover; the clock skew rule.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { OPERATION_STEPS } from '../../src/util/crash-point.js';
+import { checkOperation, CatalogError, type ProjectOperation } from '../../src/catalog/types.js';
+import { SqliteCatalog } from '../../src/catalog/sqlite.js';
+import { LeaseLostError, withProjectLease } from '../../src/lock/lease.js';
+import { skewTooLarge } from '../../src/agent/clock.js';
+
+const srcDir = fileURLToPath(new URL('../../../src/agent/', import.meta.url));
+
+describe('crash points', () => {
+  it('every step listed is a crash point in its operation, and every crash point is listed', () => {
+    for (const [op, steps] of Object.entries(OPERATION_STEPS)) {
+      const code = readFileSync(`${srcDir}${op}.ts`, 'utf8');
+      const inCode = [...code.matchAll(new RegExp(`crashPoint\\('${op}', '([a-z-]+)'\\)`, 'g'))].map((m) => m[1]);
+      for (const s of steps) assert.ok(inCode.includes(s), `${op}:${s} is listed but ${op}.ts never reaches it`);
+      for (const s of inCode) assert.ok((steps as readonly string[]).includes(s!), `${op}.ts has crash point ${s} not in OPERATION_STEPS`);
+    }
+  });
+});
+
+describe('operation rows', () => {
+  const ok: ProjectOperation = { kind: 'failover', from: 'a', to: 'b', snapshot: 'auto-2026-12-02T08:00:00Z', guid: '123', creation: 1, token: 4, startedAt: 5, step: 'recorded' };
+  it('accepts a well-formed operation and refuses what is not', () => {
+    assert.deepEqual(checkOperation(ok, 'row'), ok);
+    assert.throws(() => checkOperation({ ...ok, kind: 'explode' }, 'row'), /row: operation has an unknown kind/);
+    assert.throws(() => checkOperation({ ...ok, guid: 'x; rm' }, 'row'), /malformed guid/);
+    assert.throws(() => checkOperation({ ...ok, to: '../etc' }, 'row'), /operation to/);
+    assert.throws(() => checkOperation({ ...ok, extra: 1 }, 'row'), /unknown field "extra"/);
+    assert.throws(() => checkOperation([], 'row'), CatalogError);
+  });
+  it('is stored with the location in one write, and read back', async () => {
+    const c = new SqliteCatalog(':memory:');
+    await c.createProject({ id: '1b4e28ba-2fa1-11d2-883f-0016d3cca427', primary: 'a', replicationFactor: 1, quota: null });
+    const l = await c.acquireLock('project:1b4e28ba-2fa1-11d2-883f-0016d3cca427', 'x@a:1', 60_000);
+    assert.ok(l.ok);
+    await c.setLocation('1b4e28ba-2fa1-11d2-883f-0016d3cca427', 'b', 'failing-over', l.token, { ...ok, token: l.token });
+    const p = await c.getProject('1b4e28ba-2fa1-11d2-883f-0016d3cca427');
+    assert.deepEqual([p!.primary, p!.state, p!.operation], ['b', 'failing-over', { ...ok, token: l.token }]);
+    await assert.rejects(c.setLocation('1b4e28ba-2fa1-11d2-883f-0016d3cca427', 'b', 'active', l.token, { ...ok, step: 'BAD' }), /malformed step/);
+    await c.close();
+  });
+});
+
+describe('lease check before an irreversible step', () => {
+  const P = '2b4e28ba-2fa1-11d2-883f-0016d3cca427';
+  it('passes while held; refuses after the lease ran out by the monotonic clock (a pause), naming the step', async () => {
+    const c = new SqliteCatalog(':memory:');
+    await withProjectLease(c, P, 'op@a:1', 400, async (lease) => {
+      await lease.check('promote');
+      // a pause: the event loop blocked past the lease (as SIGSTOP would)
+      const until = performance.now() + 450;
+      while (performance.now() < until);
+      await assert.rejects(lease.check('promote on b'), (e: Error) => e instanceof LeaseLostError && /not doing "promote on b": lease \d+ has -?\d+ ms left by this process's clock/.test(e.message));
+    });
+    await c.close();
+  });
+  it('refuses when the lock row names another holder', async () => {
+    const c = new SqliteCatalog(':memory:');
+    await withProjectLease(c, P, 'op@a:1', 60_000, async (lease) => {
+      await c.releaseLock(`project:${P}`, 'op@a:1', lease.token);
+      const other = await c.acquireLock(`project:${P}`, 'other@b:2', 60_000);
+      assert.ok(other.ok);
+      await assert.rejects(lease.check('switch'), /the lock row names other@b:2/);
+    });
+    await c.close();
+  });
+});
+
+describe('clock skew', () => {
+  it('too large only beyond the bound even with the round trip in its favour', () => {
+    assert.equal(skewTooLarge({ skewMs: 1900, roundTripMs: 10 }, 2000), false);
+    assert.equal(skewTooLarge({ skewMs: -2100, roundTripMs: 10 }, 2000), true);
+    assert.equal(skewTooLarge({ skewMs: 2100, roundTripMs: 400 }, 2000), false, 'a slow read cannot prove the skew');
+  });
+});
