@@ -143,6 +143,17 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ listen: '127.0.0.1:9464', perProjectSeries: true, lagSloSeconds: 3600 }),
+    placement: z
+      .object({
+        /**
+         * a replica host without a heartbeat for this long is replaced: a live host in
+         * another datacenter gets a new replica, and the dead one is released from the
+         * project's targets only once the new one is confirmed (its data is kept)
+         */
+        replaceDeadTargetAfter: duration.default(3600),
+      })
+      .strict()
+      .default({ replaceDeadTargetAfter: 3600 }),
     failover: z
       .object({
         /**

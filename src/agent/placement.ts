@@ -37,3 +37,53 @@ export function placeReplicas(p: PlacementInput): string[] {
   }
   return chosen;
 }
+
+export interface HealInput {
+  primary: HostRecord;
+  targets: string[];
+  factor: number;
+  hosts: HostRecord[];
+  /** ms since epoch, for judging how long a target has been dead */
+  now: number;
+  /** a target without a heartbeat for this long is replaced */
+  replaceAfterMs: number;
+  /** a host is live (may receive a new replica) */
+  isLive: (h: HostRecord) => boolean;
+  /** targets whose replica this primary has confirmed (a listing showed its snapshot) */
+  confirmed: ReadonlySet<string>;
+  planned?: Map<string, number>;
+}
+
+export interface HealDecision {
+  targets: string[];
+  /** hosts added in place of dead targets */
+  added: string[];
+  /** dead targets taken off the list: only once enough others hold confirmed replicas */
+  released: string[];
+}
+
+/**
+ * Placement that heals (pure): a target dead for replaceAfterMs (no heartbeat, or a host
+ * the catalog does not know) gets a replacement on a live host (another datacenter first),
+ * added NEXT to it: the dead one stays a target, so its replica keeps counting, until at
+ * least `factor` other targets hold confirmed replicas; only then is it released from the
+ * list (its data is never destroyed: the host keeps the dataset). Missing targets (fewer
+ * than factor) are placed as before.
+ */
+export function healTargets(p: HealInput): HealDecision {
+  const byId = new Map(p.hosts.map((h) => [h.id, h]));
+  const deadLong = (id: string) => {
+    const h = byId.get(id);
+    return !h || h.heartbeatAt === null || p.now - h.heartbeatAt > p.replaceAfterMs;
+  };
+  const targets = p.targets.filter((t) => t !== p.primary.id);
+  const dead = targets.filter(deadLong);
+  const healthy = targets.filter((t) => !deadLong(t));
+  // enough healthy targets: the dead ones go once the healthy ones hold confirmed replicas
+  const want = placeReplicas({ primary: p.primary, current: healthy, factor: p.factor, hosts: p.hosts.filter((h) => !dead.includes(h.id)), isLive: p.isLive, planned: p.planned });
+  const added = want.filter((t) => !targets.includes(t));
+  const confirmedHealthy = healthy.filter((t) => p.confirmed.has(t)).length;
+  const released = confirmedHealthy >= p.factor ? dead : [];
+  const next = [...targets.filter((t) => !released.includes(t)), ...added];
+  return { targets: next, added, released };
+}

@@ -39,7 +39,7 @@
 //   projects.create                   LWT    LOCAL_QUORUM       S       no    duplicate ids are rejected
 //   projects.get, projects.list              LOCAL_QUORUM       -       yes
 //   projects.get_serial                      S (read)           -       yes   base of the location CAS
-//   projects.set_targets              LWT    LOCAL_QUORUM       S       no    never creates a row
+//   projects.set_targets_v0 / _v      LWT    LOCAL_QUORUM       S       no    CAS on targets_version; never creates a row
 //   projects.set_location             LWT    LOCAL_QUORUM       S       no
 //   projects.replica_put / replica_del       LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
 //   projects_by_host.put / del / list        QUORUM             -       yes   USING TIMESTAMP location_ts
@@ -245,7 +245,7 @@ interface Statement {
 }
 
 function statements(ks: string) {
-  const PROJECT_COLS = 'id, primary_host, replication_factor, quota, state, targets, location_token, location_ts, created_at, operation';
+  const PROJECT_COLS = 'id, primary_host, replication_factor, quota, state, targets, targets_version, location_token, location_ts, created_at, operation';
   const REPLICA_COLS = 'project, host, snapshot, guid, snapshot_creation, confirmed_at';
   const HOST_COLS = 'id, datacenter, address, port, root, load, heartbeat_at, replication_key';
   const LEASE_SET = `UPDATE ${ks}.locks USING TTL ? SET owner = ?, lease_token = ?, expires_at = ? WHERE name = ?`;
@@ -271,7 +271,8 @@ function statements(ks: string) {
     'projects.get_quorum': { cql: `SELECT ${PROJECT_COLS} FROM ${ks}.projects WHERE id = ?`, level: 'QUORUM' },
     'projects.get_serial': { cql: `SELECT ${PROJECT_COLS} FROM ${ks}.projects WHERE id = ?`, level: 'SERIAL_READ' },
     'projects.list': { cql: `SELECT ${PROJECT_COLS} FROM ${ks}.projects`, level: 'LOCAL_QUORUM' },
-    'projects.set_targets': { cql: `UPDATE ${ks}.projects SET targets = ? WHERE id = ? IF created_at != null`, level: 'LOCAL_QUORUM', lwt: true },
+    'projects.set_targets_v0': { cql: `UPDATE ${ks}.projects SET targets = ?, targets_version = ? WHERE id = ? IF created_at != null AND targets_version = null`, level: 'LOCAL_QUORUM', lwt: true },
+    'projects.set_targets_v': { cql: `UPDATE ${ks}.projects SET targets = ?, targets_version = ? WHERE id = ? IF targets_version = ?`, level: 'LOCAL_QUORUM', lwt: true },
     'projects.set_location': {
       cql: `UPDATE ${ks}.projects SET primary_host = ?, state = ?, location_token = ?, location_ts = ?, operation = ? WHERE id = ? IF location_ts = ?`,
       level: 'LOCAL_QUORUM',
@@ -834,6 +835,7 @@ export class CassandraCatalog implements Catalog {
         quota: colOptNum(r, 'quota', where),
         state: colStr(r, 'state', where) as ProjectState,
         targets: targets as string[],
+        targetsVersion: r['targets_version'] === null || r['targets_version'] === undefined ? 0 : colNum(r, 'targets_version', where),
         locationToken: colNum(r, 'location_token', where),
         createdAt: colDate(r, 'created_at', where),
         operation: decodeOperation(colOptStr(r, 'operation', where), `${where} ${String(r['id'])}`),
@@ -916,22 +918,35 @@ export class CassandraCatalog implements Catalog {
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
-  async setTargets(project: string, targets: string[]): Promise<void> {
+  async setTargets(project: string, targets: string[], opts: { ifVersion?: number } = {}): Promise<boolean> {
     v.projectId(project, 'setTargets');
     if (!Array.isArray(targets)) throw new v.ValidationError('targets', 'setTargets', 'must be a list of host ids', String(targets));
     targets.forEach((t) => v.hostId(t, 'setTargets'));
-    let applied: boolean;
-    try {
-      applied = (await this.exec('projects.set_targets', [targets, project])).wasApplied();
-    } catch (e) {
-      if (!unknownOutcome(e)) throw e;
-      const now = await this.readProject(project, true);
-      if (!now) throw new CatalogError(`set targets: project ${project} does not exist`);
-      if (JSON.stringify(now.project.targets) === JSON.stringify(targets)) return this.bump(now.project.primary);
-      throw e;
+    if (opts.ifVersion !== undefined && (!Number.isSafeInteger(opts.ifVersion) || opts.ifVersion < 0)) throw new v.ValidationError('targets version', 'setTargets', 'must be a non-negative integer', String(opts.ifVersion));
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const cur = await this.readProject(project, true);
+      if (!cur) throw new CatalogError(`set targets: project ${project} does not exist`);
+      const version = cur.project.targetsVersion;
+      if (opts.ifVersion !== undefined && version !== opts.ifVersion) return false;
+      let applied: boolean;
+      try {
+        applied = (version === 0
+          ? await this.exec('projects.set_targets_v0', [targets, 1, project])
+          : await this.exec('projects.set_targets_v', [targets, version + 1, project, version])
+        ).wasApplied();
+      } catch (e) {
+        if (!unknownOutcome(e)) throw e;
+        const now = await this.readProject(project, true);
+        applied = now !== undefined && now.project.targetsVersion === version + 1 && JSON.stringify(now.project.targets) === JSON.stringify(targets);
+      }
+      if (applied) {
+        await this.bump(cur.project.primary);
+        return true;
+      }
+      if (opts.ifVersion !== undefined) return false; // someone else wrote a newer list
+      await sleep(jitter(attempt));
     }
-    if (!applied) throw new CatalogError(`set targets: project ${project} does not exist`);
-    await this.bump((await this.readProject(project, false))?.project.primary ?? null);
+    throw new CatalogError(`set targets: project ${project}: its targets kept changing concurrently (${MAX_CAS_ATTEMPTS} attempts)`);
   }
 
   async setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void> {

@@ -158,8 +158,16 @@ export class ResilientCatalog implements Catalog {
   listProjectsByPrimary(host: string): Promise<ProjectRecord[]> {
     return this.read('listProjectsByPrimary', [host], () => this.inner.listProjectsByPrimary(host));
   }
-  setTargets(project: string, targets: string[]): Promise<void> {
-    return this.write('setTargets', [project, targets], () => this.inner.setTargets(project, targets));
+  /**
+   * Journaled while the catalog is down (true: queued). A replay carries the version the
+   * list was made from, so it never undoes a newer list (the replay is then dropped).
+   */
+  async setTargets(project: string, targets: string[], opts: { ifVersion?: number } = {}): Promise<boolean> {
+    let applied = true;
+    await this.write('setTargets', [project, targets, opts], async () => {
+      applied = await this.inner.setTargets(project, targets, opts);
+    });
+    return applied;
   }
   setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void> {
     return this.inner.setLocation(project, primary, state, token, operation);

@@ -56,6 +56,8 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE hosts ADD COLUMN replication_key TEXT;`,
   // the operation in progress on a project (ProjectRecord.operation, JSON); NULL: none
   `ALTER TABLE projects ADD COLUMN operation TEXT;`,
+  // ProjectRecord.targetsVersion (bumped by every setTargets)
+  `ALTER TABLE projects ADD COLUMN targets_version INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 interface ProjectRow {
@@ -68,6 +70,7 @@ interface ProjectRow {
   location_token: number;
   created_at: number;
   operation: string | null;
+  targets_version: number;
 }
 
 export class SqliteCatalog implements Catalog {
@@ -186,6 +189,7 @@ export class SqliteCatalog implements Catalog {
         quota: r.quota,
         state: r.state as ProjectState,
         targets: targets as string[],
+        targetsVersion: r.targets_version,
         locationToken: r.location_token,
         createdAt: r.created_at,
         operation: decodeOperation(r.operation, `projects row ${r.id}`),
@@ -240,16 +244,19 @@ export class SqliteCatalog implements Catalog {
     );
   }
 
-  setTargets(project: string, targets: string[]): Promise<void> {
+  setTargets(project: string, targets: string[], opts: { ifVersion?: number } = {}): Promise<boolean> {
     return this.wrap('set targets', () => {
       targets.forEach((t) => v.hostId(t, 'setTargets'));
       v.projectId(project, 'setTargets');
-      this.db
+      if (opts.ifVersion !== undefined && (!Number.isSafeInteger(opts.ifVersion) || opts.ifVersion < 0)) throw new v.ValidationError('targets version', 'setTargets', 'must be a non-negative integer', String(opts.ifVersion));
+      return this.db
         .transaction(() => {
-          const r = this.db.prepare('UPDATE projects SET targets = ? WHERE id = ?').run(JSON.stringify(targets), project);
-          if (r.changes === 0) throw new CatalogError(`set targets: project ${project} does not exist`);
-          const row = this.db.prepare('SELECT primary_host FROM projects WHERE id = ?').get(project) as { primary_host: string | null };
+          const row = this.db.prepare('SELECT primary_host, targets_version FROM projects WHERE id = ?').get(project) as { primary_host: string | null; targets_version: number } | undefined;
+          if (!row) throw new CatalogError(`set targets: project ${project} does not exist`);
+          if (opts.ifVersion !== undefined && row.targets_version !== opts.ifVersion) return false;
+          this.db.prepare('UPDATE projects SET targets = ?, targets_version = ? WHERE id = ?').run(JSON.stringify(targets), row.targets_version + 1, project);
           this.bump(row.primary_host);
+          return true;
         })
         .immediate();
     });

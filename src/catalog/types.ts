@@ -39,6 +39,8 @@ export interface ProjectRecord {
   state: ProjectState;
   /** replica hosts assigned by placement (confirmed freshness lives in ReplicaRecord) */
   targets: string[];
+  /** bumped by every setTargets: a write made from an older list (ifVersion) is refused */
+  targetsVersion: number;
   /** fencing token of the last location change */
   locationToken: number;
   createdAt: number;
@@ -200,7 +202,13 @@ export interface Catalog {
   getProject(id: string): Promise<ProjectRecord | undefined>;
   listProjects(): Promise<ProjectRecord[]>;
   listProjectsByPrimary(host: string): Promise<ProjectRecord[]>;
-  setTargets(project: string, targets: string[]): Promise<void>;
+  /**
+   * Sets a project's replica hosts and bumps targetsVersion. With ifVersion, applied only
+   * while the stored version still equals it (false: a newer list was written meanwhile,
+   * nothing changed); without, always (true). A journal replay of an old list, or two
+   * agents placing from two views, can therefore never undo a newer list.
+   */
+  setTargets(project: string, targets: string[], opts?: { ifVersion?: number }): Promise<boolean>;
   /**
    * A value that changes (after the change is visible) whenever a project row that names
    * `host` as its primary changes: created, targets set, location moved to or from it.

@@ -490,6 +490,45 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   program
+    .command('targets <project>')
+    .description("a project's replica hosts, with each one's liveness and confirmed snapshot; --add/--remove change the list (a compare-and-set on its version: never undoes a concurrent change; removing a target keeps its data there)")
+    .option('--add <host>', 'add this replica host (the primary sends it a full stream next cycle)')
+    .option('--remove <host>', 'stop replicating to this host (its replica is kept, not destroyed)')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, opts: { add?: string; remove?: string; json?: boolean }) => {
+      v.projectId(id, 'storagectl targets');
+      if (opts.add) v.hostId(opts.add, 'storagectl targets --add');
+      if (opts.remove) v.hostId(opts.remove, 'storagectl targets --remove');
+      const { config, catalog } = await context(cfg());
+      const p = await catalog.getProject(id);
+      if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+      const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
+      let targets = p.targets;
+      if (opts.add || opts.remove) {
+        if (opts.add && !hosts.has(opts.add)) throw new UsageError(`--add ${opts.add}: not a host in the catalog (see storagectl status)`);
+        if (opts.add && opts.add === p.primary) throw new UsageError(`--add ${opts.add}: that host is the project's primary`);
+        if (opts.add && p.targets.includes(opts.add)) throw new UsageError(`--add ${opts.add}: already a target of ${id}`);
+        if (opts.remove && !p.targets.includes(opts.remove)) throw new UsageError(`--remove ${opts.remove}: not a target of ${id} (targets: ${p.targets.join(', ') || 'none'})`);
+        targets = [...p.targets.filter((t) => t !== opts.remove), ...(opts.add ? [opts.add] : [])];
+        if (!(await catalog.setTargets(id, targets, { ifVersion: p.targetsVersion }))) {
+          throw new CatalogError(`the targets of ${id} changed while this ran (version ${p.targetsVersion} is not current any more): run it again`);
+        }
+        await catalog.addEvent({ project: id, host: config.host, kind: 'targets', detail: `set to ${targets.join(', ') || 'none'} by storagectl${opts.add ? ` (added ${opts.add})` : ''}${opts.remove ? ` (removed ${opts.remove}: its replica is kept there)` : ''}` }).catch(() => undefined);
+      }
+      const replicas = new Map((await catalog.listReplicas(id)).map((r) => [r.host, r]));
+      const dead = deadAfterMs(config);
+      const rows = targets.map((t) => {
+        const h = hosts.get(t);
+        const r = replicas.get(t);
+        return { host: t, datacenter: h?.datacenter ?? null, live: !!h && h.heartbeatAt !== null && Date.now() - h.heartbeatAt <= dead, heartbeatAt: h?.heartbeatAt ?? null, snapshot: r?.snapshot ?? null, confirmedAt: r?.confirmedAt ?? null };
+      });
+      await catalog.close();
+      out(!!opts.json, { project: id, primary: p.primary, factor: p.replicationFactor, version: p.targetsVersion + (targets === p.targets ? 0 : 1), targets: rows }, () =>
+        table([['TARGET', 'DC', 'LIVE', 'SNAPSHOT', 'CONFIRMED'], ...rows.map((r) => [r.host, r.datacenter ?? '?', r.live ? 'yes' : 'NO', r.snapshot ?? '-', r.confirmedAt ? new Date(r.confirmedAt).toISOString() : '-'])]),
+      );
+    });
+
+  program
     .command('conflicts')
     .description('data kept aside on this host when it was demoted (never destroyed automatically)')
     .option('--json', 'machine-readable output')

@@ -193,10 +193,10 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       const id = await newProjectOn(primary, 3, 10 * 2 ** 30);
       const p = await cat.getProject(id);
       assert.ok(p);
-      assert.deepEqual({ ...p, createdAt: 0 }, { id, primary, replicationFactor: 3, quota: 10 * 2 ** 30, state: 'active', targets: [], locationToken: 0, createdAt: 0, operation: null });
+      assert.deepEqual({ ...p, createdAt: 0 }, { id, primary, replicationFactor: 3, quota: 10 * 2 ** 30, state: 'active', targets: [], targetsVersion: 0, locationToken: 0, createdAt: 0, operation: null });
       assert.ok(p.createdAt >= t0 - 1000 && p.createdAt <= Date.now() + 1000, `createdAt ${p.createdAt}`);
       const nowhere = await newProjectOn(null, 0, null);
-      assert.deepEqual({ ...(await cat.getProject(nowhere))!, createdAt: 0 }, { id: nowhere, primary: null, replicationFactor: 0, quota: null, state: 'active', targets: [], locationToken: 0, createdAt: 0, operation: null });
+      assert.deepEqual({ ...(await cat.getProject(nowhere))!, createdAt: 0 }, { id: nowhere, primary: null, replicationFactor: 0, quota: null, state: 'active', targets: [], targetsVersion: 0, locationToken: 0, createdAt: 0, operation: null });
       assert.equal(await cat.getProject(newProject()), undefined);
     });
 
@@ -363,6 +363,18 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.deepEqual((await cat.getProject(id))!.operation, op, 'a refused write changes nothing');
       await cat.setLocation(id, h, 'active', l.token, null);
       assert.equal((await cat.getProject(id))!.operation, null);
+    });
+
+    it('projects: setTargets bumps the version; a write from an older version is refused and changes nothing', async () => {
+      const id = randomUUID();
+      await cat.createProject({ id, primary: null, replicationFactor: 2, quota: null });
+      assert.equal((await cat.getProject(id))!.targetsVersion, 0);
+      assert.equal(await cat.setTargets(id, ['x1'], { ifVersion: 0 }), true);
+      assert.equal((await cat.getProject(id))!.targetsVersion, 1);
+      assert.equal(await cat.setTargets(id, ['old'], { ifVersion: 0 }), false, 'a replay of a list made from version 0');
+      assert.deepEqual((await cat.getProject(id))!.targets, ['x1']);
+      assert.equal(await cat.setTargets(id, ['x1', 'x2']), true, 'unconditional');
+      assert.deepEqual([(await cat.getProject(id))!.targets, (await cat.getProject(id))!.targetsVersion], [['x1', 'x2'], 2]);
     });
 
     it('locks: acquire, contend, renew by the holder only, release', async () => {

@@ -225,7 +225,7 @@ describe('fencing helpers', () => {
     ]);
   });
   it('a host serves a project only while the catalog names it, active, moving or failing over to it', () => {
-    const p = (primary: string | null, state: 'active' | 'moving' | 'failing-over' | 'fenced') => ({ id: 'x', primary, replicationFactor: 2, quota: null, state, targets: [], locationToken: 0, createdAt: 0, operation: null });
+    const p = (primary: string | null, state: 'active' | 'moving' | 'failing-over' | 'fenced') => ({ id: 'x', primary, replicationFactor: 2, quota: null, state, targets: [], targetsVersion: 0, locationToken: 0, createdAt: 0, operation: null });
     assert.equal(servesHere(p('a', 'active'), 'a'), true);
     assert.equal(servesHere(p('a', 'moving'), 'a'), true);
     assert.equal(servesHere(p('a', 'failing-over'), 'a'), true);

@@ -10,6 +10,8 @@ import { checkOperation, CatalogError, type ProjectOperation } from '../../src/c
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { LeaseLostError, withProjectLease } from '../../src/lock/lease.js';
 import { skewTooLarge } from '../../src/agent/clock.js';
+import { healTargets } from '../../src/agent/placement.js';
+import type { HostRecord } from '../../src/catalog/types.js';
 
 const srcDir = fileURLToPath(new URL('../../../src/agent/', import.meta.url));
 
@@ -77,5 +79,21 @@ describe('clock skew', () => {
     assert.equal(skewTooLarge({ skewMs: 1900, roundTripMs: 10 }, 2000), false);
     assert.equal(skewTooLarge({ skewMs: -2100, roundTripMs: 10 }, 2000), true);
     assert.equal(skewTooLarge({ skewMs: 2100, roundTripMs: 400 }, 2000), false, 'a slow read cannot prove the skew');
+  });
+});
+
+describe('placement heals', () => {
+  const NOW = 10_000_000;
+  const h = (id: string, dc: string, beat: number | null = NOW): HostRecord => ({ id, datacenter: dc, address: 'x', port: 22, root: 'r', heartbeatAt: beat, load: 0, replicationKey: null });
+  const hosts = [h('a', 'dc1'), h('b', 'dc2', NOW - 7_200_000), h('c', 'dc3'), h('d', 'dc2')];
+  const base = { primary: hosts[0]!, factor: 1, hosts, now: NOW, replaceAfterMs: 3_600_000, isLive: (x: HostRecord) => x.heartbeatAt !== null && NOW - x.heartbeatAt < 60_000 };
+  it('adds a live replacement next to a target dead past the limit, and keeps the dead one until the new is confirmed', () => {
+    assert.deepEqual(healTargets({ ...base, targets: ['b'], confirmed: new Set(['b']) }), { targets: ['b', 'c'], added: ['c'], released: [] });
+    assert.deepEqual(healTargets({ ...base, targets: ['b', 'c'], confirmed: new Set(['b']) }), { targets: ['b', 'c'], added: [], released: [] }, 'c not confirmed yet: b stays');
+    assert.deepEqual(healTargets({ ...base, targets: ['b', 'c'], confirmed: new Set(['c']) }), { targets: ['c'], added: [], released: ['b'] });
+  });
+  it('leaves a target dead for less than the limit alone, and a host unknown to the catalog counts as dead', () => {
+    assert.deepEqual(healTargets({ ...base, replaceAfterMs: 3 * 3_600_000, targets: ['b'], confirmed: new Set(['b']) }).added, []);
+    assert.deepEqual(healTargets({ ...base, targets: ['gone'], confirmed: new Set() }).added, ['c']);
   });
 });
