@@ -216,7 +216,8 @@ export class Agent {
     const mounts = this.projectMounts();
     const mounted = new Set(mounts.keys());
     await this.setAsideUnserved(view.served, mounted, run.report);
-    const projects = view.served.filter((p) => p.state === 'active');
+    // a project being restored is neither snapshotted nor replicated (its tree is being rewritten)
+    const projects = view.served.filter((p) => p.state === 'active' && p.operation?.kind !== 'restore');
     await this.discoverDatasets(run.report);
     const unknown = projects.map((p) => this.dsOf(p.id)).filter((d) => !this.state.knows(d));
     if (unknown.length) await this.listLocal(unknown, run.report, projects);

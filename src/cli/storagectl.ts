@@ -451,22 +451,42 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   program
-    .command('restore <project> <snapshot>')
-    .description('restore a snapshot: clone (read-only mount for file recovery) or rollback (live state := snapshot, keeping every snapshot); fetched from a replica if needed')
+    .command('restore <project> [snapshot]')
+    .description(
+      'restore a snapshot: clone (read-only mount for file recovery) or rollback (live state := snapshot, keeping every snapshot; writes stop meanwhile: the processes writing are killed); fetched from a replica if needed. --cleanup removes the clones/copies restores made here',
+    )
     .option('--mode <mode>', 'clone | rollback', 'clone')
     .option('--from <host>', 'take the snapshot from this replica host')
+    .option('--cleanup', "unmount and destroy the clone/copy datasets restores of this project made on this host (<pool>/restore/<project>-*; only <snapshot>'s when given)")
+    .option('--lease <seconds>', 'length of the project lease (rollback; every irreversible step needs a quarter of it left)', '120')
     .option('--json', 'machine-readable output')
-    .action(async (id: string, snap: string, opts: { mode: string; from?: string; json?: boolean }) => {
+    .action(async (id: string, snap: string | undefined, opts: { mode: string; from?: string; cleanup?: boolean; lease: string; json?: boolean }) => {
+      const leaseMs = leaseOption(opts.lease);
       v.projectId(id, 'storagectl restore');
-      v.snapshotName(snap, 'storagectl restore <snapshot>');
+      if (snap !== undefined) v.snapshotName(snap, 'storagectl restore <snapshot>');
       if (opts.mode !== 'clone' && opts.mode !== 'rollback') throw new UsageError(`--mode: expected clone or rollback, got ${v.describe(opts.mode)}`);
       if (opts.from) v.hostId(opts.from, 'storagectl restore --from');
+      if (opts.cleanup && (opts.from || opts.mode !== 'clone')) throw new UsageError('storagectl restore --cleanup takes no --from and no --mode');
+      if (!opts.cleanup && snap === undefined) throw new UsageError('storagectl restore: missing <snapshot> (or --cleanup)');
       const { config, catalog, zfs } = await actingContext(cfg());
       const agent = cliAgent({ config, catalog, zfs });
       const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
       let lastShown = 0;
       try {
-        const r = await restore(agent, id, snap, {
+        if (opts.cleanup) {
+          const { cleanupRestores } = await import('../agent/restore.js');
+          const r = await cleanupRestores(agent, id, snap, { owner: leaseOwner('storagectl-restore', config.host), onStep: (s) => process.stderr.write(`restore --cleanup: ${s}\n`) });
+          out(!!opts.json, r, () => {
+            const lines = r.removed.map((x) => `removed ${x.dataset}${x.origin ? ` (clone of ${x.origin})` : ''}\n`);
+            for (const k of r.kept) lines.push(`KEPT ${k.dataset}: ${k.reason}\n`);
+            if (!r.removed.length && !r.kept.length) lines.push(`no restore datasets of ${id} on ${config.host}\n`);
+            return lines.join('');
+          });
+          if (r.kept.length) process.exitCode = 1;
+          return;
+        }
+        const r = await restore(agent, id, snap!, {
+          leaseMs,
           mode: opts.mode,
           from: opts.from,
           owner: leaseOwner('storagectl-restore', config.host),
@@ -479,10 +499,11 @@ export async function main(argv: string[]): Promise<void> {
                 process.stderr.write(`restore: fetched ${mb(bytes)} at ${mb(ms > 0 ? bytes / (ms / 1000) : 0)}/s\n`);
               },
         });
+        const stopped = r.stoppedProcesses?.length ? `; writes were stopped by killing ${r.stoppedProcesses.map((p) => `${p.pid} ${p.command}`).join(', ')}` : '';
         out(!!opts.json, r, () =>
           r.mode === 'clone'
             ? `${id}@${snap} (from ${r.source.host}) is mounted read-only at ${r.clone!.mountpoint}\n`
-            : `${id} live state restored to ${snap} (from ${r.source.host}); the state before is @${r.safetySnapshot}, after @${r.restoredSnapshot}\n`,
+            : `${id} live state restored to ${snap} (from ${r.source.host}); the state before is @${r.safetySnapshot}, after @${r.restoredSnapshot}${stopped}\n`,
         );
       } finally {
         await agent.close();

@@ -9,6 +9,8 @@ export const OPERATION_STEPS = {
   failover: ['locked', 'recorded', 'fenced', 'promoted', 'switched'],
   /** move.ts, in order */
   move: ['locked', 'recorded', 'presynced', 'writes-stopped', 'verified', 'switched', 'promoted', 'source-kept'],
+  /** restore.ts (rollback mode), in order */
+  restore: ['locked', 'recorded', 'writes-stopped', 'safety-snapshot', 'copied', 'restored-snapshot'],
 } as const;
 
 export type OperationName = keyof typeof OPERATION_STEPS;

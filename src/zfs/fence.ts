@@ -150,7 +150,8 @@ export function usersOf(mountpoint: string): Promise<number[]> {
   });
 }
 
-function commandOf(pid: number): string {
+/** /proc/<pid>/comm, or '?' once the process is gone. */
+export function commandOf(pid: number): string {
   try {
     return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
   } catch {

@@ -26,8 +26,10 @@ const link = (h: string, state: 'up' | 'down') => {
   if (state === 'down') linkDown.add(h);
   else linkDown.delete(h);
 };
-// under emulation (openzfs tier) everything is slower: the dead-host period scales too
-const extra = `failover:\n  mode: auto\n  after: ${6 * TIME_SCALE}s\n  fenceCheck: 1s\n`;
+// under emulation (openzfs tier) everything is slower: the dead-host period scales too.
+// config check enforces after > selfFenceAfter + fenceCheck + maxClockSkew + 5 s (the
+// self-fence bound, which a failover that cannot reach the old primary also waits)
+const extra = `failover:\n  mode: auto\n  after: ${11 * TIME_SCALE}s\n  selfFenceAfter: ${3 * TIME_SCALE}s\n  fenceCheck: 1s\n  maxClockSkew: 1s\n`;
 
 /** The agents' logs next to the sandbox (and in the VM tier's results); their tails on stdout. */
 function dumpAll(tails = true): void {

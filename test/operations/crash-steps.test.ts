@@ -1,7 +1,9 @@
-// A crash (SIGKILL) at every named step of `storagectl move` (OPERATION_STEPS.move, so a
-// new step cannot be left out): the re-run completes with exactly one writable copy, on
-// the target, with everything written before the move. zfs-fuse tier only (the VM tier
-// runs the failover's steps, test/integration/fencing.test.ts: the CI time budget).
+// A crash (SIGKILL) at every named step of `storagectl move` and `storagectl restore
+// --mode rollback` (OPERATION_STEPS, so a new step cannot be left out): the re-run
+// completes with exactly one writable copy and nothing lost (move: everything written
+// before it, on the target; restore: the live tree equals the snapshot, writable again,
+// the state before kept in a safety snapshot). zfs-fuse tier only (the VM tier runs the
+// failover's steps, test/integration/fencing.test.ts: the CI time budget).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -84,6 +86,37 @@ describe('crash at every step of a move', () => {
       const mp = (await fleet.zfs.get(`${B.pool}/projects/${p.id}`, ['mountpoint'])).mountpoint!;
       assert.equal(treeChecksum(mp), sum, 'everything written before the move, on the target');
       assert.ok(await fleet.zfs.exists(`${A.pool}/replicas/${p.id}`), 'the source keeps a replica');
+    });
+  }
+});
+
+describe('crash at every step of a rollback restore', () => {
+  for (const step of OPERATION_STEPS.restore) {
+    it(`restore killed at ${step}: the re-run completes; the live tree equals the snapshot, writable; nothing lost`, async () => {
+      const p = await createProject(fleet, A, { files: { 'doc.txt': 'v1', 'data.bin': randomBytes(40_000) } });
+      await fleet.zfs.snapshot([`${p.dataset}@named-v1`]);
+      const sumV1 = treeChecksum(p.mnt);
+      writeFileSync(`${p.mnt}/doc.txt`, 'v2');
+      writeFileSync(`${p.mnt}/after-v1.txt`, 'kept in the safety snapshot');
+      const args = ['restore', p.id, 'named-v1', '--mode', 'rollback'];
+      const crashed = await storagectl(sb, A, cfg.get('a')!, [...args, '--lease', String(LEASE)], scaled(120_000), { env: { STORAGE_CRASH_AT: `restore:${step}` } });
+      assert.equal(crashed.signal, 'SIGKILL', `killed at the crash point: ${crashed.stderr}`);
+      const r = await rerun(A, [...args, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(treeChecksum(p.mnt), sumV1, 'the live tree equals the snapshot');
+      writeFileSync(`${p.mnt}/writable-again.txt`, 'yes');
+      assert.deepEqual(await writableOn(p.id), ['a']);
+      assert.deepEqual(await servedBy(p.id), { primary: 'a', state: 'active', operation: null });
+      // nothing lost: the state before the (first) restore is in a safety snapshot
+      const snaps = (await fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.map((x) => x.snap);
+      const safety = snaps.filter((x) => x.startsWith('pre-restore-'));
+      assert.ok(safety.length >= 1, `a safety snapshot (${snaps.join(' ')})`);
+      const view = await storagectl(sb, A, cfg.get('a')!, ['restore', p.id, safety[0]!, '--json']);
+      assert.equal(view.code, 0, view.stderr);
+      const mnt = (JSON.parse(view.stdout) as { clone: { mountpoint: string } }).clone.mountpoint;
+      assert.equal(readFileSync(`${mnt}/after-v1.txt`, 'utf8'), 'kept in the safety snapshot');
+      const clean = await storagectl(sb, A, cfg.get('a')!, ['restore', p.id, '--cleanup', '--json']);
+      assert.equal(clean.code, 0, clean.stderr);
     });
   }
 });
