@@ -44,6 +44,12 @@ async function context(configPath: string): Promise<Ctx> {
   return { config, catalog, zfs };
 }
 
+/** A project's state for people: with the operation in progress, if any. */
+function stateText(d: { state: string; operation: ProjectRecord['operation'] }): string {
+  const o = d.operation;
+  return o ? `${d.state} (${o.kind} ${o.from ?? '-'}->${o.to}, step ${o.step}, since ${new Date(o.startedAt).toISOString()})` : d.state;
+}
+
 /** --lease <seconds>: 5 s to 1 h. */
 function leaseOption(text: string): number {
   const n = Number(text);
@@ -310,7 +316,7 @@ export async function main(argv: string[]): Promise<void> {
       let projects = await catalog.listProjects();
       if (opts.project) projects = projects.filter((p) => p.id === v.projectId(opts.project, 'storagectl status --project'));
       const now = Date.now();
-      type Row = { project: string; primary: string | null; state: string; replicationFactor: number; targets: string[]; replicas: Array<{ host: string; snapshot: string; guid: string; snapshotCreation: string; lagSeconds: number; confirmedAt: string }>; missingReplicas: string[] };
+      type Row = { project: string; primary: string | null; state: string; operation: ProjectRecord['operation']; replicationFactor: number; targets: string[]; replicas: Array<{ host: string; snapshot: string; guid: string; snapshotCreation: string; lagSeconds: number; confirmedAt: string }>; missingReplicas: string[] };
       const data: Row[] = [];
       // no query per project: the newest snapshots in one read, the replica rows per host
       const newest = await catalog.listNewest();
@@ -339,7 +345,7 @@ export async function main(argv: string[]): Promise<void> {
           };
         });
         const missing = p.targets.filter((t) => !replicas.some((r) => r.host === t));
-        data.push({ project: p.id, primary: p.primary, state: p.state, replicationFactor: p.replicationFactor, targets: p.targets, replicas, missingReplicas: missing });
+        data.push({ project: p.id, primary: p.primary, state: p.state, operation: p.operation, replicationFactor: p.replicationFactor, targets: p.targets, replicas, missingReplicas: missing });
       }
       // data set aside by demoted hosts (kept until an admin decides): from the events of 30 days
       const conflicts = (await catalog.listEvents({ since: now - 30 * 86_400_000, limit: 10_000 }))
@@ -348,11 +354,11 @@ export async function main(argv: string[]): Promise<void> {
       out(!!opts.json, { projects: data, conflicts }, () => {
         const rows = [['PROJECT', 'PRIMARY', 'STATE', 'REPLICA', 'NEWEST SNAPSHOT', 'LAG', 'CONFIRMED']];
         for (const d of data) {
-          if (d.replicas.length === 0 && d.missingReplicas.length === 0) rows.push([d.project, d.primary ?? '-', d.state, '-', '-', '-']);
+          if (d.replicas.length === 0 && d.missingReplicas.length === 0) rows.push([d.project, d.primary ?? '-', stateText(d), '-', '-', '-']);
           d.replicas.forEach((r, i) =>
-            rows.push([i === 0 ? d.project : '', i === 0 ? d.primary ?? '-' : '', i === 0 ? d.state : '', r.host, r.snapshot, lagText(r.lagSeconds, config.metrics.lagSloSeconds), `${ago(now - Date.parse(r.confirmedAt))} ago`]),
+            rows.push([i === 0 ? d.project : '', i === 0 ? d.primary ?? '-' : '', i === 0 ? stateText(d) : '', r.host, r.snapshot, lagText(r.lagSeconds, config.metrics.lagSloSeconds), `${ago(now - Date.parse(r.confirmedAt))} ago`]),
           );
-          for (const m of d.missingReplicas) rows.push([d.replicas.length ? '' : d.project, d.replicas.length ? '' : d.primary ?? '-', d.replicas.length ? '' : d.state, m, '(none yet)', lagText(null, config.metrics.lagSloSeconds), '-']);
+          for (const m of d.missingReplicas) rows.push([d.replicas.length ? '' : d.project, d.replicas.length ? '' : d.primary ?? '-', d.replicas.length ? '' : stateText(d), m, '(none yet)', lagText(null, config.metrics.lagSloSeconds), '-']);
         }
         const tail = conflicts.length
           ? `\n${color(33, `${conflicts.length} conflict(s) kept aside`)} (data a demoted host had; never destroyed automatically; see storagectl conflicts on that host):\n` +
