@@ -10,70 +10,23 @@
 //  - a crash (SIGKILL) at every named step of failover (OPERATION_STEPS, so a new step
 //    cannot be left out): the re-run completes with exactly one writable copy and the data
 //    written before. (Move's steps: test/operations/crash-move.test.ts, zfs-fuse only.)
-import { describe, it, before, after } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { sandbox, host, treeChecksum, scaled } from '../lib/sandbox.js';
-import { startFleet, createProject, cycleAll, sleep, type Fleet } from '../lib/fleet.js';
-import { storagectl, writeAgentConfig, waitFor } from '../lib/procs.js';
+import { sleep } from '../lib/fleet.js';
+import { storagectl, waitFor } from '../lib/procs.js';
+import { operatorFleet, LEASE } from '../lib/operator.js';
 import { OPERATION_STEPS } from '../../src/util/crash-point.js';
 import { readMounts } from '../../src/zfs/mounts.js';
 
 const sb = sandbox();
 const A = host(sb, 'a');
 const B = host(sb, 'b');
-const catalogPath = `${sb.dir}/catalog-fence-${randomUUID().slice(0, 8)}.db`;
-let fleet: Fleet;
-const cfg = new Map<string, string>();
-const children: ChildProcess[] = [];
-const LEASE = 6; // seconds: a crashed operator's lease runs out quickly
-
-before(async () => {
-  fleet = await startFleet(sb, catalogPath);
-  let port = 9691;
-  for (const h of sb.hosts) cfg.set(h.name, writeAgentConfig(h, 'agent-fence', { catalogPath, metricsPort: port++ }));
-});
-
-after(async () => {
-  for (const c of children) c.kill('SIGKILL');
-  await fleet?.close();
-});
-
-/** Where the project is mounted writable (mounted=yes, readonly=off), over every host's pool. */
-async function writableOn(id: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const h of sb.hosts) {
-    const d = `${h.pool}/projects/${id}`;
-    if (!(await fleet.zfs.exists(d))) continue;
-    const p = await fleet.zfs.get(d, ['mounted', 'readonly']);
-    if (p.mounted === 'yes' && p.readonly === 'off') out.push(h.name);
-  }
-  return out;
-}
-
-async function replicated(files: Record<string, Buffer | string>) {
-  const p = await createProject(fleet, A, { files });
-  const sum = treeChecksum(p.mnt);
-  const r = await cycleAll(fleet);
-  assert.deepEqual(r.get('a')!.failures, []);
-  return { ...p, sum };
-}
-
-/** Re-runs a storagectl command while the crashed holder's lease has not run out yet. */
-async function rerun(h: typeof A, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  for (let i = 0; ; i++) {
-    const r = await storagectl(sb, h, cfg.get(h.name)!, args);
-    if (!(r.code === 2 && /locked by/.test(r.stderr)) || i > 20) return r;
-    await sleep(1000);
-  }
-}
-
-async function servedBy(id: string): Promise<{ primary: string | null; state: string; operation: unknown }> {
-  const p = (await fleet.catalog.getProject(id))!;
-  return { primary: p.primary, state: p.state, operation: p.operation };
-}
+const ops = operatorFleet(sb, 'fence', 9691);
+const { cfg, children, writableOn, replicated, rerun, servedBy } = ops;
 
 describe('fence of a busy primary', () => {
   it('stops the writers (an open file, a working directory inside), unmounts, and the failover completes', async () => {
@@ -95,7 +48,7 @@ describe('fence of a busy primary', () => {
     assert.equal(await gone(writer), 'SIGKILL');
     assert.equal(await gone(parked), 'SIGKILL');
     assert.deepEqual(await writableOn(p.id), [res.to], 'exactly one writable copy: the promoted one');
-    const old = await fleet.zfs.get(p.dataset, ['mounted', 'readonly']);
+    const old = await ops.fleet.zfs.get(p.dataset, ['mounted', 'readonly']);
     assert.deepEqual([old.mounted, old.readonly], ['no', 'on'], "the old primary's copy: unmounted and readonly");
     assert.equal(readMounts().some((m) => m.source === p.dataset), false, "the old primary's copy is mounted nowhere: no write can reach it");
   });
@@ -141,12 +94,12 @@ describe('clock skew', () => {
     assert.equal(behind.code, 1);
     assert.match(behind.stderr, /clock is 30\d\.\d s behind the catalog's/);
     // the agent: one cycle (--once) exits 1 with the reason, and takes no snapshot
-    const before = (await fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.length;
+    const before = (await ops.fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.length;
     writeFileSync(`${p.mnt}/changed.txt`, 'a change the agent would snapshot');
     const agent = spawnSync('nsenter', [`--net=/run/netns/${A.netns}`, 'faketime', '-f', '+120s', `${sb.repo}/bin/storage-agent`, '--config', cfg.get('a')!, '--once'], { encoding: 'utf8', timeout: scaled(120_000) });
     assert.equal(agent.status, 1, agent.stderr);
     assert.match(agent.stdout + agent.stderr, /clock is 1[12]\d\.\d s ahead of the catalog's/);
-    assert.equal((await fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.length, before, 'no snapshot taken');
+    assert.equal((await ops.fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.length, before, 'no snapshot taken');
   });
 });
 
@@ -162,7 +115,7 @@ describe('crash at every step', () => {
       const to = (JSON.parse(r.stdout) as { to: string }).to;
       assert.deepEqual(await writableOn(p.id), [to]);
       assert.deepEqual(await servedBy(p.id), { primary: to, state: 'active', operation: null });
-      const mp = (await fleet.zfs.get(`${host(sb, to).pool}/projects/${p.id}`, ['mountpoint'])).mountpoint!;
+      const mp = (await ops.fleet.zfs.get(`${host(sb, to).pool}/projects/${p.id}`, ['mountpoint'])).mountpoint!;
       assert.equal(treeChecksum(mp), p.sum, 'the data written before the failover');
     });
   }

@@ -4,70 +4,21 @@
 // before it, on the target; restore: the live tree equals the snapshot, writable again,
 // the state before kept in a safety snapshot). zfs-fuse tier only (the VM tier runs the
 // failover's steps, test/integration/fencing.test.ts: the CI time budget).
-import { describe, it, before, after } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { sandbox, host, treeChecksum, scaled } from '../lib/sandbox.js';
-import { startFleet, createProject, cycleAll, sleep, type Fleet } from '../lib/fleet.js';
-import { storagectl, writeAgentConfig, waitFor } from '../lib/procs.js';
+import { createProject } from '../lib/fleet.js';
+import { storagectl } from '../lib/procs.js';
+import { operatorFleet, LEASE } from '../lib/operator.js';
 import { OPERATION_STEPS } from '../../src/util/crash-point.js';
-import { readMounts } from '../../src/zfs/mounts.js';
 
 const sb = sandbox();
 const A = host(sb, 'a');
 const B = host(sb, 'b');
-const catalogPath = `${sb.dir}/catalog-crashmv-${randomUUID().slice(0, 8)}.db`;
-let fleet: Fleet;
-const cfg = new Map<string, string>();
-const children: ChildProcess[] = [];
-const LEASE = 6; // seconds: a crashed operator's lease runs out quickly
-
-before(async () => {
-  fleet = await startFleet(sb, catalogPath);
-  let port = 9791;
-  for (const h of sb.hosts) cfg.set(h.name, writeAgentConfig(h, 'agent-fence', { catalogPath, metricsPort: port++ }));
-});
-
-after(async () => {
-  for (const c of children) c.kill('SIGKILL');
-  await fleet?.close();
-});
-
-/** Where the project is mounted writable (mounted=yes, readonly=off), over every host's pool. */
-async function writableOn(id: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const h of sb.hosts) {
-    const d = `${h.pool}/projects/${id}`;
-    if (!(await fleet.zfs.exists(d))) continue;
-    const p = await fleet.zfs.get(d, ['mounted', 'readonly']);
-    if (p.mounted === 'yes' && p.readonly === 'off') out.push(h.name);
-  }
-  return out;
-}
-
-async function replicated(files: Record<string, Buffer | string>) {
-  const p = await createProject(fleet, A, { files });
-  const sum = treeChecksum(p.mnt);
-  const r = await cycleAll(fleet);
-  assert.deepEqual(r.get('a')!.failures, []);
-  return { ...p, sum };
-}
-
-/** Re-runs a storagectl command while the crashed holder's lease has not run out yet. */
-async function rerun(h: typeof A, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  for (let i = 0; ; i++) {
-    const r = await storagectl(sb, h, cfg.get(h.name)!, args);
-    if (!(r.code === 2 && /locked by/.test(r.stderr)) || i > 20) return r;
-    await sleep(1000);
-  }
-}
-
-async function servedBy(id: string): Promise<{ primary: string | null; state: string; operation: unknown }> {
-  const p = (await fleet.catalog.getProject(id))!;
-  return { primary: p.primary, state: p.state, operation: p.operation };
-}
+const ops = operatorFleet(sb, 'crash', 9791);
+const { cfg, writableOn, replicated, rerun, servedBy } = ops;
 
 describe('crash at every step of a move', () => {
   for (const step of OPERATION_STEPS.move) {
@@ -83,9 +34,9 @@ describe('crash at every step of a move', () => {
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(await writableOn(p.id), ['b']);
       assert.deepEqual(await servedBy(p.id), { primary: 'b', state: 'active', operation: null });
-      const mp = (await fleet.zfs.get(`${B.pool}/projects/${p.id}`, ['mountpoint'])).mountpoint!;
+      const mp = (await ops.fleet.zfs.get(`${B.pool}/projects/${p.id}`, ['mountpoint'])).mountpoint!;
       assert.equal(treeChecksum(mp), sum, 'everything written before the move, on the target');
-      assert.ok(await fleet.zfs.exists(`${A.pool}/replicas/${p.id}`), 'the source keeps a replica');
+      assert.ok(await ops.fleet.zfs.exists(`${A.pool}/replicas/${p.id}`), 'the source keeps a replica');
     });
   }
 });
@@ -93,8 +44,8 @@ describe('crash at every step of a move', () => {
 describe('crash at every step of a rollback restore', () => {
   for (const step of OPERATION_STEPS.restore) {
     it(`restore killed at ${step}: the re-run completes; the live tree equals the snapshot, writable; nothing lost`, async () => {
-      const p = await createProject(fleet, A, { files: { 'doc.txt': 'v1', 'data.bin': randomBytes(40_000) } });
-      await fleet.zfs.snapshot([`${p.dataset}@named-v1`]);
+      const p = await createProject(ops.fleet, A, { files: { 'doc.txt': 'v1', 'data.bin': randomBytes(40_000) } });
+      await ops.fleet.zfs.snapshot([`${p.dataset}@named-v1`]);
       const sumV1 = treeChecksum(p.mnt);
       writeFileSync(`${p.mnt}/doc.txt`, 'v2');
       writeFileSync(`${p.mnt}/after-v1.txt`, 'kept in the safety snapshot');
@@ -108,7 +59,7 @@ describe('crash at every step of a rollback restore', () => {
       assert.deepEqual(await writableOn(p.id), ['a']);
       assert.deepEqual(await servedBy(p.id), { primary: 'a', state: 'active', operation: null });
       // nothing lost: the state before the (first) restore is in a safety snapshot
-      const snaps = (await fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.map((x) => x.snap);
+      const snaps = (await ops.fleet.zfs.list(p.dataset, { depth: 0 })).get(p.dataset)!.snapshots.map((x) => x.snap);
       const safety = snaps.filter((x) => x.startsWith('pre-restore-'));
       assert.ok(safety.length >= 1, `a safety snapshot (${snaps.join(' ')})`);
       const view = await storagectl(sb, A, cfg.get('a')!, ['restore', p.id, safety[0]!, '--json']);
