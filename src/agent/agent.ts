@@ -386,7 +386,9 @@ export class Agent {
     if (!this.view || this.view.gen !== gen || stale) {
       const served = (await this.catalog.listProjectsByPrimary(c.host)).filter((p) => servesHere(p, c.host));
       this.catalogReadCount++;
-      this.view = { gen, served, readAt: this.now() };
+      // rows served from a degraded catalog's cache are not the generation just read:
+      // keep no generation, so the next read lists again
+      this.view = { gen: catalogDegraded(this.catalog) ? '(cached)' : gen, served, readAt: this.now() };
       this.forgetProjectsGone(served);
     }
     return this.view;
@@ -833,9 +835,10 @@ export class Agent {
    */
   async heartbeat(): Promise<void> {
     await this.checkClock();
-    if (this.clockProblem) throw new Error(this.clockProblem);
     try {
-      await this.catalog.heartbeat(this.config.host, this.load, this.now());
+      // liveness goes on while the clock is off (refusing to act is not being dead), stamped
+      // with the catalog's time rather than this host's wrong one
+      await this.catalog.heartbeat(this.config.host, this.load, this.now() - (this.clockProblem ? this.skewMs : 0));
       await this.refreshHosts();
     } catch (e) {
       this.metrics?.catalogError('heartbeat');
@@ -845,12 +848,14 @@ export class Agent {
 
   /** set while this host's clock is beyond failover.maxClockSkew of the catalog's: the cycle refuses to act */
   clockProblem: string | undefined;
+  private skewMs = 0;
 
   /** This host's clock against the catalog's (with every heartbeat, and at start). */
   async checkClock(): Promise<void> {
     const bound = this.config.failover.maxClockSkew * 1000;
     try {
       const r = await readSkew(this.catalog, this.now);
+      this.skewMs = r.skewMs;
       this.metrics?.skew(r.skewMs / 1000);
       const problem = skewTooLarge(r, bound) ? describeSkew(r, bound) : undefined;
       if (problem && !this.clockProblem) this.log.error({ skewMs: r.skewMs, boundMs: bound }, problem);
@@ -898,7 +903,7 @@ export class Agent {
   }
 
   /** ms since epoch of the last fresh answer of the catalog (the fence check's read) */
-  private lastCatalogOk = Date.now();
+  private lastCatalogOk = 0; // none yet: an agent (re)started cut off from the catalog self-fences at once
   /** projects this agent unmounted because the catalog was unreachable (remounted when it answers) */
   private readonly selfFenced = new Map<string, boolean>(); // id -> readonly was set by the fence
   private lastAutoCheck = 0;
@@ -930,9 +935,10 @@ export class Agent {
     const res = { demoted: [] as string[], selfFenced: [] as string[], remounted: [] as string[], failovers: [] as string[] };
     const mounted = this.mountedProjects();
     let served: ProjectRecord[] | undefined;
+    const sentAt = this.now(); // the answer describes the catalog as of the request, not its arrival
     try {
       served = (await this.readView()).served;
-      if (!catalogDegraded(this.catalog)) this.lastCatalogOk = this.now();
+      if (!catalogDegraded(this.catalog)) this.lastCatalogOk = sentAt;
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'fence check: catalog unreachable');
     }
@@ -966,18 +972,21 @@ export class Agent {
     }
     const selfFence = selfFenceAfterMs(c);
     if (this.now() - this.lastCatalogOk > selfFence) {
-      for (const ds of mounted) {
-        const id = ds.slice(c.projectsRoot.length + 1);
-        try {
-          const fence = await fenceDataset(this.zfs, ds);
-          if (!fence.fenced) throw new Error(describeFence(fence));
-          this.selfFenced.set(id, fence.readonly === 'set');
-          res.selfFenced.push(id);
-          if (fence.stopped.length) this.log.error({ project: id, stopped: fence.stopped }, 'self-fence: stopped the processes using the project');
-        } catch (e) {
-          this.log.error({ project: id, err: (e as Error).message }, 'self-fence: unmount failed');
-        }
-      }
+      // every project at once (the bound counts one fence's time, not one per project)
+      await Promise.all(
+        [...mounted].map(async (ds) => {
+          const id = ds.slice(c.projectsRoot.length + 1);
+          try {
+            const fence = await fenceDataset(this.zfs, ds);
+            if (!fence.fenced) throw new Error(describeFence(fence));
+            this.selfFenced.set(id, fence.readonly === 'set');
+            res.selfFenced.push(id);
+            if (fence.stopped.length) this.log.error({ project: id, stopped: fence.stopped }, 'self-fence: stopped the processes using the project');
+          } catch (e) {
+            this.log.error({ project: id, err: (e as Error).message }, 'self-fence: unmount failed');
+          }
+        }),
+      );
       if (res.selfFenced.length) {
         this.log.error({ projects: res.selfFenced, lastCatalogContact: new Date(this.lastCatalogOk).toISOString() }, 'self-fenced: no catalog contact for failover.selfFenceAfter; unmounted every project served here');
         this.metrics?.selfFenced(res.selfFenced.length);

@@ -5,6 +5,7 @@
 import type { Catalog, HostRecord, ProjectOperation, ProjectRecord } from '../catalog/types.js';
 import { LockedError, withProjectLease, type Lease } from '../lock/lease.js';
 import { crashPoint } from '../util/crash-point.js';
+import { updateTargets } from '../catalog/targets.js';
 import { describeFence, type FenceReport } from '../zfs/fence.js';
 import type { SshPool } from '../replica/transport.js';
 import { formatRemoteCommand } from '../replica/protocol.js';
@@ -88,6 +89,10 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     const live = (h: HostRecord) => h.heartbeatAt !== null && now() - h.heartbeatAt <= o.graceMs;
     let candidates: FailoverResult['candidates'] = [];
     let op: ProjectOperation;
+    let previousTarget: string | undefined;
+    if (inProgress && inProgress.step === 'switched' && o.to && o.to !== inProgress.to) {
+      throw new FailoverNotNeeded(projectId, o.to, inProgress.to, `${p.state}: an interrupted failover already switched it to ${inProgress.to}; re-run without --to to finish it, then fail over again`);
+    }
     if (inProgress && inProgress.step === 'switched') {
       // an earlier run switched the location and stopped before its bookkeeping
       step(`resuming: ${inProgress.to} already serves ${projectId}; finishing`);
@@ -103,6 +108,7 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
       await catalog.setLocation(projectId, op.to, 'failing-over', lease.token, op);
     } else {
       const from = inProgress ? inProgress.from : p.primary;
+      previousTarget = inProgress?.to;
       const picked = await chooseReplica(ssh, hosts, p, from, o, live);
       candidates = picked.candidates;
       const best = picked.best;
@@ -119,24 +125,30 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     crashPoint('failover', 'recorded');
 
     const fenceStart = now();
+    const fenceOne = async (id: string, label: string): Promise<FailoverResult['oldPrimaryFenced']> => {
+      const h = hosts.get(id);
+      if (h) {
+        try {
+          const r = await ssh.get({ host: h.id, address: h.address, port: h.port }).exec(formatRemoteCommand({ op: 'fence', project: projectId, token: lease.token }), { timeoutSeconds: 30 });
+          if (r.code === 0) {
+            step(`${label}: ${fenceSummary(r.stdout)}`);
+            return 'unmounted';
+          }
+          step(`${label}: fence refused or failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
+        } catch (e) {
+          step(`${label}: fence over SSH failed: ${(e as Error).message}`);
+        }
+      }
+      const bound = o.selfFenceBoundMs ?? o.graceMs;
+      step(`${label} was not fenced over SSH: waiting until it confirms it demoted itself, or for the self-fence bound (${Math.round(bound / 1000)} s after the catalog stopped naming it)`);
+      return waitForFence(catalog, projectId, id, recordedAt, bound, o);
+    };
     let fenced: FailoverResult['oldPrimaryFenced'] = 'none';
     const old = op.from ? hosts.get(op.from) : undefined;
-    if (old && old.id !== op.to) {
-      try {
-        const r = await ssh.get({ host: old.id, address: old.address, port: old.port }).exec(formatRemoteCommand({ op: 'fence', project: projectId, token: lease.token }), { timeoutSeconds: 30 });
-        if (r.code === 0) {
-          fenced = 'unmounted';
-          step(`old primary ${old.id}: ${fenceSummary(r.stdout)}`);
-        } else step(`old primary ${old.id}: fence refused or failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
-      } catch (e) {
-        step(`old primary ${old.id}: fence over SSH failed: ${(e as Error).message}`);
-      }
-      if (fenced === 'none') {
-        const bound = o.selfFenceBoundMs ?? o.graceMs;
-        step(`old primary ${old.id} was not fenced over SSH: waiting until it confirms it demoted itself, or for the self-fence bound (${Math.round(bound / 1000)} s after the catalog stopped naming it)`);
-        fenced = await waitForFence(catalog, projectId, old.id, recordedAt, bound, o);
-      }
-    }
+    if (op.from && op.from !== op.to) fenced = await fenceOne(op.from, `old primary ${op.from}`);
+    // a re-run towards another host than an interrupted failover chose: that host may
+    // have been promoted already (state failing-over lets it serve), so it is fenced too
+    if (previousTarget && previousTarget !== op.to && previousTarget !== op.from) step(`previous target ${previousTarget}: ${await fenceOne(previousTarget, `previous target ${previousTarget}`)}`);
     const fenceWaitMs = now() - fenceStart;
     step(`old primary ${old?.id ?? '-'}: ${fenced}`);
     crashPoint('failover', 'fenced');
@@ -188,8 +200,7 @@ async function finishFailover(catalog: Catalog, p: ProjectRecord, op: ProjectOpe
   await lease.check(`switch the catalog to ${to}`);
   await catalog.setLocation(p.id, to, 'active', lease.token, { ...op, step: 'switched' });
   crashPoint('failover', 'switched');
-  const targets = [...p.targets.filter((t) => t !== to), ...(from && from !== to && !p.targets.includes(from) ? [from] : [])];
-  await catalog.setTargets(p.id, targets);
+  await updateTargets(catalog, p.id, (cur) => [...cur.filter((t) => t !== to), ...(from && from !== to && !cur.includes(from) ? [from] : [])]);
   await catalog.deleteReplica(p.id, to); // a primary is not its own replica
   await catalog.setLocation(p.id, to, 'active', lease.token, null);
   const creation = op.creation ?? 0;

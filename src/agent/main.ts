@@ -9,6 +9,8 @@ import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
 import { ResilientCatalog } from '../catalog/resilient.js';
 import { makeLogger } from '../util/log.js';
+import { CommandRunner, Zfs, describeFence, fenceDataset, readMounts } from '../zfs/index.js';
+import { isProjectId } from '../util/validate.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('storage-agent')
@@ -27,7 +29,16 @@ export async function main(argv: string[]): Promise<void> {
   }
   const log = makeLogger({ level: config.log.level, component: 'storage-agent' });
   const metrics = new AgentMetrics({ perProjectSeries: config.metrics.perProjectSeries, lagSloSeconds: config.metrics.lagSloSeconds, host: config.host });
-  let catalog: Catalog = await openCatalog(config);
+  let catalog: Catalog;
+  try {
+    catalog = await openCatalog(config);
+  } catch (e) {
+    // started cut off from the catalog (systemd restarts it in a loop): nothing here may
+    // keep serving on a view this agent never had. Fence what is mounted, then fail.
+    log.error({ err: (e as Error).message }, 'catalog unreachable at start: fencing every project mounted here');
+    await fenceMountedProjects(config, log);
+    throw e;
+  }
   if (config.catalog.backend !== 'sqlite') {
     // a fleet catalog may be unreachable: keep working from the last view, journal writes
     const resilient = new ResilientCatalog(catalog, `${config.stateDir}/catalog-journal.db`);
@@ -114,4 +125,18 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
   await loop();
+}
+
+/** The catalog cannot be opened: fence (writers stopped, unmounted) every project mounted here. */
+async function fenceMountedProjects(config: Config, log: ReturnType<typeof makeLogger>): Promise<void> {
+  const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath });
+  const root = `${config.projectsRoot}/`;
+  const mounted = readMounts().filter((m) => (m.fstype === 'zfs' || m.fstype === 'fuse.zfs') && m.source.startsWith(root) && isProjectId(m.source.slice(root.length)));
+  await Promise.all(
+    mounted.map(async (m) => {
+      const r = await fenceDataset(zfs, m.source).catch((e: Error) => ({ error: e.message }));
+      if ('error' in r) log.error({ dataset: m.source, err: r.error }, 'fence failed');
+      else log.error({ dataset: m.source, fence: describeFence(r) }, r.fenced ? 'fenced' : 'fence incomplete');
+    }),
+  );
 }

@@ -12,8 +12,9 @@
 // active again: the project is served by the source. After, re-running the same command
 // on the source finishes the move (every later step is idempotent).
 import type { HostRecord, ProjectOperation, ProjectRecord } from '../catalog/types.js';
-import { withProjectLease, type Lease } from '../lock/lease.js';
+import { LeaseLostError, withProjectLease, type Lease } from '../lock/lease.js';
 import { crashPoint } from '../util/crash-point.js';
+import { updateTargets } from '../catalog/targets.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
 import { formatRemoteCommand } from '../replica/protocol.js';
 import { fetchListing } from '../replica/listing.js';
@@ -97,10 +98,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
     await catalog.setLocation(projectId, me, 'moving', lease.token, op);
     await catalog.addEvent({ project: projectId, host: me, kind: 'move-started', detail: JSON.stringify({ from: me, to, wasMounted }) }).catch(() => undefined);
     crashPoint('move', 'recorded');
-    if (!p.targets.includes(to)) {
-      await catalog.setTargets(projectId, [...p.targets, to]);
-      p.targets = [...p.targets, to];
-    }
+    if (!p.targets.includes(to)) p.targets = await updateTargets(catalog, projectId, (cur) => (cur.includes(to) ? cur : [...cur, to]));
     const rounds: MoveResult['rounds'] = [];
     let unmountedAt = 0;
     let final: { snap: string; guid: string; creation: number } | undefined;
@@ -115,6 +113,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
       }
       crashPoint('move', 'presynced');
       // stop writes, final incremental
+      await lease.check('stop the writes at the source');
       await stopWritesAtSource(agent, ds, !!o.forceUnmount, step);
       unmountedAt = Date.now();
       crashPoint('move', 'writes-stopped');
@@ -130,17 +129,19 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
       // switch: from here on the target is the one that may serve
       await lease.check(`switch the catalog to ${to}`);
     } catch (e) {
-      // not switched: the source serves again
+      // a lease that may have run out: change nothing (the next holder, or a re-run, decides)
+      if (e instanceof LeaseLostError) throw e;
+      // not switched: the source serves again (catalog first: remount only if that held)
       const msg = (e as Error).message;
       const back: string[] = [];
       try {
+        await catalog.setLocation(projectId, me, 'active', lease.token, null);
+        back.push('active again');
         if (wasMounted) {
           const { mounted } = await zfs.get(ds, ['mounted']);
           if (mounted !== 'yes') await zfs.mount(ds);
           back.push('remounted');
         }
-        await catalog.setLocation(projectId, me, 'active', lease.token, null);
-        back.push('active again');
       } catch (e2) {
         back.push(`restoring the source failed too: ${(e2 as Error).message}`);
       }
@@ -175,7 +176,7 @@ async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: Mov
   if (r.code !== 0) {
     throw new MoveError(
       `promote on ${target.id} failed (exit ${r.code}): ${r.stderr.trim()}. The catalog names ${target.id} (state moving) and ${me} has stopped serving; ` +
-        `re-run \`storagectl move ${p.id} ${target.id}\` here to finish, or \`storagectl failover ${p.id} --to ${me}\` to serve it from here again`,
+        `re-run \`storagectl move ${p.id} ${target.id}\` here to finish (the source's copy is kept, unmounted, as ${ds})`,
       null,
     );
   }
@@ -218,8 +219,7 @@ async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: Mov
   } else source = (await zfs.exists(replica)) ? 'replica' : 'dropped'; // done by an earlier run
   crashPoint('move', 'source-kept');
   const newest = source === 'replica' ? (await zfs.list(replica, { depth: 0 })).get(replica)?.snapshots.at(-1) : undefined;
-  const targets = [...p.targets.filter((t) => t !== target.id && t !== me), ...(source === 'replica' ? [me] : [])];
-  await catalog.setTargets(p.id, targets);
+  await updateTargets(catalog, p.id, (cur) => [...cur.filter((t) => t !== target.id && t !== me), ...(source === 'replica' ? [me] : [])]);
   // replica rows: the new primary is no replica; the source holds exactly the final state
   await catalog.deleteReplica(p.id, target.id);
   if (newest) {

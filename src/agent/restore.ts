@@ -181,90 +181,97 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
     await lease.check('record the restore');
     await catalog.setLocation(projectId, c.host, 'active', lease.token, op);
     crashPoint('restore', 'recorded');
-    // a read-only view of the snapshot to copy from. Its ACL and xattr settings are the
-    // live dataset's: a clone takes them from its parent (<pool>/restore), and a view
-    // with acltype=off would show no ACLs, which the copy would then strip
-    const attrProps = await aclXattrProps(agent, live);
-    let from: string;
-    if (source.fetched) {
-      await setIfDifferent(agent, copyName, { ...attrProps, readonly: 'on', canmount: 'noauto', mountpoint: tmpMount });
-      from = copyName;
-    } else {
-      if (await zfs.exists(tmp)) {
-        // a clone left by an interrupted rollback: it holds no data of its own
-        await zfs.destroyDataset(tmp);
-      }
-      await zfs.clone(origin, tmp, { readonly: true, mountpoint: tmpMount, canmount: 'noauto', props: attrProps });
-      from = tmp;
-    }
-    if ((await zfs.get(from, ['mounted'])).mounted !== 'yes') await zfs.mount(from);
-    const { mounted, mountpoint: liveMount } = await zfs.get(live, ['mounted', 'mountpoint']);
-    const wasMounted = mounted === 'yes';
-    if (!wasMounted) await zfs.mount(live);
-
-    // a path still read-only: an interrupted rollback left it, possibly half-restored
-    const leftReadOnly = isReadOnly(liveMount!) === true;
-    if (leftReadOnly) step(`${liveMount} is read-only already (an interrupted restore left it so): this restore finishes the copy`);
-    // writes stop: the tenant's path turns read-only (its writers killed), root copies
-    // through a private bind mount of it (src/agent/isolate.ts)
-    await lease.check('stop the writes');
-    const iso = await isolate(liveMount!, { privateRoot: `${c.stateDir}/restore-views`, name: projectId, source: live, onStep: step }).catch((e: Error) => {
-      const ro = isReadOnly(liveMount!) ? 'read-only (as an interrupted restore left it: re-run to finish)' : 'writable';
-      throw new RollbackError(`restore of ${projectId} to ${snapshot}: could not stop the writes: ${e.message}. Nothing was copied; ${liveMount} is ${ro}`);
-    });
-    step(iso.stopped.length ? `${liveMount} is read-only; stopped ${describeStopped(iso.stopped)}` : `${liveMount} is read-only (no process was writing)`);
-    crashPoint('restore', 'writes-stopped');
-    const stamp = v.autoSnapshotName(new Date()).replace(/:/g, '');
-    const safety = `pre-restore-${stamp}`;
-    const restored = `restored-${stamp}`;
-    let attributes: { acls: boolean; xattrs: boolean };
-    // the tenant path becomes writable again unless the tree may be half-restored: this
-    // copy began and did not finish, or an interrupted one left it so and this copy did
-    // not finish either (a half-restored tree stays read-only: re-running finishes it)
-    let copy: 'not started' | 'begun' | 'done' = 'not started';
     try {
-      // after the writes stopped: the safety snapshot holds every write made before
-      await zfs.snapshot([`${live}@${safety}`]);
-      step(`safety snapshot ${live}@${safety}`);
-      crashPoint('restore', 'safety-snapshot');
-      attributes = await attributeSupport(agent, live, iso.view);
-      if (!attributes.xattrs || !attributes.acls) step(`the file system of ${live} stores no ${[!attributes.xattrs && 'extended attributes', !attributes.acls && 'POSIX ACLs'].filter(Boolean).join(' and ')}: copying without ${!attributes.xattrs ? '-X and ' : ''}-A`);
-      step(`copying ${tmpMount}/ over ${liveMount}/ (through ${iso.view})`);
-      await lease.check('copy the snapshot over the live tree');
-      copy = 'begun';
-      await rsync(`${tmpMount}/`, `${iso.view}/`, attributes);
-      copy = 'done';
-      crashPoint('restore', 'copied');
-      await zfs.snapshot([`${live}@${restored}`]);
-      crashPoint('restore', 'restored-snapshot');
+      // a read-only view of the snapshot to copy from. Its ACL and xattr settings are the
+      // live dataset's: a clone takes them from its parent (<pool>/restore), and a view
+      // with acltype=off would show no ACLs, which the copy would then strip
+      const attrProps = await aclXattrProps(agent, live);
+      let from: string;
+      if (source.fetched) {
+        await setIfDifferent(agent, copyName, { ...attrProps, readonly: 'on', canmount: 'noauto', mountpoint: tmpMount });
+        from = copyName;
+      } else {
+        if (await zfs.exists(tmp)) {
+          // a clone left by an interrupted rollback: it holds no data of its own
+          await zfs.destroyDataset(tmp);
+        }
+        await zfs.clone(origin, tmp, { readonly: true, mountpoint: tmpMount, canmount: 'noauto', props: attrProps });
+        from = tmp;
+      }
+      if ((await zfs.get(from, ['mounted'])).mounted !== 'yes') await zfs.mount(from);
+      const { mounted, mountpoint: liveMount } = await zfs.get(live, ['mounted', 'mountpoint']);
+      const wasMounted = mounted === 'yes';
+      if (!wasMounted) await zfs.mount(live);
+
+      // a path still read-only: an interrupted rollback left it, possibly half-restored
+      const leftReadOnly = isReadOnly(liveMount!) === true;
+      if (leftReadOnly) step(`${liveMount} is read-only already (an interrupted restore left it so): this restore finishes the copy`);
+      // writes stop: the tenant's path turns read-only (its writers killed), root copies
+      // through a private bind mount of it (src/agent/isolate.ts)
+      await lease.check('stop the writes');
+      const iso = await isolate(liveMount!, { privateRoot: `${c.stateDir}/restore-views`, name: projectId, source: live, onStep: step }).catch((e: Error) => {
+        const ro = isReadOnly(liveMount!) ? 'read-only (as an interrupted restore left it: re-run to finish)' : 'writable';
+        throw new RollbackError(`restore of ${projectId} to ${snapshot}: could not stop the writes: ${e.message}. Nothing was copied; ${liveMount} is ${ro}`);
+      });
+      step(iso.stopped.length ? `${liveMount} is read-only; stopped ${describeStopped(iso.stopped)}` : `${liveMount} is read-only (no process was writing)`);
+      crashPoint('restore', 'writes-stopped');
+      const stamp = v.autoSnapshotName(new Date()).replace(/:/g, '');
+      const safety = `pre-restore-${stamp}`;
+      const restored = `restored-${stamp}`;
+      let attributes: { acls: boolean; xattrs: boolean };
+      // the tenant path becomes writable again unless the tree may be half-restored: this
+      // copy began and did not finish, or an interrupted one left it so and this copy did
+      // not finish either (a half-restored tree stays read-only: re-running finishes it)
+      let copy: 'not started' | 'begun' | 'done' = 'not started';
+      try {
+        // after the writes stopped: the safety snapshot holds every write made before
+        await zfs.snapshot([`${live}@${safety}`]);
+        step(`safety snapshot ${live}@${safety}`);
+        crashPoint('restore', 'safety-snapshot');
+        attributes = await attributeSupport(agent, live, iso.view);
+        if (!attributes.xattrs || !attributes.acls) step(`the file system of ${live} stores no ${[!attributes.xattrs && 'extended attributes', !attributes.acls && 'POSIX ACLs'].filter(Boolean).join(' and ')}: copying without ${!attributes.xattrs ? '-X and ' : ''}-A`);
+        step(`copying ${tmpMount}/ over ${liveMount}/ (through ${iso.view})`);
+        await lease.check('copy the snapshot over the live tree');
+        copy = 'begun';
+        await rsync(`${tmpMount}/`, `${iso.view}/`, attributes);
+        copy = 'done';
+        crashPoint('restore', 'copied');
+        await zfs.snapshot([`${live}@${restored}`]);
+        crashPoint('restore', 'restored-snapshot');
+      } catch (e) {
+        const half = copy === 'begun' || (leftReadOnly && copy !== 'done');
+        const released = await iso.release({ writable: !half }).then(
+          () => '',
+          (x: Error) => `; releasing the view failed: ${x.message}`,
+        );
+        const state = half
+          ? `${liveMount} is left READ-ONLY with a half-restored tree: re-run this restore to finish it (${leftReadOnly ? 'the state before the first, interrupted restore is its @pre-restore-* snapshot' : `the state before is @${safety}`}), or make it writable as it is with: mount -o remount,bind,rw ${liveMount}`
+          : copy === 'done'
+            ? `the live tree equals ${snapshot} and ${liveMount} is writable again, but the snapshot @${restored} was not taken`
+            : `nothing was copied; ${liveMount} is writable again`;
+        throw new RollbackError(`restore of ${projectId} to ${snapshot} failed: ${(e as Error).message}. ${state}${released}`);
+      }
+      await iso.release({ writable: true }).catch((e: Error) => {
+        throw new RollbackError(`the live tree of ${projectId} equals ${snapshot} (snapshot @${restored}), but: ${e.message}`);
+      });
+      await catalog.setLocation(projectId, c.host, 'active', lease.token, null);
+      if (!wasMounted) await zfs.unmount(live);
+      step(`live state now equals ${snapshot}; snapshot ${live}@${restored}; ${liveMount} writable again`);
+      // the temporary read-only view goes; a fetched copy is kept for clone-mode access
+      await zfs.unmount(from).catch(() => undefined);
+      if (from === tmp) await zfs.destroyDataset(tmp);
+      else await setIfDifferent(agent, copyName, { mountpoint: 'none' });
+      const killed = iso.stopped.length ? `; stopped ${describeStopped(iso.stopped)}` : '';
+      await catalog.addEvent({ project: projectId, host: c.host, kind: 'restore-rollback', detail: `live state set to ${snapshot} (from ${source.host}); before: @${safety}; after: @${restored}${killed}` });
+      return { project: projectId, snapshot, mode: 'rollback', source, safetySnapshot: safety, restoredSnapshot: restored, stoppedProcesses: iso.stopped, attributes } as RestoreResult;
     } catch (e) {
-      const half = copy === 'begun' || (leftReadOnly && copy !== 'done');
-      // not half-restored: the cycle may snapshot and replicate it again
-      if (!half) await catalog.setLocation(projectId, c.host, 'active', lease.token, null).catch(() => undefined);
-      const released = await iso.release({ writable: !half }).then(
-        () => '',
-        (x: Error) => `; releasing the view failed: ${x.message}`,
-      );
-      const state = half
-        ? `${liveMount} is left READ-ONLY with a half-restored tree: re-run this restore to finish it (${leftReadOnly ? 'the state before the first, interrupted restore is its @pre-restore-* snapshot' : `the state before is @${safety}`}), or make it writable as it is with: mount -o remount,bind,rw ${liveMount}`
-        : copy === 'done'
-          ? `the live tree equals ${snapshot} and ${liveMount} is writable again, but the snapshot @${restored} was not taken`
-          : `nothing was copied; ${liveMount} is writable again`;
-      throw new RollbackError(`restore of ${projectId} to ${snapshot} failed: ${(e as Error).message}. ${state}${released}`);
+      // the row keeps the operation only while the tree may be half-restored (the tenant
+      // path is then left read-only, and the re-run finishes); otherwise the cycle may
+      // snapshot and replicate the project again
+      const mp = (await zfs.get(live, ['mountpoint']).catch(() => ({ mountpoint: undefined }))).mountpoint;
+      if (!(mp && isReadOnly(mp) === true)) await catalog.setLocation(projectId, c.host, 'active', lease.token, null).catch(() => undefined);
+      throw e;
     }
-    await iso.release({ writable: true }).catch((e: Error) => {
-      throw new RollbackError(`the live tree of ${projectId} equals ${snapshot} (snapshot @${restored}), but: ${e.message}`);
-    });
-    if (!wasMounted) await zfs.unmount(live);
-    step(`live state now equals ${snapshot}; snapshot ${live}@${restored}; ${liveMount} writable again`);
-    // the temporary read-only view goes; a fetched copy is kept for clone-mode access
-    await zfs.unmount(from).catch(() => undefined);
-    if (from === tmp) await zfs.destroyDataset(tmp);
-    else await setIfDifferent(agent, copyName, { mountpoint: 'none' });
-    await catalog.setLocation(projectId, c.host, 'active', lease.token, null);
-    const killed = iso.stopped.length ? `; stopped ${describeStopped(iso.stopped)}` : '';
-    await catalog.addEvent({ project: projectId, host: c.host, kind: 'restore-rollback', detail: `live state set to ${snapshot} (from ${source.host}); before: @${safety}; after: @${restored}${killed}` });
-    return { project: projectId, snapshot, mode: 'rollback', source, safetySnapshot: safety, restoredSnapshot: restored, stoppedProcesses: iso.stopped, attributes } as RestoreResult;
   });
 }
 

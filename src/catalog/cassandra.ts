@@ -40,7 +40,7 @@
 //   projects.get, projects.list              LOCAL_QUORUM       -       yes
 //   projects.get_serial                      S (read)           -       yes   base of the location CAS
 //   projects.set_targets_v0 / _v      LWT    LOCAL_QUORUM       S       no    CAS on targets_version; never creates a row
-//   projects.set_location             LWT    LOCAL_QUORUM       S       no
+//   projects.set_location             LWT    QUORUM             S       no    commit seen by the fence check's QUORUM reads
 //   projects.replica_put / replica_del       LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
 //   projects_by_host.put / del / list        QUORUM             -       yes   USING TIMESTAMP location_ts
 //   host_gen.bump / get                      QUORUM             -       yes   a fresh timeuuid per change
@@ -275,7 +275,7 @@ function statements(ks: string) {
     'projects.set_targets_v': { cql: `UPDATE ${ks}.projects SET targets = ?, targets_version = ? WHERE id = ? IF targets_version = ?`, level: 'LOCAL_QUORUM', lwt: true },
     'projects.set_location': {
       cql: `UPDATE ${ks}.projects SET primary_host = ?, state = ?, location_token = ?, location_ts = ?, operation = ? WHERE id = ? IF location_ts = ?`,
-      level: 'LOCAL_QUORUM',
+      level: 'QUORUM',
       lwt: true,
     },
     'projects.replica_put': { cql: `UPDATE ${ks}.projects USING TIMESTAMP ? SET replicas[?] = ? WHERE id = ?`, level: 'LOCAL_QUORUM' },
@@ -987,6 +987,9 @@ export class CassandraCatalog implements Catalog {
         if (cur.project.primary !== null && cur.project.primary !== primary) await this.exec('projects_by_host.del', [ts, cur.project.primary, project]);
         await this.bump(primary);
         if (cur.project.primary !== primary) await this.bump(cur.project.primary);
+        // the host an operation takes the project from sees a change with every write of
+        // it: a resumed failover re-bumps the old primary whose bump a crash may have lost
+        if (operation?.from && operation.from !== primary && operation.from !== cur.project.primary) await this.bump(operation.from);
         return;
       }
       await sleep(jitter(attempt));

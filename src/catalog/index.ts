@@ -1,4 +1,4 @@
-import type { Config } from '../agent/config.js';
+import { deadAfterMs, type Config } from '../agent/config.js';
 import { SqliteCatalog } from './sqlite.js';
 import { CatalogError, type Catalog } from './types.js';
 
@@ -22,8 +22,10 @@ export async function openCatalog(config: Config, o: { connectTimeoutMs?: number
       keyspace: c.keyspace ?? DEFAULT_CASSANDRA_KEYSPACE,
       ...(c.port !== undefined ? { port: c.port } : {}),
       ...(c.replication ? { replication: { class: 'NetworkTopologyStrategy' as const, datacenters: c.replication } } : {}),
-      // a heartbeat outlives a few missed agent cycles, then disappears
-      heartbeatTtlSeconds: Math.max(60, Math.ceil(10 * config.interval)),
+      // a heartbeat outlives the dead-host period and the dead-target replacement time
+      // (a host whose beat vanished reads as never seen: neither failed over nor replaced
+      // on time), then disappears
+      heartbeatTtlSeconds: Math.max(60, Math.ceil(10 * config.interval), Math.ceil((2 * deadAfterMs(config)) / 1000), 2 * config.placement.replaceDeadTargetAfter),
       ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
     });
   }

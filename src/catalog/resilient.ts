@@ -77,7 +77,9 @@ export class ResilientCatalog implements Catalog {
   }
 
   private async ready(): Promise<void> {
-    if (!this.degraded && this.journaled() === 0) return;
+    // degraded ends with a real answer of the catalog (a read or write below, or a flush
+    // that wrote something): an empty journal proves nothing about the catalog
+    if (this.journaled() === 0) return;
     if (Date.now() - this.lastFailureAt < this.retryAfterMs) return;
     try {
       await this.flush();
@@ -88,12 +90,20 @@ export class ResilientCatalog implements Catalog {
     }
   }
 
+  private answered(): void {
+    if (this.journaled() === 0) {
+      this.degraded = false;
+      this.lastError = undefined;
+    }
+  }
+
   private async read<T>(op: string, key: unknown[], fn: () => Promise<T>): Promise<T> {
     await this.ready();
     const k = `${op}:${JSON.stringify(key)}`;
     try {
       const v = await fn();
       this.cache.set(k, v);
+      this.answered();
       return v;
     } catch (e) {
       if (e instanceof ValidationError) throw e;
@@ -112,6 +122,7 @@ export class ResilientCatalog implements Catalog {
     }
     try {
       await fn();
+      this.answered();
     } catch (e) {
       if (e instanceof ValidationError) throw e;
       this.failed(op, e);

@@ -283,6 +283,7 @@ export class SqliteCatalog implements Catalog {
           if (r.changes === 0) throw new CatalogError(`set location: project ${project} does not exist`);
           this.bump(primary);
           if (before && before.primary_host !== primary) this.bump(before.primary_host);
+          if (operation?.from && operation.from !== primary && operation.from !== before?.primary_host) this.bump(operation.from);
         })
         .immediate();
     });

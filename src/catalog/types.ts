@@ -71,8 +71,12 @@ export interface ProjectOperation {
   token: number;
   /** ms since epoch */
   startedAt: number;
-  /** the last step reached (one of OPERATION_STEPS[kind], see util/crash-point.ts) */
-  step: string;
+  /**
+   * where a re-run resumes: `recorded` (the operation is under way) or `switched` (the
+   * location is switched; only bookkeeping is left). The finer steps are crash points
+   * (util/crash-point.ts), not row states.
+   */
+  step: 'recorded' | 'switched';
   /** move: the source was mounted when the move began (a failed move remounts it) */
   wasMounted?: boolean;
   /** restore: rollback or clone */
@@ -94,13 +98,18 @@ export function checkOperation(o: unknown, where: string): ProjectOperation {
   if (x['creation'] !== null && !(Number.isSafeInteger(x['creation']) && (x['creation'] as number) >= 0)) throw bad('has a malformed creation');
   if (!Number.isSafeInteger(x['token']) || (x['token'] as number) < 0) throw bad('has a malformed token');
   if (!Number.isSafeInteger(x['startedAt']) || (x['startedAt'] as number) < 0) throw bad('has a malformed start time');
-  if (typeof x['step'] !== 'string' || !/^[a-z][a-z-]{0,39}$/.test(x['step'])) throw bad('has a malformed step');
+  if (x['step'] !== 'recorded' && x['step'] !== 'switched') throw bad('has a step other than recorded or switched');
+  if (x['kind'] === 'failover' && (x['snapshot'] === null || x['guid'] === null)) throw bad('is a failover without the snapshot and guid it chose');
+  if (x['kind'] === 'failover' && x['from'] === x['to']) throw bad('is a failover from a host to itself');
+  if (x['kind'] !== 'move' && x['wasMounted'] !== undefined) throw bad('has wasMounted on a non-move');
+  if (x['kind'] !== 'restore' && (x['mode'] !== undefined || x['safetySnapshot'] !== undefined)) throw bad('has restore fields on a non-restore');
   if (x['wasMounted'] !== undefined && typeof x['wasMounted'] !== 'boolean') throw bad('has a malformed wasMounted');
   if (x['mode'] !== undefined && x['mode'] !== 'rollback' && x['mode'] !== 'clone') throw bad('has a malformed mode');
   if (x['safetySnapshot'] !== undefined) v.snapshotName(x['safetySnapshot'], `${where} (operation safety snapshot)`);
-  const allowed = new Set(['kind', 'from', 'to', 'snapshot', 'guid', 'creation', 'token', 'startedAt', 'step', 'wasMounted', 'mode', 'safetySnapshot']);
-  for (const k of Object.keys(x)) if (!allowed.has(k)) throw bad(`has an unknown field ${JSON.stringify(k)}`);
-  return x as unknown as ProjectOperation;
+  // fields a newer version may add are dropped, not refused: one row written by a newer
+  // agent must not make a host's fence check fail (and self-fence every project)
+  const known = ['kind', 'from', 'to', 'snapshot', 'guid', 'creation', 'token', 'startedAt', 'step', 'wasMounted', 'mode', 'safetySnapshot'] as const;
+  return Object.fromEntries(known.filter((k) => x[k] !== undefined).map((k) => [k, x[k]])) as unknown as ProjectOperation;
 }
 
 /** The JSON text stored for an operation (null for none). */
@@ -219,6 +228,9 @@ export interface Catalog {
   /**
    * Changes a project's location and its operation in progress (null: none) in one
    * compare-and-set; rejected with FencingError unless `token` holds the project's lock.
+   * Bumps the generation of the old and new primary, and of `operation.from` (so every
+   * write of an operation is a change its source host sees, also when an earlier bump was
+   * lost to a crash).
    */
   setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void>;
 

@@ -87,8 +87,8 @@ export async function fenceDataset(zfs: Zfs, dataset: string, o: FenceOptions = 
         if (killed.length) step(`${dataset}: stopped ${killed.map((p) => `${p.pid} ${p.command}`).join(', ')}`);
         for (const k of killed) if (!r.stopped.some((s) => s.pid === k.pid)) r.stopped.push(k);
       } catch (e) {
-        r.problems.push((e as Error).message);
-        break;
+        // still try the unmount: an idle file system needs no kill
+        if (!r.problems.includes((e as Error).message)) r.problems.push((e as Error).message);
       }
     }
     try {

@@ -355,7 +355,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       await cat.createProject({ id, primary: h, replicationFactor: 1, quota: null });
       const l = await cat.acquireLock(projectLockName(id), 'op@h:1', 60_000);
       assert.ok(l.ok);
-      const op = { kind: 'move' as const, from: h, to: h, snapshot: null, guid: null, creation: null, token: l.token, startedAt: 1_700_000_000_000, step: 'recorded', wasMounted: true };
+      const op = { kind: 'move' as const, from: h, to: h, snapshot: null, guid: null, creation: null, token: l.token, startedAt: 1_700_000_000_000, step: 'recorded' as const, wasMounted: true };
       await cat.setLocation(id, h, 'moving', l.token, op);
       assert.deepEqual((await cat.getProject(id))!.operation, op);
       assert.deepEqual((await cat.listProjectsByPrimary(h)).find((p) => p.id === id)!.operation, op);
