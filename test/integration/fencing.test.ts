@@ -8,8 +8,8 @@
 //    continues, and a re-run finishes;
 //  - storagectl under faketime, beyond failover.maxClockSkew, refuses to act and says why;
 //  - a crash (SIGKILL) at every named step of failover (OPERATION_STEPS, so a new step
-//    cannot be left out): the re-run completes with exactly one writable copy and the data
-//    written before. (Move's steps: test/operations/crash-move.test.ts, zfs-fuse only.)
+//    cannot be left out; in the OpenZFS VM tier two of them, for time): the re-run
+//    completes with exactly one writable copy and the data written before. (Move's steps: test/operations/crash-move.test.ts, zfs-fuse only.)
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -106,7 +106,11 @@ describe('clock skew', () => {
 });
 
 describe('crash at every step', () => {
-  for (const step of OPERATION_STEPS.failover) {
+  // every step on zfs-fuse; under emulation (the OpenZFS VM tier, ~70 s a step) the two
+  // that leave the most behind (the catalog switched to the chosen host, before and after
+  // its promotion), within the CI time budget
+  const steps = sb.zfs === 'kernel' ? OPERATION_STEPS.failover.filter((s) => s === 'recorded' || s === 'promoted') : OPERATION_STEPS.failover;
+  for (const step of steps) {
     it(`failover killed at ${step}: the re-run completes, one writable copy, nothing lost`, async () => {
       const p = await replicated({ 'data.bin': randomBytes(30_000), 'notes.txt': step });
       const crashed = await storagectl(sb, B, cfg.get('b')!, ['failover', p.id, '--lease', String(LEASE)], scaled(120_000), { env: { STORAGE_CRASH_AT: `failover:${step}` } });
