@@ -38,6 +38,7 @@
 // this mount. `zfs unmount` of the dataset still succeeds while the view exists (the view
 // keeps the file system reachable for root).
 import { commandOf, usersOf } from '../zfs/fence.js';
+import { readMounts, type MountEntry } from '../zfs/mounts.js';
 import { spawn } from 'node:child_process';
 import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, chmodSync, rmdirSync } from 'node:fs';
 
@@ -221,7 +222,7 @@ function privateDirectory(dir: string, mountpoint: string): void {
 /** Views of an interrupted run (<privateRoot>/<name>.<pid>): unmounted (plainly) and removed. */
 async function removeLeftovers(root: string, name: string, step: (s: string) => void): Promise<void> {
   const prefix = `${root}/${name}.`;
-  const mounted = readMountinfo().filter((m) => m.mountpoint.startsWith(prefix));
+  const mounted = readMounts().filter((m) => m.mountpoint.startsWith(prefix));
   for (const m of mounted.reverse()) {
     await run(['umount', m.mountpoint]);
     step(`unmounted the view of an interrupted run: ${m.mountpoint}`);
@@ -240,26 +241,6 @@ async function unmountView(view: string): Promise<void> {
   rmdirSync(view);
 }
 
-interface MountInfo {
-  id: number;
-  mountpoint: string;
-  /** per-mount options: rw/ro, ... */
-  options: string[];
-  fstype: string;
-  source: string;
-}
-
-function readMountinfo(): MountInfo[] {
-  const unesc = (x: string) => x.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-  const out: MountInfo[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-', 6);
-    if (dash < 0 || f.length < dash + 3) continue;
-    out.push({ id: Number(f[0]), mountpoint: unesc(f[4]!), options: f[5]!.split(','), fstype: f[dash + 1]!, source: unesc(f[dash + 2]!) });
-  }
-  return out;
-}
 
 /** Whether the mount on top at `mountpoint` is read-only (undefined: not a mount point). */
 export function isReadOnly(mountpoint: string): boolean | undefined {
@@ -267,8 +248,8 @@ export function isReadOnly(mountpoint: string): boolean | undefined {
 }
 
 /** The mount on top at `path` (the last one mounted there), if `path` is a mount point. */
-function mountAt(path: string): MountInfo | undefined {
-  return readMountinfo()
+function mountAt(path: string): MountEntry | undefined {
+  return readMounts()
     .filter((m) => m.mountpoint === path)
     .pop();
 }

@@ -2,7 +2,11 @@
 import { readFileSync } from 'node:fs';
 
 export interface MountEntry {
+  /** the mount ID (field 1 of mountinfo) */
+  id: number;
   mountpoint: string;
+  /** per-mount options: rw/ro, ... */
+  options: string[];
   fstype: string;
   source: string;
 }
@@ -23,7 +27,7 @@ export function readMounts(text?: string): MountEntry[] {
     const f = line.split(' ');
     const dash = f.indexOf('-');
     if (dash < 6 || f.length < dash + 3) continue;
-    out.push({ mountpoint: unesc(f[4]!), fstype: f[dash + 1]!, source: unesc(f[dash + 2]!) });
+    out.push({ id: Number(f[0]), mountpoint: unesc(f[4]!), options: f[5]!.split(','), fstype: f[dash + 1]!, source: unesc(f[dash + 2]!) });
   }
   return out;
 }

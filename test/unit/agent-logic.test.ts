@@ -219,9 +219,9 @@ describe('fencing helpers', () => {
       'garbage',
     ].join('\n');
     assert.deepEqual(readMounts(text), [
-      { mountpoint: '/var/tmp/mnt/a/p', fstype: 'fuse.zfs', source: 'tank/projects/p' },
-      { mountpoint: '/srv/projects/x y', fstype: 'zfs', source: 'tank/projects/x y' },
-      { mountpoint: '/', fstype: 'ext4', source: '/dev/vda' },
+      { id: 49, mountpoint: '/var/tmp/mnt/a/p', options: ['rw', 'relatime'], fstype: 'fuse.zfs', source: 'tank/projects/p' },
+      { id: 50, mountpoint: '/srv/projects/x y', options: ['rw'], fstype: 'zfs', source: 'tank/projects/x y' },
+      { id: 22, mountpoint: '/', options: ['rw'], fstype: 'ext4', source: '/dev/vda' },
     ]);
   });
   it('a host serves a project only while the catalog names it, active, moving or failing over to it', () => {
