@@ -22,7 +22,7 @@ import { StateCache, type Snap } from './state.js';
 import { auditSlice, decidePairs, freshnessAsOf, newestShared, pairAction, resumeTokenProblem, type PairDecision, type PairInput, type PairKnowledge } from './cycle-plan.js';
 import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
 import { deadAfterMs, fenceBoundMs, selfFenceAfterMs, type Config } from './config.js';
-import { readMounts } from '../zfs/mounts.js';
+import { mountedProjects, readMounts } from '../zfs/mounts.js';
 import { describeSkew, readSkew, skewTooLarge } from './clock.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
 export { readMounts };
@@ -915,11 +915,9 @@ export class Agent {
 
   /** projects mounted here: dataset -> mountpoint, one read of /proc/self/mountinfo */
   private projectMounts(): Map<string, string> {
-    const root = `${this.config.projectsRoot}/`;
-    const out = new Map<string, string>();
-    for (const m of readMounts()) if ((m.fstype === 'zfs' || m.fstype === 'fuse.zfs') && m.source.startsWith(root) && isProjectId(m.source.slice(root.length))) out.set(m.source, m.mountpoint);
-    return out;
+    return mountedProjects(this.config.projectsRoot, isProjectId);
   }
+
 
   /**
    * Between cycles, every few seconds (failover.fenceCheck): one catalog read (this host's

@@ -9,7 +9,7 @@ import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
 import { ResilientCatalog } from '../catalog/resilient.js';
 import { makeLogger } from '../util/log.js';
-import { CommandRunner, Zfs, describeFence, fenceDataset, readMounts } from '../zfs/index.js';
+import { CommandRunner, Zfs, describeFence, fenceDataset, mountedProjects } from '../zfs/index.js';
 import { isProjectId } from '../util/validate.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -130,13 +130,11 @@ export async function main(argv: string[]): Promise<void> {
 /** The catalog cannot be opened: fence (writers stopped, unmounted) every project mounted here. */
 async function fenceMountedProjects(config: Config, log: ReturnType<typeof makeLogger>): Promise<void> {
   const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath });
-  const root = `${config.projectsRoot}/`;
-  const mounted = readMounts().filter((m) => (m.fstype === 'zfs' || m.fstype === 'fuse.zfs') && m.source.startsWith(root) && isProjectId(m.source.slice(root.length)));
   await Promise.all(
-    mounted.map(async (m) => {
-      const r = await fenceDataset(zfs, m.source).catch((e: Error) => ({ error: e.message }));
-      if ('error' in r) log.error({ dataset: m.source, err: r.error }, 'fence failed');
-      else log.error({ dataset: m.source, fence: describeFence(r) }, r.fenced ? 'fenced' : 'fence incomplete');
+    [...mountedProjects(config.projectsRoot, isProjectId).keys()].map(async (dataset) => {
+      const r = await fenceDataset(zfs, dataset).catch((e: Error) => ({ error: e.message }));
+      if ('error' in r) log.error({ dataset, err: r.error }, 'fence failed');
+      else log.error({ dataset, fence: describeFence(r) }, r.fenced ? 'fenced' : 'fence incomplete');
     }),
   );
 }

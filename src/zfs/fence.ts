@@ -40,13 +40,12 @@ export interface FenceReport {
 }
 
 export interface FenceOptions {
-  /** kill the processes using the mount (default true; false: fail while busy) */
-  killUsers?: boolean;
-  /** unmount attempts (default 8, ~4 s in all) */
-  attempts?: number;
   /** called once per step, for progress output */
   onStep?: (s: string) => void;
 }
+
+/** unmount attempts, ~4 s in all (config FENCE_ACTION_S counts on it) */
+const UNMOUNT_ATTEMPTS = 8;
 
 /** One line for logs and command output: "readonly set, stopped 2 processes (1234 sh, 1240 tail), unmounted". */
 export function describeFence(r: FenceReport): string {
@@ -79,17 +78,15 @@ export async function fenceDataset(zfs: Zfs, dataset: string, o: FenceOptions = 
     r.readonly = 'failed';
     r.problems.push(`readonly: ${(e as Error).message}`);
   }
-  const attempts = o.attempts ?? 8;
+  const attempts = UNMOUNT_ATTEMPTS;
   for (let attempt = 1; mnt !== undefined && attempt <= attempts; attempt++) {
-    if (o.killUsers !== false) {
-      try {
-        const killed = await killUsers(mnt);
-        if (killed.length) step(`${dataset}: stopped ${killed.map((p) => `${p.pid} ${p.command}`).join(', ')}`);
-        for (const k of killed) if (!r.stopped.some((s) => s.pid === k.pid)) r.stopped.push(k);
-      } catch (e) {
-        // still try the unmount: an idle file system needs no kill
-        if (!r.problems.includes((e as Error).message)) r.problems.push((e as Error).message);
-      }
+    try {
+      const killed = await killUsers(mnt);
+      if (killed.length) step(`${dataset}: stopped ${killed.map((p) => `${p.pid} ${p.command}`).join(', ')}`);
+      for (const k of killed) if (!r.stopped.some((s) => s.pid === k.pid)) r.stopped.push(k);
+    } catch (e) {
+      // still try the unmount: an idle file system needs no kill
+      if (!r.problems.includes((e as Error).message)) r.problems.push((e as Error).message);
     }
     try {
       await zfs.unmount(dataset);

@@ -32,9 +32,25 @@ export function readMounts(text?: string): MountEntry[] {
   return out;
 }
 
+/** A mount of a zfs dataset: OpenZFS (`zfs`) or zfs-fuse (`fuse.zfs`). */
+function isZfs(m: MountEntry): boolean {
+  return m.fstype === 'zfs' || m.fstype === 'fuse.zfs';
+}
+
 /** Where a zfs dataset is mounted on this host (the last mount of it wins), or undefined. */
 export function mountpointOf(dataset: string, mounts: MountEntry[] = readMounts()): string | undefined {
   let at: string | undefined;
-  for (const m of mounts) if ((m.fstype === 'zfs' || m.fstype === 'fuse.zfs') && m.source === dataset) at = m.mountpoint;
+  for (const m of mounts) if (isZfs(m) && m.source === dataset) at = m.mountpoint;
   return at;
+}
+
+/**
+ * The projects mounted on this host: dataset -> mountpoint, for the zfs datasets directly
+ * under `projectsRoot` whose last component `isProject` accepts (one read of mountinfo).
+ */
+export function mountedProjects(projectsRoot: string, isProject: (id: string) => boolean, mounts: MountEntry[] = readMounts()): Map<string, string> {
+  const root = `${projectsRoot}/`;
+  const out = new Map<string, string>();
+  for (const m of mounts) if (isZfs(m) && m.source.startsWith(root) && isProject(m.source.slice(root.length))) out.set(m.source, m.mountpoint);
+  return out;
 }
