@@ -16,6 +16,7 @@
 //           lineage the replicas share.
 // A snapshot the primary no longer has is fetched back from a replica first (a full
 // stream of that one snapshot over SSH into <pool>/restore/<uuid>-<snap>).
+import { withTimeout } from '../util/timeout.js';
 import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -138,13 +139,18 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
       const recv = await zfs.recv({ target: copyName, noMount: true });
       const conn = agent.ssh.get(sshTarget(hosts.get(holder)!));
       let bytes = 0;
+      recv.done.catch(() => undefined); // observed below; a receiver that dies early must not crash the process
       try {
-        const [res] = await Promise.all([conn.download(formatRemoteCommand({ op: 'send', project: projectId, snap: snapshot }), recv.stream, { onProgress: (pr) => o.onProgress?.(pr.bytes, pr.elapsedMs) }), recv.done]);
+        const res = await conn.download(formatRemoteCommand({ op: 'send', project: projectId, snap: snapshot }), recv.stream, { onProgress: (pr) => o.onProgress?.(pr.bytes, pr.elapsedMs) });
         bytes = res.bytes;
+        // the whole stream is in: `zfs receive` must finish within the operation timeout
+        await withTimeout(recv.done, c.ssh.operationTimeout * 1000, () => `${recv.argv.join(' ')} did not exit within ${c.ssh.operationTimeout} s after the whole stream (${bytes} bytes) was written to it`);
       } catch (e) {
         recv.kill();
-        await recv.done.catch(() => undefined);
-        throw new RestoreError(`fetching ${snapshot} from ${holder} failed: ${(e as Error).message}`);
+        // the receiver's own error (if it died first) explains more than the EPIPE it caused
+        const recvErr = await withTimeout(recv.done, 10_000, () => `${recv.argv.join(' ')} ignored SIGTERM`).then(() => undefined, (x: Error) => x);
+        const why = recvErr && !/SIGTERM|signal/.test(recvErr.message) ? `${(e as Error).message}; ${recvErr.message}` : (e as Error).message;
+        throw new RestoreError(`fetching ${snapshot} from ${holder} failed: ${why}`);
       }
       source = { host: holder, fetched: true, bytes };
       step(`fetched ${bytes} bytes`);

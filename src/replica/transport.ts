@@ -284,7 +284,9 @@ export class SshConnection {
    * fetches a snapshot back from a replica). Same watchdog, abort and error reporting.
    */
   download(command: string, sink: Writable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
-    return this.stream(command, opts, () => undefined, async (ch, meter, closed) => {
+    // a stalled or aborted download also ends the local sink: a sink that stopped reading
+    // (a hung local `zfs receive`) would otherwise hold the pipeline open for ever
+    return this.stream(command, opts, (s) => sink.destroy(new Error(s)), async (ch, meter, closed) => {
       ch.end(); // nothing to send: the remote side only writes
       let pipeErr: Error | undefined;
       await Promise.all([pipeline(ch, meter, sink).catch((e: Error) => (pipeErr = e)), closed]);
