@@ -14,7 +14,7 @@ REPO=$(pwd)
 # openzfs (the VM tier) runs last: it is the longest (image build + tier: ~11 min measured
 # on a fresh machine, up to ~40 min on a 3x slower one; docs/openzfs-vm.md), and the fast
 # tiers report first
-TIERS=${TEST_TIERS:-"unit contract zfs-fuse prometheus cassandra openzfs"}
+TIERS=${TEST_TIERS:-"unit contract zfs-fuse prometheus cassandra cassandra-cluster openzfs"}
 SANDBOX=${SANDBOX_NAME:-stt}
 CTL_ADDR=${SANDBOX_SUBNET:-10.213.0}.1
 export SANDBOX_MANIFEST=/var/tmp/storage-sandbox-$SANDBOX/sandbox.json
@@ -47,6 +47,7 @@ export TIER_SUMMARY_FILE=$summary
 status=0
 cleanup() {
   case " $TIERS " in *" cassandra "*) bash test/env/cassandra/cassandra.sh stop >/dev/null 2>&1 || true ;; esac
+  case " $TIERS " in *" cassandra-cluster "*) [ -f "$SANDBOX_MANIFEST" ] && bash test/env/cassandra/cluster.sh stop >/dev/null 2>&1 || true ;; esac
   if [ -z "${KEEP_SANDBOX:-}" ]; then bash test/env/sandbox.sh down --name $SANDBOX >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -88,6 +89,24 @@ for tier in $TIERS; do
       fi
       nsenter --net=/run/netns/$SANDBOX-ctl node dist/test/run.js cassandra || status=1
       nsenter --net=/run/netns/$SANDBOX-ctl bash test/env/cassandra/cassandra.sh stop || true
+      ;;
+    cassandra-cluster)
+      # three nodes, one per sandbox datacenter, each inside its host's namespace
+      if ! need_sandbox; then
+        echo "tier cassandra-cluster: 0 passed, 1 failed, 0 skipped (the sandbox did not come up: see above)" | tee -a "$summary"
+        status=1
+        continue
+      fi
+      say "Cassandra cluster: one node per sandbox datacenter (test/env/cassandra/cluster.sh)"
+      if ! bash test/env/cassandra/cluster.sh start; then
+        echo "tier cassandra-cluster: 0 passed, 1 failed, 0 skipped (the cluster did not come up: see above)" | tee -a "$summary"
+        bash test/env/cassandra/cluster.sh stop || true
+        status=1
+        continue
+      fi
+      nsenter --net=/run/netns/$SANDBOX-ctl node dist/test/run.js cassandra-cluster || status=1
+      bash test/env/cassandra/cluster.sh stop || true
+      bash test/env/cassandra/cluster.sh wipe >/dev/null 2>&1 || true
       ;;
     zfs-fuse|prometheus)
       if [ "$tier" = prometheus ] && ! bash test/env/prometheus.sh install; then

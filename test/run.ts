@@ -30,6 +30,8 @@ const TIER_DIRS: Record<string, string | string[]> = {
   prometheus: 'prometheus',
   contract: 'contract',
   cassandra: 'cassandra',
+  // three Cassandra nodes, one per sandbox datacenter (test/env/cassandra/cluster.sh)
+  'cassandra-cluster': 'cassandra-cluster',
 };
 
 // Every test file's process imports lib/flush-on-exit.js first (NODE_OPTIONS reaches the

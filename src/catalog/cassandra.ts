@@ -19,10 +19,15 @@
 //                                          every change to a project the host serves
 //   replicas         ((project), host)     listReplicas, newest-wins CAS
 //   replicas_by_host ((host), project)     listReplicasByHost
-//   events_by_day ((day), at, id), events_by_project ((project, day), at, id) and
-//   event_days ((scope), day)              listEvents reads the day index of its scope ('all'
-//                                          or the project), then only the buckets from the
-//                                          newest day down to `since`, until `limit` rows.
+//   events_by_hour ((hour, shard), at, id), event_hours ((scope='all'), hour, shards)
+//                                          fleet-wide history in bounded partitions: one
+//                                          per UTC hour and shard (EVENT_SHARDS, random);
+//                                          listEvents reads the hour index, then each hour's
+//                                          shards in parallel, newest hour first, until `limit`
+//   events_by_project ((project, day), at, id), event_days ((scope=project), day)
+//                                          a project's history: its day index, then only its
+//                                          own day partitions (never a scan of the fleet's)
+//   events_by_day ((day), at, id)          before 007; read until its TTL empties it
 //   locks            (name)                leases and fencing tokens, written by LWT only;
 //                                          getLock is a serial read of the row
 //   schema_migrations ((scope), name)      applied migration files (scope 'applied')
@@ -138,6 +143,7 @@ import {
   type ReplicaRecord,
 } from './types.js';
 import * as v from '../util/validate.js';
+import { guardHosts, type HostGuard } from './driver-hosts.js';
 
 type Row = ctypes.Row;
 type ResultSet = ctypes.ResultSet;
@@ -181,6 +187,9 @@ const DC_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const CONTACT_RE = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+|[0-9A-Fa-f:]+)(:\d{1,5})?$/;
 const STATES: readonly ProjectState[] = ['active', 'moving', 'fenced', 'failing-over'];
 const DAY_MS = 86_400_000;
+const HOUR_MS = 3_600_000;
+/** fleet-wide events of one hour are spread over this many partitions (007_event_buckets.cql) */
+export const EVENT_SHARDS = 8;
 const PAGE = 500;
 const MAX_CAS_ATTEMPTS = 20;
 
@@ -307,11 +316,15 @@ function statements(ks: string) {
     'replicas_by_host.list': { cql: `SELECT ${REPLICA_COLS} FROM ${ks}.replicas_by_host WHERE host = ?`, level: 'LOCAL_QUORUM' },
 
     'events.index': { cql: `INSERT INTO ${ks}.event_days (scope, day) VALUES (?, ?) USING TTL ?`, level: 'LOCAL_ONE' },
-    'events.put_day': { cql: `INSERT INTO ${ks}.events_by_day (day, at, id, project, host, kind, detail) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?`, level: 'LOCAL_ONE' },
+    'events.index_hour': { cql: `INSERT INTO ${ks}.event_hours (scope, hour, shards) VALUES ('all', ?, ?) USING TTL ?`, level: 'LOCAL_ONE' },
+    'events.put_hour': { cql: `INSERT INTO ${ks}.events_by_hour (hour, shard, at, id, project, host, kind, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?`, level: 'LOCAL_ONE' },
+    'events.hours': { cql: `SELECT hour, shards FROM ${ks}.event_hours WHERE scope = 'all' AND hour >= ?`, level: 'LOCAL_ONE' },
+    'events.list_hour': { cql: `SELECT at, id, project, host, kind, detail FROM ${ks}.events_by_hour WHERE hour = ? AND shard = ? AND at >= ? LIMIT ?`, level: 'LOCAL_ONE' },
     'events.put_project': { cql: `INSERT INTO ${ks}.events_by_project (project, day, at, id, host, kind, detail) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?`, level: 'LOCAL_ONE' },
     'events.days': { cql: `SELECT day FROM ${ks}.event_days WHERE scope = ? AND day >= ?`, level: 'LOCAL_ONE' },
-    'events.list_day': { cql: `SELECT at, project, host, kind, detail FROM ${ks}.events_by_day WHERE day = ? AND at >= ? LIMIT ?`, level: 'LOCAL_ONE' },
-    'events.list_project': { cql: `SELECT at, project, host, kind, detail FROM ${ks}.events_by_project WHERE project = ? AND day = ? AND at >= ? LIMIT ?`, level: 'LOCAL_ONE' },
+    // events_by_day: written before 007, read until its rows expire
+    'events.list_day': { cql: `SELECT at, id, project, host, kind, detail FROM ${ks}.events_by_day WHERE day = ? AND at >= ? LIMIT ?`, level: 'LOCAL_ONE' },
+    'events.list_project': { cql: `SELECT at, id, project, host, kind, detail FROM ${ks}.events_by_project WHERE project = ? AND day = ? AND at >= ? LIMIT ?`, level: 'LOCAL_ONE' },
 
     'clock.now': { cql: `SELECT toTimestamp(now()) AS t FROM system.local`, level: 'LOCAL_ONE' },
     'locks.get': { cql: `SELECT owner, lease_token, expires_at, last_token FROM ${ks}.locks WHERE name = ?`, level: 'SERIAL_READ' },
@@ -506,6 +519,21 @@ interface ProjectRowX {
   locationTs: number;
 }
 
+function eventOrder(r: Row): number {
+  const at: unknown = r['at'];
+  return at instanceof Date ? at.getTime() : 0;
+}
+
+function eventRow(r: Row): EventRecord & { id: string } {
+  const where = 'events row';
+  const project = colOptStr(r, 'project', where);
+  const host = colOptStr(r, 'host', where);
+  if (project !== null) v.projectId(project, where);
+  if (host !== null) v.hostId(host, where);
+  const id: unknown = r['id'];
+  return { id: String(id), at: colDate(r, 'at', where), project, host, kind: colStr(r, 'kind', where), detail: colOptStr(r, 'detail', where) ?? '' };
+}
+
 // ---------------------------------------------------------------- the catalog
 
 export class CassandraCatalog implements Catalog {
@@ -525,6 +553,7 @@ export class CassandraCatalog implements Catalog {
     private readonly client: Client,
     readonly keyspace: string,
     private readonly opts: CassandraCatalogOptions,
+    private readonly hosts: HostGuard,
   ) {
     this.stmts = statements(keyspace);
     this.serial = opts.serialConsistency === 'LOCAL_SERIAL' ? consistencies.localSerial : consistencies.serial;
@@ -563,6 +592,7 @@ export class CassandraCatalog implements Catalog {
       pooling: { warmup: true },
     });
     const where = `cassandra catalog ${ks}@${opts.contactPoints.join(',')}`;
+    const guard = guardHosts(client);
     try {
       await client.connect();
     } catch (e) {
@@ -572,18 +602,18 @@ export class CassandraCatalog implements Catalog {
       const cc = (client as unknown as { controlConnection?: { shutdown?(): void; connection?: { close?(): void } | null } }).controlConnection;
       try {
         cc?.shutdown?.();
-        cc?.connection?.close?.();
       } catch {
         /* best effort */
       }
+      guard.afterShutdown();
       const port = opts.contactPoints.every((c) => /^(\[[^\]]+\]|[^:]+):\d+$/.test(c)) ? '' : `default port ${opts.port ?? 9042}, `;
       throw new CatalogError(`${where}: cannot connect to ${opts.contactPoints.join(', ')} (${port}local datacenter ${opts.localDataCenter}): ${driverMessage(e)}`, { cause: e });
     }
-    const cat = new CassandraCatalog(client, ks, opts);
+    const cat = new CassandraCatalog(client, ks, opts, guard);
     try {
       await cat.migrate(replication);
     } catch (e) {
-      await client.shutdown().catch(() => undefined);
+      await cat.close().catch(() => undefined);
       throw e;
     }
     return cat;
@@ -663,7 +693,17 @@ export class CassandraCatalog implements Catalog {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.client.shutdown();
+    try {
+      await this.client.shutdown();
+    } finally {
+      // the hosts the driver replaced and forgot (./driver-hosts.ts), and a late refresh
+      this.hosts.afterShutdown();
+    }
+  }
+
+  /** how many Host objects the driver replaced (and the guard shut down) since open */
+  driverHostsReplaced(): number {
+    return this.hosts.replaced();
   }
 
   // ---- migrations ----
@@ -1110,42 +1150,65 @@ export class CassandraCatalog implements Catalog {
     if (project !== null) v.projectId(project, 'addEvent');
     if (host !== null) v.hostId(host, 'addEvent');
     if (typeof e.kind !== 'string' || e.kind.length === 0 || e.kind.length > 100) throw new v.ValidationError('event kind', 'addEvent', 'must be 1-100 characters', e.kind);
+    const hour = Math.floor(at / HOUR_MS);
     const day = Math.floor(at / DAY_MS);
+    const shard = Math.floor(Math.random() * EVENT_SHARDS);
     const id = TimeUuid.fromDate(new Date(at));
     const detail = String(e.detail).slice(0, 4000);
-    // the day index first, so no event is ever unreachable by listEvents
-    await Promise.all([this.exec('events.index', ['all', day, this.eventTtl]), project !== null ? this.exec('events.index', [project, day, this.eventTtl]) : undefined]);
+    // the indexes first, so no event is ever unreachable by listEvents
+    await Promise.all([this.exec('events.index_hour', [hour, EVENT_SHARDS, this.eventTtl]), project !== null ? this.exec('events.index', [project, day, this.eventTtl]) : undefined]);
     await Promise.all([
-      this.exec('events.put_day', [day, new Date(at), id, project, host, e.kind, detail, this.eventTtl]),
+      this.exec('events.put_hour', [hour, shard, new Date(at), id, project, host, e.kind, detail, this.eventTtl]),
       project !== null ? this.exec('events.put_project', [project, day, new Date(at), id, host, e.kind, detail, this.eventTtl]) : undefined,
     ]);
   }
 
+  /**
+   * Newest first. A project's events: its day index, then its (project, day) partitions from
+   * the newest day down to `since`. The fleet's: the hour index, then each hour's shards (read
+   * in parallel, merged by time), then the pre-007 day partitions; each step stops at `limit`.
+   */
   async listEvents(opts: { project?: string; since?: number; limit?: number }): Promise<EventRecord[]> {
     if (opts.project !== undefined) v.projectId(opts.project, 'listEvents');
     const limit = Math.min(opts.limit ?? 100, 10_000);
     if (!(limit > 0)) return [];
     const since = Math.max(0, opts.since ?? 0);
-    const scope = opts.project ?? 'all';
-    const days = (await this.allRows('events.days', [scope, Math.floor(since / DAY_MS)])).map((r) => colNum(r, 'day', 'event_days row'));
-    const out: EventRecord[] = [];
-    for (const day of days) {
-      const want = limit - out.length;
-      if (want <= 0) break;
-      const rs =
-        opts.project !== undefined
-          ? await this.exec('events.list_project', [opts.project, day, new Date(since), want])
-          : await this.exec('events.list_day', [day, new Date(since), want]);
-      for (const r of rs.rows) {
-        const where = 'events row';
-        const project = colOptStr(r, 'project', where);
-        const host = colOptStr(r, 'host', where);
-        if (project !== null) v.projectId(project, where);
-        if (host !== null) v.hostId(host, where);
-        out.push({ at: colDate(r, 'at', where), project, host, kind: colStr(r, 'kind', where), detail: colOptStr(r, 'detail', where) ?? '' });
+    const out: Array<EventRecord & { id: string }> = [];
+    const seen = new Set<string>();
+    const take = (rows: Row[]) => {
+      for (const r of rows.sort((x, y) => eventOrder(y) - eventOrder(x) || String(y['id']).localeCompare(String(x['id'])))) {
+        if (out.length >= limit) return;
+        const ev = eventRow(r);
+        if (seen.has(ev.id)) continue;
+        seen.add(ev.id);
+        out.push(ev);
+      }
+    };
+    if (opts.project !== undefined) {
+      for (const day of await this.indexDays(opts.project, since)) {
+        if (out.length >= limit) break;
+        take((await this.exec('events.list_project', [opts.project, day, new Date(since), limit - out.length])).rows);
+      }
+    } else {
+      const hours = (await this.allRows('events.hours', [Math.floor(since / HOUR_MS)])).map((r) => ({ hour: colNum(r, 'hour', 'event_hours row'), shards: colNum(r, 'shards', 'event_hours row') }));
+      for (const { hour, shards } of hours) {
+        if (out.length >= limit) break;
+        if (!Number.isInteger(shards) || shards < 1 || shards > 1024) throw new CatalogError(`event_hours row ${hour}: shards ${shards} is not 1-1024`);
+        const want = limit - out.length;
+        const parts = await Promise.all(Array.from({ length: shards }, (_, shard) => this.exec('events.list_hour', [hour, shard, new Date(since), want])));
+        take(parts.flatMap((p) => p.rows));
+      }
+      // events written before 007 (one partition per day), until their TTL removes them
+      for (const day of out.length < limit ? await this.indexDays('all', since) : []) {
+        if (out.length >= limit) break;
+        take((await this.exec('events.list_day', [day, new Date(since), limit - out.length])).rows);
       }
     }
-    return out;
+    return out.map(({ id: _id, ...ev }) => ev);
+  }
+
+  private async indexDays(scope: string, since: number): Promise<number[]> {
+    return (await this.allRows('events.days', [scope, Math.floor(since / DAY_MS)])).map((r) => colNum(r, 'day', 'event_days row'));
   }
 
   // ---- locks ----

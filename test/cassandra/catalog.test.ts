@@ -13,7 +13,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 import cassandra from 'cassandra-driver';
-import { CassandraCatalog, type CassandraCatalogOptions } from '../../src/catalog/cassandra.js';
+import { CassandraCatalog, EVENT_SHARDS, type CassandraCatalogOptions } from '../../src/catalog/cassandra.js';
 import { CatalogError, FencingError, openCatalog, projectLockName } from '../../src/catalog/index.js';
 import { parseConfig, ConfigError } from '../../src/agent/config.js';
 import { ValidationError } from '../../src/util/validate.js';
@@ -89,7 +89,9 @@ describe('cassandra catalog specifics', () => {
     }
     assert.deepEqual(Object.fromEntries([...keys].sort()), {
       event_days: ['C0:day', 'P0:scope'],
+      event_hours: ['C0:hour', 'P0:scope'],
       events_by_day: ['C0:at', 'C1:id', 'P0:day'],
+      events_by_hour: ['C0:at', 'C1:id', 'P0:hour', 'P1:shard'],
       events_by_project: ['C0:at', 'C1:id', 'P0:project', 'P1:day'],
       host_generation: ['P0:host'],
       hosts: ['C0:id', 'P0:scope'],
@@ -356,6 +358,40 @@ describe('cassandra catalog specifics', () => {
     const [ev] = await cql(`SELECT day, at, id FROM ${KEYSPACE}.events_by_project WHERE project = ? AND day = ?`, [e, Math.floor(Date.now() / 86_400_000)]);
     await cql(`UPDATE ${KEYSPACE}.events_by_project SET host = 'Bad Host' WHERE project = ? AND day = ? AND at = ? AND id = ?`, [e, ev?.['day'], ev?.['at'], ev?.['id']]);
     await assert.rejects(cat.listEvents({ project: e }), ValidationError);
+  });
+
+  it('fleet events go to bounded partitions (hour x shard) and list merged newest first; a project lists only its own partitions; pre-007 day partitions are still read', async () => {
+    const cat = await CassandraCatalog.open(options());
+    try {
+      // an hour far in the future, so that no other test's events fall in it
+      const hourStart = (Math.floor(Date.now() / 3_600_000) + 24 * 500) * 3_600_000;
+      const n = 64;
+      const p = newProject();
+      for (let i = 0; i < n; i++) await cat.addEvent({ at: hourStart + i * 1000, project: i % 2 ? p : null, host: null, kind: 'bulk', detail: String(i) });
+      const hour = hourStart / 3_600_000;
+      const perShard = await Promise.all(
+        Array.from({ length: EVENT_SHARDS }, async (_, shard) => Number((await cql(`SELECT count(*) AS n FROM ${KEYSPACE}.events_by_hour WHERE hour = ? AND shard = ?`, [hour, shard]))[0]?.['n'])),
+      );
+      assert.equal(perShard.reduce((a, b) => a + b, 0), n, `every event in exactly one partition: ${perShard.join(' ')}`);
+      assert.ok(perShard.filter((x) => x > 0).length >= EVENT_SHARDS / 2, `spread over the shards: ${perShard.join(' ')}`);
+      assert.ok(Math.max(...perShard) < n / 2, `no partition takes most of the hour: ${perShard.join(' ')}`);
+      const [idx] = await cql(`SELECT shards FROM ${KEYSPACE}.event_hours WHERE scope = 'all' AND hour = ?`, [hour]);
+      assert.equal(idx?.['shards'], EVENT_SHARDS);
+      const all = await cat.listEvents({ since: hourStart, limit: n });
+      assert.deepEqual(all.map((e) => e.detail), Array.from({ length: n }, (_, i) => String(n - 1 - i)), 'merged across shards, newest first');
+      assert.deepEqual((await cat.listEvents({ since: hourStart, limit: 5 })).map((e) => e.detail), ['63', '62', '61', '60', '59']);
+      assert.deepEqual((await cat.listEvents({ project: p, limit: 3 })).map((e) => e.detail), ['63', '61', '59']);
+      // a row written by a version before 007 (events_by_day + the 'all' day index)
+      const oldAt = hourStart + 7_200_000;
+      const day = Math.floor(oldAt / 86_400_000);
+      await cql(`INSERT INTO ${KEYSPACE}.event_days (scope, day) VALUES ('all', ?)`, [day]);
+      await cql(`INSERT INTO ${KEYSPACE}.events_by_day (day, at, id, project, host, kind, detail) VALUES (?, ?, now(), null, null, 'legacy', 'old')`, [day, new Date(oldAt)]);
+      const merged = await cat.listEvents({ since: hourStart, limit: n + 1 });
+      assert.equal(merged.length, n + 1);
+      assert.ok(merged.some((e) => e.kind === 'legacy' && e.detail === 'old'), 'the pre-007 event is listed');
+    } finally {
+      await cat.close();
+    }
   });
 
   it('an unreachable contact point is a CatalogError naming the address, within the short timeouts', async () => {

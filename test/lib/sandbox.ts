@@ -94,13 +94,14 @@ export function destroyTestTree(dataset: string): void {
 /**
  * Points every host's receiver (the forced command reads <host dir>/agent.yaml) at the
  * catalog a test's agents use: the receivers authorize each command from the catalog,
- * so they must see the same projects, hosts and leases. Test files run one at a time.
+ * so they must see the same projects, hosts and leases (a function: per host, e.g. each
+ * host's own datacenter). Test files run one at a time.
  */
-export function setReceiverCatalog(hosts: readonly SandboxHost[], catalog: Record<string, unknown>): void {
+export function setReceiverCatalog(hosts: readonly SandboxHost[], catalog: Record<string, unknown> | ((h: SandboxHost) => Record<string, unknown>)): void {
   for (const h of hosts) {
     const file = `${h.dir}/agent.yaml`;
     const doc = parseYaml(readFileSync(file, 'utf8')) as Record<string, unknown>;
-    doc.catalog = catalog;
+    doc.catalog = typeof catalog === 'function' ? catalog(h) : catalog;
     writeFileSync(`${file}.tmp`, `# sandbox host ${h.name}: written by test/env/sandbox.sh, catalog set by the running test\n${stringifyYaml(doc)}`);
     renameSync(`${file}.tmp`, file);
   }

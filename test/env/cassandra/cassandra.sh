@@ -10,13 +10,22 @@
 #   test/env/cassandra/cassandra.sh wipe     stop + remove the state dir
 #   test/env/cassandra/cassandra.sh smoke    CQL round trip (keyspace, table, insert, select, LWT)
 #   test/env/cassandra/cassandra.sh nodetool ARGS...   Cassandra's nodetool over local JMX
+#   test/env/cassandra/cassandra.sh kill     SIGKILL (a crash, for the node-loss tests)
+#   test/env/cassandra/cassandra.sh mesh DCS  this node, as coordinator, writes at ALL to a
+#                                            keyspace with one replica in each of DCS (dc1,dc2,..):
+#                                            exit 0 once it sees every datacenter's node alive
+#   test/env/cassandra/cassandra.sh rss      resident memory of the node in MB
+#
+# A three-datacenter cluster on the sandbox hosts: test/env/cassandra/cluster.sh.
 #
 # Environment (all optional):
 #   CASSANDRA_VERSION        5.0.9                    cassandra-all version on Maven Central
 #   CASSANDRA_CACHE          /var/cache/storage-test/cassandra-$VERSION/lib   the jars
 #   CASSANDRA_M2             /var/cache/storage-test/m2   Maven local repository used by fetch
 #   CASSANDRA_STATE          /var/tmp/storage-cassandra   conf, data, commitlog, logs, pidfile
-#   CASSANDRA_LISTEN         127.0.0.1                listen, rpc and seed address
+#   CASSANDRA_LISTEN         127.0.0.1                listen and rpc address
+#   CASSANDRA_SEEDS          $CASSANDRA_LISTEN        seed addresses, comma-separated (a cluster:
+#                                                     test/env/cassandra/cluster.sh sets them)
 #   CASSANDRA_PORT           9042                     CQL native transport port
 #   CASSANDRA_STORAGE_PORT   7000                     internode port
 #   CASSANDRA_JMX_PORT       7199                     local-only JMX (nodetool); 0 disables JMX
@@ -42,6 +51,11 @@ CACHE=${CASSANDRA_CACHE:-/var/cache/storage-test/cassandra-$VERSION/lib}
 M2=${CASSANDRA_M2:-/var/cache/storage-test/m2}
 STATE=${CASSANDRA_STATE:-/var/tmp/storage-cassandra}
 LISTEN=${CASSANDRA_LISTEN:-127.0.0.1}
+SEEDS=${CASSANDRA_SEEDS:-$LISTEN}
+[[ "$SEEDS" =~ ^[0-9a-zA-Z.:-]+(,[0-9a-zA-Z.:-]+)*$ ]] || { printf 'cassandra: error: CASSANDRA_SEEDS=%s is not a comma-separated list of addresses\n' "$SEEDS" >&2; exit 1; }
+# one node: its own seed, no gossip to wait for or shutdown to announce
+SINGLE=0
+[ "$SEEDS" = "$LISTEN" ] && SINGLE=1
 PORT=${CASSANDRA_PORT:-9042}
 STORAGE_PORT=${CASSANDRA_STORAGE_PORT:-7000}
 JMX_PORT=${CASSANDRA_JMX_PORT:-7199}
@@ -170,7 +184,7 @@ running_pid() {
   return 1
 }
 
-cql() { CASSANDRA_DRIVER=${CASSANDRA_DRIVER:-} node "$HERE/cql.cjs" "$1" "$LISTEN" "$PORT" "$DC"; }
+cql() { CASSANDRA_DRIVER=${CASSANDRA_DRIVER:-} node "$HERE/cql.cjs" "$1" "$LISTEN" "$PORT" "$DC" "${@:2}"; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -197,7 +211,7 @@ auto_bootstrap: false
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "$LISTEN:$STORAGE_PORT"
+      - seeds: "$(printf '%s' "$SEEDS" | sed "s/\([^,]*\)/\1:$STORAGE_PORT/g")"
 listen_address: $LISTEN
 rpc_address: $LISTEN
 storage_port: $STORAGE_PORT
@@ -236,7 +250,9 @@ memtable_offheap_space: 128MiB
 file_cache_size: 64MiB
 concurrent_compactors: 1
 compaction_throughput: 0MiB/s
-hinted_handoff_enabled: false
+# one node: nobody to hint for; a cluster: a node that was down gets the writes it missed
+# replayed when it returns (within max_hint_window, 3 h by default)
+hinted_handoff_enabled: $([ "$SINGLE" = 1 ] && echo false || echo true)
 EOF
   cat >"$CONF/cassandra-rackdc.properties" <<EOF
 dc=$DC
@@ -340,11 +356,15 @@ jvm_opts() {
     -Dcassandra-foreground=yes
     "-Djava.io.tmpdir=$STATE/tmp"
     "-Dcassandra.triggers_dir=$STATE/triggers"
-    # one node: nothing to wait for
-    -Dcassandra.skip_wait_for_gossip_to_settle=0
-    # one node: nobody to announce the shutdown to (default waits 2 s)
-    -Dcassandra.shutdown_announce_in_ms=0
   )
+  if [ "$SINGLE" = 1 ]; then
+    # one node: no gossip to wait for, nobody to announce the shutdown to (default waits 2 s)
+    JVM+=(-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.shutdown_announce_in_ms=0)
+  else
+    # a cluster: the peers must hear of a shutdown (default 2 s); the gossip settle wait is
+    # shortened (cluster.sh waits until every node sees every other one instead)
+    JVM+=(-Dcassandra.skip_wait_for_gossip_to_settle=0)
+  fi
   if [ "$JMX_PORT" != 0 ]; then
     JVM+=("-Dcassandra.jmx.local.port=$JMX_PORT" -Dcom.sun.management.jmxremote.authenticate=false)
   fi
@@ -490,6 +510,28 @@ cmd_nodetool() {
     -cp "$CACHE/*" org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p "$JMX_PORT" "$@"
 }
 
+cmd_kill() {
+  local pid
+  pid=$(running_pid) || die "not running ($STATE)"
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$PIDFILE"
+  log "killed pid $pid (SIGKILL)"
+}
+
+cmd_mesh() {
+  need_node
+  [ -n "${1:-}" ] || die "usage: $0 mesh dc1,dc2,dc3"
+  running_pid >/dev/null || die "not running ($STATE)"
+  cql mesh "$1"
+}
+
+cmd_rss() {
+  local pid
+  pid=$(running_pid) || die "not running ($STATE)"
+  awk '/^VmRSS:/ { printf "%d\n", $2 / 1024 }' "/proc/$pid/status"
+}
+
 cmd_smoke() {
   need_node
   running_pid >/dev/null || die "not running; '$0 start' first"
@@ -510,6 +552,9 @@ case "${1:-}" in
   status) cmd_status ;;
   wipe) lock_state; cmd_wipe ;;
   smoke) cmd_smoke ;;
+  kill) lock_state; cmd_kill ;;
+  mesh) cmd_mesh "${2:-}" ;;
+  rss) cmd_rss ;;
   nodetool) shift; cmd_nodetool "$@" ;;
   -h|--help|help|"") usage ;;
   *) log "unknown command '$1'"; usage ;;

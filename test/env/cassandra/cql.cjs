@@ -3,6 +3,9 @@
 //
 //   node cql.cjs probe HOST PORT DC       prints release_version, exit 0 if a real query worked
 //   node cql.cjs smoke HOST PORT DC       keyspace/table/insert/select/LWT round trip, prints timings
+//   node cql.cjs mesh HOST PORT DC DCS    HOST as the coordinator writes at consistency ALL to a
+//                                         keyspace with one replica in each datacenter of DCS
+//                                         (dc1,dc2,dc3): succeeds only when HOST sees all alive
 //
 // The driver is loaded from CASSANDRA_DRIVER (a path) or <repo>/node_modules/cassandra-driver.
 'use strict';
@@ -18,14 +21,15 @@ try {
   process.exit(2);
 }
 
-const [mode, host, port, dc] = process.argv.slice(2);
-if (!['probe', 'smoke'].includes(mode) || !host || !port || !dc) {
-  console.error('usage: cql.cjs probe|smoke HOST PORT DC');
+const [mode, host, port, dc, dcs] = process.argv.slice(2);
+if (!['probe', 'smoke', 'mesh'].includes(mode) || !host || !port || !dc || (mode === 'mesh' && !/^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$/.test(dcs || ''))) {
+  console.error('usage: cql.cjs probe|smoke HOST PORT DC | mesh HOST PORT DC dc1,dc2,...');
   process.exit(2);
 }
 
-function client() {
+function client(extra = {}) {
   return new cassandra.Client({
+    ...extra,
     contactPoints: [host],
     protocolOptions: { port: Number(port) },
     localDataCenter: dc,
@@ -89,6 +93,24 @@ async function smoke() {
   }
 }
 
-(mode === 'probe' ? probe() : smoke()).then(
+async function mesh() {
+  // this node only, as the coordinator: the write at ALL needs every datacenter's replica
+  // alive in its view (gossip), which is what "every node UN" means
+  const { loadBalancing } = cassandra.policies;
+  const c = client({ policies: { loadBalancing: new loadBalancing.WhiteListPolicy(new loadBalancing.DCAwareRoundRobinPolicy(dc), [`${host}:${port}`]) } });
+  try {
+    await c.connect();
+    const repl = dcs.split(',').map((d) => `'${d}': 1`).join(', ');
+    await c.execute(`CREATE KEYSPACE IF NOT EXISTS cluster_probe WITH replication = {'class': 'NetworkTopologyStrategy', ${repl}}`);
+    await c.execute('CREATE TABLE IF NOT EXISTS cluster_probe.beat (node text PRIMARY KEY, at timestamp)');
+    await c.execute('INSERT INTO cluster_probe.beat (node, at) VALUES (?, toTimestamp(now()))', [host], { prepare: true, consistency: cassandra.types.consistencies.all });
+    const peers = (await c.execute('SELECT peer, data_center FROM system.peers')).rows.map((r) => `${r.peer}/${r.data_center}`);
+    console.log(`${host}/${dc} sees ${peers.join(' ')}`);
+  } finally {
+    await c.shutdown().catch(() => {});
+  }
+}
+
+({ probe, smoke, mesh })[mode]().then(
   () => process.exit(0),
   (e) => { console.error(`cql.cjs ${mode}: ${e.message}`); process.exit(1); });
