@@ -433,9 +433,21 @@ function driverMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-/** An LWT whose outcome is unknown: the caller must read the row back at serial consistency. */
-function unknownOutcome(e: unknown): boolean {
+/**
+ * The driver errors behind a catalog error. A NoHostAvailableError stands for the error of
+ * each coordinator tried: with one node per datacenter, the retry policy's "next host" after
+ * a timeout is no host, and the timeout arrives wrapped in one.
+ */
+function driverErrors(e: unknown): unknown[] {
   const d = e instanceof CatalogError ? e.cause : e;
+  if (d instanceof cassandra.errors.NoHostAvailableError) {
+    const inner = Object.values((d.innerErrors ?? {}) as Record<string, unknown>);
+    return inner.length ? inner : [d];
+  }
+  return [d];
+}
+
+function isUnknownOutcome(d: unknown): boolean {
   if (d instanceof cassandra.errors.OperationTimedOutError) return true;
   if (d instanceof cassandra.errors.ResponseError) {
     // 0x1700: CAS_WRITE_UNKNOWN (protocol v5); v4 reports it as a write timeout
@@ -444,11 +456,18 @@ function unknownOutcome(e: unknown): boolean {
   return false;
 }
 
-/** A contended serial read/LWT that timed out without effect worth retrying after a pause. */
+/** An LWT whose outcome is unknown (any coordinator tried may have applied it): the caller must read the row back at serial consistency. */
+function unknownOutcome(e: unknown): boolean {
+  return driverErrors(e).some(isUnknownOutcome);
+}
+
+/** A contended serial read/LWT that timed out without effect worth retrying after a pause (every coordinator tried timed out). */
 function contended(e: unknown): boolean {
-  const d = e instanceof CatalogError ? e.cause : e;
-  if (d instanceof cassandra.errors.ResponseError) return d.code === responseErrorCodes.readTimeout || d.code === responseErrorCodes.writeTimeout || d.code === 0x1700;
-  return d instanceof cassandra.errors.OperationTimedOutError;
+  return driverErrors(e).every(
+    (d) =>
+      d instanceof cassandra.errors.OperationTimedOutError ||
+      (d instanceof cassandra.errors.ResponseError && (d.code === responseErrorCodes.readTimeout || d.code === responseErrorCodes.writeTimeout || d.code === 0x1700)),
+  );
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -42,6 +42,7 @@ const extra: CassandraCatalog[] = [];
 // a client of dc3 whose only contact point is dc3's node: its control connection is on the
 // node that restarts, the case where the driver replaces its Host (src/catalog/driver-hosts.ts)
 let solo: CassandraCatalog;
+let killedAt = 0;
 const figures: string[] = [];
 // primary -> its projects; each replicates to the other two hosts
 const projects: Record<Name, string[]> = { a: [randomUUID(), randomUUID()], b: [randomUUID()], c: [randomUUID()] };
@@ -139,6 +140,7 @@ describe(`a node of the cluster lost (${DEAD_DC}) and back`, () => {
 
   it(`${DEAD_DC}'s node SIGKILLed: agents of the other datacenters keep replicating and their catalog writes land`, async () => {
     clusterCtl(sb, 'kill', DEAD_DC);
+    killedAt = Date.now();
     for (const n of ['a', 'b'] as const) for (const id of projects[n]) await write(n, id);
     await sleep(1100); // a new snapshot needs a new second
     for (const n of ['a', 'b'] as const) {
@@ -188,7 +190,7 @@ describe(`a node of the cluster lost (${DEAD_DC}) and back`, () => {
       if (!fenced.includes(id!)) await sleep(1000);
     }
     assert.ok(fenced.includes(id!), 'c self-fenced its project');
-    figures.push(`c self-fenced ${((Date.now() - t0) / 1000).toFixed(1)} s after its first failed check`);
+    figures.push(`c self-fenced ${((Date.now() - killedAt) / 1000).toFixed(1)} s after its node was killed (selfFenceAfter 3 s; the test's cycles ran in between)`);
     assert.equal((await zfs.get(ds('c', id!), ['mounted'])).mounted, 'no');
     // a and b, in the surviving datacenters, keep serving
     for (const n of ['a', 'b'] as const) assert.deepEqual((await agents.get(n)!.fenceCheck()).selfFenced, [], `${n} does not fence itself`);
@@ -197,17 +199,23 @@ describe(`a node of the cluster lost (${DEAD_DC}) and back`, () => {
   it('a client whose first contact point is the dead node, or an address nobody answers, connects and works within the driver timeouts', async () => {
     const dead = `${nodeOf(sb, DEAD_DC).address}:${CQL_PORT}`;
     const subnet = H.a.address.split('.').slice(0, 3).join('.');
+    const live = `${H.a.address}:${CQL_PORT}`;
+    // the driver shuffles contact points before trying them one after another: each case
+    // opens 4 times with [unreachable, live], so the unreachable one is tried first in most
     for (const [label, first] of [
-      ['dead node (connection refused)', dead],
-      ['silent address (no ARP answer)', `${subnet}.250:${CQL_PORT}`],
+      ['the dead node (connection refused)', dead],
+      ['an address nobody answers (ARP unanswered)', `${subnet}.250:${CQL_PORT}`],
     ] as const) {
-      const t0 = Date.now();
-      const cat = await CassandraCatalog.open({ ...clusterOptions(sb, 'dc1', KEYSPACE), contactPoints: [first, ...contactPoints(sb, 'dc1').filter((c) => c !== dead)] });
-      extra.push(cat);
-      const ms = Date.now() - t0;
-      assert.equal((await cat.getProject(projects.a[0]!))?.primary, 'a');
-      figures.push(`first contact point ${label}: open in ${ms} ms`);
-      assert.ok(ms < 15_000, `${label}: open took ${ms} ms (connect timeout 3000 ms)`);
+      const times: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        const t0 = Date.now();
+        const cat = await CassandraCatalog.open({ ...clusterOptions(sb, 'dc1', KEYSPACE), contactPoints: [first, live] });
+        times.push(Date.now() - t0);
+        assert.equal((await cat.getProject(projects.a[0]!))?.primary, 'a');
+        await cat.close();
+      }
+      figures.push(`contact points [${label}, live]: open in ${times.join(', ')} ms (connectTimeout 3000 ms)`);
+      assert.ok(Math.max(...times) < 3000 + 6000, `${label}: open took ${times.join(', ')} ms; bound: one connect timeout plus one request timeout`);
     }
   });
 
