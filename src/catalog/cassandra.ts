@@ -457,12 +457,12 @@ function isUnknownOutcome(d: unknown): boolean {
 }
 
 /** An LWT whose outcome is unknown (any coordinator tried may have applied it): the caller must read the row back at serial consistency. */
-function unknownOutcome(e: unknown): boolean {
+export function unknownOutcome(e: unknown): boolean {
   return driverErrors(e).some(isUnknownOutcome);
 }
 
 /** A contended serial read/LWT that timed out without effect worth retrying after a pause (every coordinator tried timed out). */
-function contended(e: unknown): boolean {
+export function contended(e: unknown): boolean {
   return driverErrors(e).every(
     (d) =>
       d instanceof cassandra.errors.OperationTimedOutError ||

@@ -9,6 +9,7 @@ import { CassandraCatalog } from '../../src/catalog/cassandra.js';
 import { catalogContract } from '../contract/catalog-contract.js';
 import { sandbox } from '../lib/sandbox.js';
 import { clusterOptions, clusterReplication, contactPoints } from '../lib/cluster.js';
+import { failIfProcessLingers } from '../lib/exit-watchdog.js';
 
 const sb = sandbox();
 const KEYSPACE = `cluster_contract_${Date.now().toString(36)}_${process.pid}`;
@@ -49,3 +50,6 @@ describe('the contract keyspace', () => {
     for (const [dc, n] of Object.entries(clusterReplication(sb))) assert.equal(repl[dc], String(n), `${dc} in ${JSON.stringify(repl)}`);
   });
 });
+
+// last: after every other hook (this file must exit on its own, see lib/exit-watchdog.ts)
+failIfProcessLingers();

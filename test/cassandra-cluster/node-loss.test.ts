@@ -27,6 +27,7 @@ import { ResilientCatalog } from '../../src/catalog/resilient.js';
 import { CatalogError } from '../../src/catalog/types.js';
 import { Zfs } from '../../src/zfs/index.js';
 import { silentLogger } from '../../src/util/log.js';
+import { failIfProcessLingers } from '../lib/exit-watchdog.js';
 
 const sb = sandbox();
 const KEYSPACE = `cluster_loss_${Date.now().toString(36)}_${process.pid}`;
@@ -309,3 +310,6 @@ describe(`a node of the cluster lost (${DEAD_DC}) and back`, () => {
     assert.deepEqual([now, later], [0, 0]);
   });
 });
+
+// last: after every other hook (this file must exit on its own, see lib/exit-watchdog.ts)
+failIfProcessLingers();

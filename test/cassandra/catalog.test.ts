@@ -18,6 +18,7 @@ import { CatalogError, FencingError, openCatalog, projectLockName } from '../../
 import { parseConfig, ConfigError } from '../../src/agent/config.js';
 import { ValidationError } from '../../src/util/validate.js';
 import { catalogContract, newHost, newProject, sleep } from '../contract/catalog-contract.js';
+import { failIfProcessLingers } from '../lib/exit-watchdog.js';
 
 const CONTACT = process.env.CASSANDRA_CONTACT ?? '127.0.0.1:9042';
 const DC = process.env.CASSANDRA_DC ?? 'dc1';
@@ -465,3 +466,6 @@ describe('cassandra catalog specifics', () => {
     assert.equal(parseConfig(base, 'ok.yaml').catalog.backend, 'sqlite');
   });
 });
+
+// last: after every other hook (this file must exit on its own, see lib/exit-watchdog.ts)
+failIfProcessLingers();

@@ -18,6 +18,7 @@ import { CassandraCatalog } from '../../src/catalog/cassandra.js';
 import { ResilientCatalog } from '../../src/catalog/resilient.js';
 import { Zfs } from '../../src/zfs/index.js';
 import { silentLogger } from '../../src/util/log.js';
+import { failIfProcessLingers } from '../lib/exit-watchdog.js';
 
 const CONTACT = process.env.CASSANDRA_CONTACT ?? '127.0.0.1:9042';
 const DC = process.env.CASSANDRA_DC ?? 'dc1';
@@ -118,3 +119,6 @@ describe('catalog outage', () => {
     }
   });
 });
+
+// last: after every other hook (this file must exit on its own, see lib/exit-watchdog.ts)
+failIfProcessLingers();
