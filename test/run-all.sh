@@ -60,6 +60,12 @@ need_sandbox() {
   sandbox_up=1
 }
 
+# a tier that could not run at all: one failing line in the summary, the run fails
+tier_failed() {
+  echo "tier $1: 0 passed, 1 failed, 0 skipped ($2)" | tee -a "$summary"
+  status=1
+}
+
 for tier in $TIERS; do
   case "$tier" in
     unit|contract)
@@ -69,22 +75,19 @@ for tier in $TIERS; do
       # the node runs inside the sandbox's control namespace, so that agents on the
       # sandbox hosts reach it (the outage test stops and starts it mid-run)
       if ! need_sandbox; then
-        echo "tier cassandra: 0 passed, 1 failed, 0 skipped (the sandbox did not come up: see above)" | tee -a "$summary"
-        status=1
+        tier_failed cassandra "the sandbox did not come up: see above"
         continue
       fi
       say "Cassandra node (cassandra-all from Maven Central on Java 17) in $SANDBOX-ctl"
       # the jars are fetched here, in the root network namespace: the sandbox's control
       # namespace has no route to Maven Central (on a fresh machine nothing is cached)
       if ! bash test/env/cassandra/cassandra.sh fetch; then
-        echo "tier cassandra: 0 passed, 1 failed, 0 skipped (cassandra-all could not be fetched from Maven Central: see above)" | tee -a "$summary"
-        status=1
+        tier_failed cassandra "cassandra-all could not be fetched from Maven Central: see above"
         continue
       fi
       export CASSANDRA_LISTEN=$CTL_ADDR CASSANDRA_CONTACT=$CTL_ADDR:9042
       if ! nsenter --net=/run/netns/$SANDBOX-ctl bash test/env/cassandra/cassandra.sh start; then
-        echo "tier cassandra: 0 passed, 1 failed, 0 skipped (the Cassandra node did not start: see above)" | tee -a "$summary"
-        status=1
+        tier_failed cassandra "the Cassandra node did not start: see above"
         continue
       fi
       nsenter --net=/run/netns/$SANDBOX-ctl node dist/test/run.js cassandra || status=1
@@ -93,15 +96,13 @@ for tier in $TIERS; do
     cassandra-cluster)
       # three nodes, one per sandbox datacenter, each inside its host's namespace
       if ! need_sandbox; then
-        echo "tier cassandra-cluster: 0 passed, 1 failed, 0 skipped (the sandbox did not come up: see above)" | tee -a "$summary"
-        status=1
+        tier_failed cassandra-cluster "the sandbox did not come up: see above"
         continue
       fi
       say "Cassandra cluster: one node per sandbox datacenter (test/env/cassandra/cluster.sh)"
       if ! bash test/env/cassandra/cluster.sh start; then
-        echo "tier cassandra-cluster: 0 passed, 1 failed, 0 skipped (the cluster did not come up: see above)" | tee -a "$summary"
+        tier_failed cassandra-cluster "the cluster did not come up: see above"
         bash test/env/cassandra/cluster.sh stop || true
-        status=1
         continue
       fi
       nsenter --net=/run/netns/$SANDBOX-ctl node dist/test/run.js cassandra-cluster || status=1
@@ -110,13 +111,11 @@ for tier in $TIERS; do
       ;;
     zfs-fuse|prometheus)
       if [ "$tier" = prometheus ] && ! bash test/env/prometheus.sh install; then
-        echo "tier prometheus: 0 passed, 1 failed, 0 skipped (Prometheus could not be installed: see above)" | tee -a "$summary"
-        status=1
+        tier_failed prometheus "Prometheus could not be installed: see above"
         continue
       fi
       if ! need_sandbox; then
-        echo "tier $tier: 0 passed, 1 failed, 0 skipped (the sandbox did not come up: see above)" | tee -a "$summary"
-        status=1
+        tier_failed $tier "the sandbox did not come up: see above"
         continue
       fi
       # nsenter --net keeps the root mount namespace (zfs-fuse mounts must be visible to all)

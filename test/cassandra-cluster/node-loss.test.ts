@@ -85,6 +85,17 @@ function allPairs(): Array<{ primary: Name; id: string; target: Name }> {
   return NAMES.flatMap((p) => projects[p].flatMap((id) => NAMES.filter((t) => t !== p).map((target) => ({ primary: p, id, target }))));
 }
 
+/** fenceCheck() about once a second until `id` is in its `key` list (errors count as no); true if it got there in time */
+async function fenceCheckUntil(a: Agent, key: 'selfFenced' | 'remounted', id: string, ms: number): Promise<boolean> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < ms) {
+    const r = await a.fenceCheck().catch(() => undefined);
+    if (r?.[key].includes(id)) return true;
+    await sleep(1000);
+  }
+  return false;
+}
+
 /** blackhole routes between dc3's host (its node and sshd) and the other two, both ways */
 function cutOff(n: Name, on: boolean): void {
   for (const other of NAMES.filter((x) => x !== n)) {
@@ -184,13 +195,7 @@ describe(`a node of the cluster lost (${DEAD_DC}) and back`, () => {
     assert.equal(st.degraded, true, `degraded: ${JSON.stringify(st)}`);
     assert.ok(cats.get('c')!.journaled() >= 2, `c journaled its replica confirmations: ${cats.get('c')!.journaled()}`);
     // the fence check's reads fail (no dc3 node): after selfFenceAfter it unmounts what it serves
-    const t0 = Date.now();
-    let fenced: string[] = [];
-    while (Date.now() - t0 < 30_000 && !fenced.includes(id!)) {
-      fenced = (await c.fenceCheck()).selfFenced;
-      if (!fenced.includes(id!)) await sleep(1000);
-    }
-    assert.ok(fenced.includes(id!), 'c self-fenced its project');
+    assert.ok(await fenceCheckUntil(c, 'selfFenced', id!, 30_000), 'c self-fenced its project');
     figures.push(`c self-fenced ${((Date.now() - killedAt) / 1000).toFixed(1)} s after its node was killed (selfFenceAfter 3 s; the test's cycles ran in between)`);
     assert.equal((await zfs.get(ds('c', id!), ['mounted'])).mounted, 'no');
     // a and b, in the surviving datacenters, keep serving
@@ -273,12 +278,7 @@ describe(`a node of the cluster lost (${DEAD_DC}) and back`, () => {
       // dc3's node answers a local read
       assert.equal((await inner.get('c')!.getProject(id!))?.primary, 'c', 'LOCAL_QUORUM in dc3 still answers');
       const t0 = Date.now();
-      let fenced: string[] = [];
-      while (Date.now() - t0 < 60_000 && !fenced.includes(id!)) {
-        fenced = (await c.fenceCheck()).selfFenced;
-        if (!fenced.includes(id!)) await sleep(1000);
-      }
-      assert.ok(fenced.includes(id!), 'c fenced itself although its own datacenter answers');
+      assert.ok(await fenceCheckUntil(c, 'selfFenced', id!, 60_000), 'c fenced itself although its own datacenter answers');
       figures.push(`partitioned c self-fenced ${((Date.now() - t0) / 1000).toFixed(1)} s after the cut`);
       assert.equal((await zfs.get(ds('c', id!), ['mounted'])).mounted, 'no');
       const lock = await inner.get('a')!.acquireLock(`cluster-part-${randomUUID()}`, 'a', 30_000);
@@ -287,13 +287,7 @@ describe(`a node of the cluster lost (${DEAD_DC}) and back`, () => {
     } finally {
       cutOff('c', false);
     }
-    const deadline = Date.now() + 90_000;
-    let remounted = false;
-    while (Date.now() < deadline && !remounted) {
-      remounted = (await c.fenceCheck().catch(() => ({ remounted: [] as string[] }))).remounted.includes(id!);
-      if (!remounted) await sleep(1000);
-    }
-    assert.ok(remounted, 'c serves again once the partition heals');
+    assert.ok(await fenceCheckUntil(c, 'remounted', id!, 90_000), 'c serves again once the partition heals');
   });
 
   it('no socket to a CQL port stays open after every catalog closed (counted in /proc), also after the reconnection delays', async () => {
