@@ -14,7 +14,7 @@ import { formatRemoteCommand } from '../replica/protocol.js';
 import { fetchListing } from '../replica/listing.js';
 import { describePlan, type Plan, type SnapRef } from '../replica/plan.js';
 import { planPrune, parseGrid, DEFAULT_PRIMARY_GRID, DEFAULT_REPLICA_GRID, type GridPolicy } from '../replica/retention.js';
-import { healTargets } from './placement.js';
+import { healTargets, leavingTarget } from './placement.js';
 import { failover, LockedError, FailoverNotNeeded } from './failover.js';
 import { leaseOwner } from '../lock/lease.js';
 import { DirtyTracker } from './dirty.js';
@@ -609,7 +609,7 @@ export class Agent {
 
   /**
    * Placement, in memory unless something changes: missing targets are placed, and a
-   * target dead for placement.replaceDeadTargetAfter gets a replacement, released from the
+   * target draining or dead for placement.replaceDeadTargetAfter gets a replacement, released from the
    * list only once `factor` other targets hold replicas this host confirmed (healTargets).
    * The write is a compare-and-set on the list's version: an older view never wins.
    */
@@ -621,13 +621,9 @@ export class Agent {
     const isLive = this.liveness();
     const now = this.now();
     const replaceAfterMs = c.placement.replaceDeadTargetAfter * 1000;
-    const known = new Map(this.hosts.map((h) => [h.id, h]));
-    const deadLong = (t: string) => {
-      const h = known.get(t);
-      return !h || h.heartbeatAt === null || now - h.heartbeatAt > replaceAfterMs;
-    };
+    const leaving = leavingTarget(this.hosts, now, replaceAfterMs);
     for (const p of projects) {
-      if (p.targets.length >= p.replicationFactor && !p.targets.some(deadLong)) continue;
+      if (p.targets.length >= p.replicationFactor && !p.targets.some(leaving)) continue;
       const confirmed = new Set(p.targets.filter((t) => this.state.remoteSummary(p.id, t)?.newest !== undefined));
       const d = healTargets({ primary: me, targets: p.targets, factor: p.replicationFactor, hosts: this.hosts, now, replaceAfterMs, isLive, confirmed, planned });
       if (d.added.length === 0 && d.released.length === 0) continue;
@@ -638,9 +634,9 @@ export class Agent {
         }
         p.targets = d.targets;
         p.targetsVersion += 1;
-        const detail = [d.added.length ? `added ${d.added.join(', ')}` : '', d.released.length ? `released ${d.released.join(', ')} (dead longer than placement.replaceDeadTargetAfter; its data is kept there)` : ''].filter(Boolean).join('; ');
+        const detail = [d.added.length ? `added ${d.added.join(', ')}` : '', d.released.length ? `released ${d.released.join(', ')} (draining, or dead longer than placement.replaceDeadTargetAfter; its data is kept there)` : ''].filter(Boolean).join('; ');
         await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'placement', detail: `replicas on ${d.targets.join(', ')}: ${detail}` }).catch(() => undefined);
-        if (d.released.length) this.log.warn({ project: p.id, released: d.released, targets: d.targets }, 'placement: dead replica hosts replaced and released');
+        if (d.released.length) this.log.warn({ project: p.id, released: d.released, targets: d.targets }, 'placement: draining or dead replica hosts replaced and released');
       } catch (e) {
         report.failures.push({ project: p.id, error: `placement: ${(e as Error).message}` });
       }

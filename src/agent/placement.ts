@@ -1,6 +1,6 @@
 // Placement (pure): which hosts should hold a project's missing replicas.
 // Other datacenters first (one replica per datacenter while possible), then least loaded,
-// then host id for determinism. Only live hosts are chosen.
+// then host id for determinism. Only live hosts that are not draining are chosen.
 import type { HostRecord } from '../catalog/types.js';
 
 export interface PlacementInput {
@@ -23,7 +23,7 @@ export function placeReplicas(p: PlacementInput): string[] {
   }
   const load = (h: HostRecord) => h.load + (p.planned?.get(h.id) ?? 0);
   while (chosen.length < p.factor) {
-    const candidates = p.hosts.filter((h) => h.id !== p.primary.id && !chosen.includes(h.id) && p.isLive(h));
+    const candidates = p.hosts.filter((h) => h.id !== p.primary.id && !chosen.includes(h.id) && !h.draining && p.isLive(h));
     if (candidates.length === 0) break;
     candidates.sort((a, b) => {
       const da = usedDcs.has(a.datacenter) ? 1 : 0;
@@ -63,22 +63,30 @@ export interface HealDecision {
 }
 
 /**
- * Placement that heals (pure): a target dead for replaceAfterMs (no heartbeat, or a host
- * the catalog does not know) gets a replacement on a live host (another datacenter first),
- * added NEXT to it: the dead one stays a target, so its replica keeps counting, until at
- * least `factor` other targets hold confirmed replicas; only then is it released from the
- * list (its data is never destroyed: the host keeps the dataset). Missing targets (fewer
- * than factor) are placed as before.
+ * A target that is to be replaced: dead for replaceAfterMs (no heartbeat, or a host the
+ * catalog does not know), or draining (storagectl drain).
+ */
+export function leavingTarget(hosts: readonly HostRecord[], now: number, replaceAfterMs: number): (id: string) => boolean {
+  const byId = new Map(hosts.map((h) => [h.id, h]));
+  return (id) => {
+    const h = byId.get(id);
+    return !h || h.draining || h.heartbeatAt === null || now - h.heartbeatAt > replaceAfterMs;
+  };
+}
+
+/**
+ * Placement that heals (pure): a leaving target (leavingTarget: dead for replaceAfterMs,
+ * unknown, or draining) gets a replacement on a live host (another datacenter first),
+ * added NEXT to it: the leaving one stays a target, so its replica keeps counting, until
+ * at least `factor` other targets hold confirmed replicas; only then is it released from
+ * the list (its data is never destroyed: the host keeps the dataset). Missing targets
+ * (fewer than factor) are placed as before.
  */
 export function healTargets(p: HealInput): HealDecision {
-  const byId = new Map(p.hosts.map((h) => [h.id, h]));
-  const deadLong = (id: string) => {
-    const h = byId.get(id);
-    return !h || h.heartbeatAt === null || p.now - h.heartbeatAt > p.replaceAfterMs;
-  };
+  const leaving = leavingTarget(p.hosts, p.now, p.replaceAfterMs);
   const targets = p.targets.filter((t) => t !== p.primary.id);
-  const dead = targets.filter(deadLong);
-  const healthy = targets.filter((t) => !deadLong(t));
+  const dead = targets.filter(leaving);
+  const healthy = targets.filter((t) => !leaving(t));
   // enough healthy targets: the dead ones go once the healthy ones hold confirmed replicas
   const want = placeReplicas({ primary: p.primary, current: healthy, factor: p.factor, hosts: p.hosts.filter((h) => !dead.includes(h.id)), isLive: p.isLive, planned: p.planned });
   const added = want.filter((t) => !targets.includes(t));

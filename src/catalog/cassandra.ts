@@ -41,6 +41,7 @@
 //   hosts.exists (heartbeat's check)         LOCAL_QUORUM       -       yes
 //   hosts.heartbeat (1-partition batch)      LOCAL_ONE          -       yes   a lost beat is replaced by the next
 //   hosts.get, hosts.list                    LOCAL_ONE          -       yes   placement/status tolerate a stale beat
+//   hosts.draining                    LWT    LOCAL_QUORUM       S       no    never creates a row (IF datacenter != null)
 //   projects.create                   LWT    LOCAL_QUORUM       S       no    duplicate ids are rejected
 //   projects.get, projects.list              LOCAL_QUORUM       -       yes
 //   projects.get_serial                      S (read)           -       yes   base of the location CAS
@@ -256,7 +257,7 @@ interface Statement {
 function statements(ks: string) {
   const PROJECT_COLS = 'id, primary_host, replication_factor, quota, state, targets, targets_version, location_token, location_ts, created_at, operation';
   const REPLICA_COLS = 'project, host, snapshot, guid, snapshot_creation, confirmed_at';
-  const HOST_COLS = 'id, datacenter, address, port, root, load, heartbeat_at, replication_key';
+  const HOST_COLS = 'id, datacenter, address, port, root, load, heartbeat_at, replication_key, draining';
   const LEASE_SET = `UPDATE ${ks}.locks USING TTL ? SET owner = ?, lease_token = ?, expires_at = ? WHERE name = ?`;
   const s = {
     'hosts.upsert': { cql: `INSERT INTO ${ks}.hosts (scope, id, datacenter, address, port, root) VALUES ('all', ?, ?, ?, ?, ?)`, level: 'LOCAL_QUORUM' },
@@ -268,6 +269,8 @@ function statements(ks: string) {
     'hosts.exists': { cql: `SELECT datacenter FROM ${ks}.hosts WHERE scope = 'all' AND id = ?`, level: 'LOCAL_QUORUM' },
     'hosts.heartbeat_at': { cql: `UPDATE ${ks}.hosts USING TTL ? SET heartbeat_at = ? WHERE scope = 'all' AND id = ?`, level: 'LOCAL_ONE' },
     'hosts.load': { cql: `UPDATE ${ks}.hosts SET load = ? WHERE scope = 'all' AND id = ?`, level: 'LOCAL_ONE' },
+    // never creates a row: an unknown host is not applied (008_host_draining.cql)
+    'hosts.draining': { cql: `UPDATE ${ks}.hosts SET draining = ? WHERE scope = 'all' AND id = ? IF datacenter != null`, level: 'LOCAL_QUORUM', lwt: true },
     'hosts.get': { cql: `SELECT ${HOST_COLS} FROM ${ks}.hosts WHERE scope = 'all' AND id = ?`, level: 'LOCAL_ONE' },
     'hosts.list': { cql: `SELECT ${HOST_COLS} FROM ${ks}.hosts WHERE scope = 'all'`, level: 'LOCAL_ONE' },
 
@@ -405,6 +408,12 @@ function colOptNum(r: Row, col: string, where: string): number | null {
     return n;
   }
   return fail(where, col, 'is not a number', x);
+}
+function colOptBool(r: Row, col: string, where: string): boolean | null {
+  const x: unknown = r[col];
+  if (x === null || x === undefined) return null;
+  if (typeof x !== 'boolean') fail(where, col, 'is not a boolean', x);
+  return x;
 }
 function colNum(r: Row, col: string, where: string): number {
   const n = colOptNum(r, col, where);
@@ -850,6 +859,21 @@ export class CassandraCatalog implements Catalog {
     );
   }
 
+  async setDraining(host: string, draining: boolean): Promise<void> {
+    v.hostId(host, 'setDraining');
+    if (typeof draining !== 'boolean') throw new v.ValidationError('draining', 'setDraining', 'must be true or false', String(draining));
+    let applied: boolean;
+    try {
+      applied = (await this.exec('hosts.draining', [draining, host])).wasApplied();
+    } catch (e) {
+      if (!unknownOutcome(e)) throw e;
+      const h = await this.getHost(host); // the outcome: read back
+      applied = h !== undefined && h.draining === draining;
+      if (!applied) throw e;
+    }
+    if (!applied) throw new CatalogError(`set draining: host ${host} is not registered`);
+  }
+
   private hostFrom(r: Row): HostRecord | undefined {
     const where = 'hosts row';
     // a row without datacenter is a heartbeat that raced a registration: not a host
@@ -864,6 +888,7 @@ export class CassandraCatalog implements Catalog {
         heartbeatAt: colOptDate(r, 'heartbeat_at', where),
         load: colOptNum(r, 'load', where) ?? 0,
         replicationKey: colOptStr(r, 'replication_key', where),
+        draining: colOptBool(r, 'draining', where) ?? false,
       },
       where,
     );

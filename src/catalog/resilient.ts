@@ -142,6 +142,10 @@ export class ResilientCatalog implements Catalog {
   heartbeat(host: string, load: number, at = Date.now()): Promise<void> {
     return this.write('heartbeat', [host, load, at], () => this.inner.heartbeat(host, load, at));
   }
+  /** an operator's decision: not journaled, it fails while the catalog is unreachable */
+  setDraining(host: string, draining: boolean): Promise<void> {
+    return this.inner.setDraining(host, draining);
+  }
   getHost(id: string): Promise<HostRecord | undefined> {
     return this.read('getHost', [id], () => this.inner.getHost(id));
   }

@@ -58,6 +58,8 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE projects ADD COLUMN operation TEXT;`,
   // ProjectRecord.targetsVersion (bumped by every setTargets)
   `ALTER TABLE projects ADD COLUMN targets_version INTEGER NOT NULL DEFAULT 0;`,
+  // HostRecord.draining (storagectl drain)
+  `ALTER TABLE hosts ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 interface ProjectRow {
@@ -154,9 +156,18 @@ export class SqliteCatalog implements Catalog {
     });
   }
 
-  private hostFrom(r: { id: string; datacenter: string; address: string; port: number; root: string; heartbeat_at: number | null; load: number; replication_key: string | null }): HostRecord {
+  setDraining(host: string, draining: boolean): Promise<void> {
+    return this.wrap('set draining', () => {
+      if (typeof draining !== 'boolean') throw new v.ValidationError('draining', 'setDraining', 'must be true or false', String(draining));
+      const r = this.db.prepare('UPDATE hosts SET draining = ? WHERE id = ?').run(draining ? 1 : 0, v.hostId(host, 'setDraining'));
+      if (r.changes === 0) throw new CatalogError(`set draining: host ${host} is not registered`);
+    });
+  }
+
+  private hostFrom(r: { id: string; datacenter: string; address: string; port: number; root: string; heartbeat_at: number | null; load: number; replication_key: string | null; draining: number }): HostRecord {
+    if (r.draining !== 0 && r.draining !== 1) throw new CatalogError(`hosts row: host ${r.id} draining is ${String(r.draining)}, not 0 or 1`);
     return checkHost(
-      { id: r.id, datacenter: r.datacenter, address: r.address, port: r.port, root: r.root, heartbeatAt: r.heartbeat_at, load: r.load, replicationKey: r.replication_key ?? null },
+      { id: r.id, datacenter: r.datacenter, address: r.address, port: r.port, root: r.root, heartbeatAt: r.heartbeat_at, load: r.load, replicationKey: r.replication_key ?? null, draining: r.draining === 1 },
       'hosts row',
     );
   }

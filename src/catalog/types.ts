@@ -18,6 +18,11 @@ export interface HostRecord {
    * a comment (see checkPublicKey), or null if it never registered one.
    */
   replicationKey: string | null;
+  /**
+   * Being emptied for maintenance (storagectl drain): placement puts no new replica or
+   * project here, and the replicas it holds are re-placed elsewhere.
+   */
+  draining: boolean;
 }
 
 /**
@@ -25,7 +30,7 @@ export interface HostRecord {
  * the stored key; omitted (or undefined) leaves the stored key unchanged, so a caller that
  * does not know the key (upsertHost runs on every agent start) never erases it.
  */
-export type HostRegistration = Omit<HostRecord, 'heartbeatAt' | 'load' | 'replicationKey'> & { replicationKey?: string | null };
+export type HostRegistration = Omit<HostRecord, 'heartbeatAt' | 'load' | 'replicationKey' | 'draining'> & { replicationKey?: string | null };
 
 export type ProjectState = 'active' | 'moving' | 'fenced' | 'failing-over';
 
@@ -204,6 +209,8 @@ export interface Catalog {
   /** Registers or updates a host; see HostRegistration for replicationKey (validated: checkPublicKey). */
   upsertHost(h: HostRegistration): Promise<void>;
   heartbeat(host: string, load: number, at?: number): Promise<void>;
+  /** Marks a registered host as draining or not (HostRecord.draining); CatalogError for an unknown host. */
+  setDraining(host: string, draining: boolean): Promise<void>;
   getHost(id: string): Promise<HostRecord | undefined>;
   listHosts(): Promise<HostRecord[]>;
 
@@ -292,6 +299,7 @@ export function checkHost(h: HostRecord, where: string): HostRecord {
   v.hostId(h.id, where);
   v.hostId(h.datacenter, `${where} (host ${h.id} datacenter)`);
   if (h.replicationKey !== null) checkPublicKey(h.replicationKey, `${where} (host ${h.id} replication key)`);
+  if (typeof h.draining !== 'boolean') throw new CatalogError(`${where}: host ${h.id} draining is not a boolean`);
   return h;
 }
 

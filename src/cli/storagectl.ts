@@ -370,7 +370,7 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('hosts')
-    .description('hosts in the catalog with datacenter, heartbeat age, liveness and load')
+    .description('hosts in the catalog with datacenter, heartbeat age, liveness (and draining) and load')
     .option('--json', 'machine-readable output')
     .action(async (opts: { json?: boolean }) => {
       const { config, catalog } = await context(cfg());
@@ -380,7 +380,14 @@ export async function main(argv: string[]): Promise<void> {
       out(!!opts.json, { hosts }, () =>
         table([
           ['HOST', 'DATACENTER', 'ADDRESS', 'HEARTBEAT', 'STATE', 'LOAD'],
-          ...hosts.map((h) => [h.id, h.datacenter, `${h.address}:${h.port}`, h.heartbeatAt === null ? 'never' : `${ago(now - h.heartbeatAt)} ago`, h.live ? color(32, 'live') : color(31, 'dead'), String(h.load)]),
+          ...hosts.map((h) => [
+            h.id,
+            h.datacenter,
+            `${h.address}:${h.port}`,
+            h.heartbeatAt === null ? 'never' : `${ago(now - h.heartbeatAt)} ago`,
+            `${h.live ? color(32, 'live') : color(31, 'dead')}${h.draining ? color(33, ' draining') : ''}`,
+            String(h.load),
+          ]),
         ]),
       );
     });

@@ -65,11 +65,11 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
     it('hosts: upsertHost then getHost round-trips; an unknown host is undefined', async () => {
       const id = newHost();
       await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.7', port: 2222, root: 'tank/replicas' });
-      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc1', address: '10.0.0.7', port: 2222, root: 'tank/replicas', heartbeatAt: null, load: 0, replicationKey: null });
+      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc1', address: '10.0.0.7', port: 2222, root: 'tank/replicas', heartbeatAt: null, load: 0, replicationKey: null, draining: false });
       assert.equal(await cat.getHost(newHost()), undefined);
       // a second registration updates the record
       await cat.upsertHost({ id, datacenter: 'dc2', address: 'node7.example', port: 22, root: 'pool/r' });
-      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc2', address: 'node7.example', port: 22, root: 'pool/r', heartbeatAt: null, load: 0, replicationKey: null });
+      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc2', address: 'node7.example', port: 22, root: 'pool/r', heartbeatAt: null, load: 0, replicationKey: null, draining: false });
     });
 
     it('hosts: heartbeat records time and load, re-registering keeps them, listHosts is sorted by id', async () => {
@@ -97,6 +97,23 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.equal(all.find((x) => x.id === b)?.heartbeatAt, null);
     });
 
+    it('hosts: setDraining marks and unmarks a host, re-registration and heartbeats keep the mark; an unknown host is a CatalogError and creates nothing', async () => {
+      const id = newHost('d');
+      await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.9', port: 22, root: 'tank/r' });
+      assert.equal((await cat.getHost(id))?.draining, false);
+      await cat.setDraining(id, true);
+      assert.equal((await cat.getHost(id))?.draining, true);
+      await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.10', port: 22, root: 'tank/r' });
+      await cat.heartbeat(id, 1);
+      assert.equal((await cat.listHosts()).find((h) => h.id === id)?.draining, true, 'kept across re-registration and heartbeat');
+      await cat.setDraining(id, false);
+      assert.equal((await cat.getHost(id))?.draining, false);
+      const ghost = newHost('g');
+      await assert.rejects(cat.setDraining(ghost, true), (e: unknown) => e instanceof CatalogError && /not registered/.test((e as Error).message));
+      assert.equal(await cat.getHost(ghost), undefined);
+      await assert.rejects(cat.setDraining('Bad Host', true), ValidationError);
+    });
+
     it('hosts: replicationKey round-trips; a registration without one keeps the stored key; null removes it; listHosts shows it', async () => {
       const id = newHost('k');
       const plain = newHost('k');
@@ -104,7 +121,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       const k2 = publicKey('ecdsa-sha2-nistp256', 65);
       await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.8', port: 22, root: 'tank/r', replicationKey: k1 });
       await cat.upsertHost({ id: plain, datacenter: 'dc1', address: '10.0.0.9', port: 22, root: 'tank/r' });
-      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc1', address: '10.0.0.8', port: 22, root: 'tank/r', heartbeatAt: null, load: 0, replicationKey: k1 });
+      assert.deepEqual(await cat.getHost(id), { id, datacenter: 'dc1', address: '10.0.0.8', port: 22, root: 'tank/r', heartbeatAt: null, load: 0, replicationKey: k1, draining: false });
       assert.equal((await cat.getHost(plain))?.replicationKey, null, 'a host registered without a key has none');
       // re-registration without a key (as on every agent start) updates the rest, keeps the key
       await cat.upsertHost({ id, datacenter: 'dc1', address: '10.0.0.18', port: 22, root: 'tank/r' });
@@ -173,7 +190,7 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
           `key ${JSON.stringify(k).slice(0, 60)} was not refused naming the host`,
         );
       }
-      assert.deepEqual(await cat.getHost(id), { ...reg, heartbeatAt: null, load: 0, replicationKey: good }, 'a refused registration changes nothing');
+      assert.deepEqual(await cat.getHost(id), { ...reg, heartbeatAt: null, load: 0, replicationKey: good, draining: false }, 'a refused registration changes nothing');
       const fresh = newHost('kc');
       await assert.rejects(cat.upsertHost({ ...reg, id: fresh, replicationKey: `ssh-ed25519 ${b64} comment` }), (e: unknown) => (e as Error).message.includes(fresh));
       assert.equal(await cat.getHost(fresh), undefined, 'a host with a malformed key is not registered');

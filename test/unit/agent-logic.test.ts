@@ -18,7 +18,7 @@ import { pipeline } from 'node:stream/promises';
 
 const fixture = (name: string) => readFileSync(fileURLToPath(new URL(`../../../test/fixtures/${name}`, import.meta.url)), 'utf8');
 
-const H = (id: string, dc: string, load = 0, live = true): HostRecord => ({ id, datacenter: dc, address: `10.0.0.${id.length}`, port: 22, root: 'x', heartbeatAt: live ? 1 : null, load, replicationKey: null });
+const H = (id: string, dc: string, load = 0, live = true): HostRecord => ({ id, datacenter: dc, address: `10.0.0.${id.length}`, port: 22, root: 'x', heartbeatAt: live ? 1 : null, load, replicationKey: null, draining: false });
 
 describe('placement', () => {
   const isLive = (h: HostRecord) => h.heartbeatAt !== null;

@@ -10,7 +10,7 @@ import { checkOperation, CatalogError, type ProjectOperation } from '../../src/c
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { LeaseLostError, withProjectLease } from '../../src/lock/lease.js';
 import { skewTooLarge } from '../../src/agent/clock.js';
-import { healTargets } from '../../src/agent/placement.js';
+import { healTargets, placeReplicas } from '../../src/agent/placement.js';
 import type { HostRecord } from '../../src/catalog/types.js';
 
 const srcDir = fileURLToPath(new URL('../../../src/agent/', import.meta.url));
@@ -88,7 +88,7 @@ describe('clock skew', () => {
 
 describe('placement heals', () => {
   const NOW = 10_000_000;
-  const h = (id: string, dc: string, beat: number | null = NOW): HostRecord => ({ id, datacenter: dc, address: 'x', port: 22, root: 'r', heartbeatAt: beat, load: 0, replicationKey: null });
+  const h = (id: string, dc: string, beat: number | null = NOW): HostRecord => ({ id, datacenter: dc, address: 'x', port: 22, root: 'r', heartbeatAt: beat, load: 0, replicationKey: null, draining: false });
   const hosts = [h('a', 'dc1'), h('b', 'dc2', NOW - 7_200_000), h('c', 'dc3'), h('d', 'dc2')];
   const base = { primary: hosts[0]!, factor: 1, hosts, now: NOW, replaceAfterMs: 3_600_000, isLive: (x: HostRecord) => x.heartbeatAt !== null && NOW - x.heartbeatAt < 60_000 };
   it('adds a live replacement next to a target dead past the limit, and keeps the dead one until the new is confirmed', () => {
@@ -99,5 +99,14 @@ describe('placement heals', () => {
   it('leaves a target dead for less than the limit alone, and a host unknown to the catalog counts as dead', () => {
     assert.deepEqual(healTargets({ ...base, replaceAfterMs: 3 * 3_600_000, targets: ['b'], confirmed: new Set(['b']) }).added, []);
     assert.deepEqual(healTargets({ ...base, targets: ['gone'], confirmed: new Set() }).added, ['c']);
+  });
+  it('replaces a draining target at once (alive or not), never places on a draining host, and releases it only once the replacement is confirmed', () => {
+    const drained = hosts.map((x) => (x.id === 'c' ? { ...x, draining: true } : x));
+    const d = { ...base, hosts: drained };
+    assert.deepEqual(healTargets({ ...d, targets: ['c'], confirmed: new Set(['c']) }), { targets: ['c', 'd'], added: ['d'], released: [] }, 'c is live but draining: d added next to it');
+    assert.deepEqual(healTargets({ ...d, targets: ['c', 'd'], confirmed: new Set(['c']) }).released, [], 'd not confirmed yet');
+    assert.deepEqual(healTargets({ ...d, targets: ['c', 'd'], confirmed: new Set(['d']) }), { targets: ['d'], added: [], released: ['c'] });
+    assert.deepEqual(healTargets({ ...d, targets: [], confirmed: new Set() }).added, ['d'], 'a new replica never goes to the draining host');
+    assert.ok(!placeReplicas({ primary: drained[0]!, current: [], factor: 3, hosts: drained, isLive: base.isLive }).includes('c'));
   });
 });

@@ -23,7 +23,7 @@ const P = '1b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const Q = '2b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const KEY_A = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl';
 const KEY_C = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBUuhuk8Y8dh9uNsVSnVNMDWEeSMdTGgGGkKdwlmBqA3';
-const host = (id: string, key: string | null = null): HostRecord => ({ id, datacenter: 'dc', address: '10.0.0.1', port: 22, root: 'x', heartbeatAt: 1, load: 0, replicationKey: key });
+const host = (id: string, key: string | null = null): HostRecord => ({ id, datacenter: 'dc', address: '10.0.0.1', port: 22, root: 'x', heartbeatAt: 1, load: 0, replicationKey: key, draining: false });
 const project = (over: Partial<ProjectRecord> = {}): ProjectRecord => ({ id: P, primary: 'a', replicationFactor: 1, quota: null, state: 'active', targets: ['b'], targetsVersion: 0, locationToken: 0, createdAt: 0, operation: null, ...over });
 const NOW = 1_000_000;
 const lease = (owner: string | null, token = 5, expiresAt = NOW + 60_000): LockRow => ({ owner, token, expiresAt });
