@@ -30,7 +30,7 @@ import { crashPoint } from '../util/crash-point.js';
 import type { ProjectOperation } from '../catalog/types.js';
 import { formatRemoteCommand } from '../replica/protocol.js';
 import { fetchListing } from '../replica/listing.js';
-import { ZfsCommandError } from '../zfs/index.js';
+import { ZfsCommandError, retryBusy } from '../zfs/index.js';
 import * as v from '../util/validate.js';
 
 export type RestoreMode = 'clone' | 'rollback';
@@ -194,7 +194,11 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
       const attrProps = await aclXattrProps(agent, live);
       let from: string;
       if (source.fetched) {
-        await setIfDifferent(agent, copyName, { ...attrProps, readonly: 'on', canmount: 'noauto', mountpoint: tmpMount });
+        // a copy a clone-mode restore mounted: unmounted before its mountpoint changes (a set
+        // remounts it, and zfs-fuse answers "busy" for a moment after it was last read)
+        const { mounted } = await zfs.get(copyName, ['mounted']);
+        if (mounted === 'yes') await retryBusy(() => zfs.unmount(copyName));
+        await retryBusy(() => setIfDifferent(agent, copyName, { ...attrProps, readonly: 'on', canmount: 'noauto', mountpoint: tmpMount }));
         from = copyName;
       } else {
         if (await zfs.exists(tmp)) {

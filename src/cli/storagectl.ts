@@ -11,6 +11,7 @@ import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
 import { leaseOwner } from '../lock/lease.js';
 import { move } from '../agent/move.js';
+import { chooseDestination } from '../agent/move-destination.js';
 import { restore, RestoreError } from '../agent/restore.js';
 import { assertClock } from '../agent/clock.js';
 import { SshPool } from '../replica/transport.js';
@@ -81,6 +82,22 @@ async function projectHere(ctx: Ctx, id: string, verb?: string): Promise<Project
 }
 
 /** Runs fn with one SSH connection pool for the command, closed afterwards. */
+/** `storagectl move <project>` without a host: chooseDestination, said on stderr. */
+async function destinationFor(config: Config, catalog: Catalog, id: string): Promise<string> {
+  const p = await catalog.getProject(id);
+  if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+  const hosts = await catalog.listHosts();
+  const primary = hosts.find((h) => h.id === p.primary);
+  if (!primary) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, which is not in the catalog: nothing to move from`);
+  const grace = deadAfterMs(config);
+  const now = Date.now();
+  const confirmed = (await catalog.listReplicas(id)).filter((r) => p.targets.includes(r.host));
+  const d = chooseDestination({ primary, hosts, isLive: (h) => h.heartbeatAt !== null && now - h.heartbeatAt <= grace, replicas: confirmed });
+  if (d.host === null) throw new UsageError(`move ${id}: ${d.why}`);
+  process.stderr.write(`move: destination ${d.host} (${d.reason === 'holds-replica' ? `holds a replica at ${d.snapshot}: only the final delta moves` : 'least loaded; no replica host can take it: a full send'})\n`);
+  return d.host;
+}
+
 async function withSsh<T>(config: Config, fn: (pool: SshPool) => Promise<T>): Promise<T> {
   const pool = new SshPool(sshOptions(config));
   try {
@@ -417,19 +434,22 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   program
-    .command('move <project> <host>')
-    .description('move a project to another host with seconds of downtime (run on its primary): pre-sync, stop writes, final incremental, verify, switch')
+    .command('move <project> [host]')
+    .description(
+      'move a project to another host with seconds of downtime (run on its primary): pre-sync, stop writes, final incremental, verify, switch. Without a host: a live host of another datacenter that holds a replica (least loaded), else the least-loaded live host',
+    )
     .option('--drop-source', 'remove the copy on this host once the target serves (default: it stays a replica)')
     .option('--force', 'stop the processes using the project at the source (killed) when it is busy, then unmount')
     .option('--lease <seconds>', 'length of the project lease (renewed at a third; every irreversible step needs a quarter of it left)', '120')
     .option('--presync-threshold <bytes>', 'pre-sync until a round sends less than this', String(64 * 2 ** 20))
     .option('--json', 'machine-readable output')
-    .action(async (id: string, to: string, opts: { dropSource?: boolean; force?: boolean; presyncThreshold: string; lease: string; json?: boolean }) => {
+    .action(async (id: string, named: string | undefined, opts: { dropSource?: boolean; force?: boolean; presyncThreshold: string; lease: string; json?: boolean }) => {
       v.projectId(id, 'storagectl move');
-      v.hostId(to, 'storagectl move <host>');
+      if (named !== undefined) v.hostId(named, 'storagectl move [host]');
       const threshold = Number(opts.presyncThreshold);
       if (!Number.isInteger(threshold) || threshold < 0) throw new UsageError(`--presync-threshold: expected bytes, got ${v.describe(opts.presyncThreshold)}`);
       const { config, catalog, zfs } = await actingContext(cfg());
+      const to = named ?? (await destinationFor(config, catalog, id));
       const tty = !opts.json && process.stderr.isTTY;
       const { default: cliProgress } = await import('cli-progress');
       const bar = tty ? new cliProgress.SingleBar({ format: 'move |{bar}| {sent} at {rate}/s, ETA {eta_formatted}', hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : undefined;

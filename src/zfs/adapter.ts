@@ -428,16 +428,8 @@ export class Zfs {
     if (!dataset.includes('/')) throw new v.ValidationError('dataset', 'destroy', 'is a pool root: refusing to destroy it', dataset);
     const { mounted } = await this.get(dataset, ['mounted']);
     if (mounted === 'yes') await this.unmount(dataset);
-    // zfs-fuse releases an unmounted file system asynchronously: retry "busy" briefly
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await this.zfs('destroy', dataset);
-        return;
-      } catch (e) {
-        if (!(e instanceof ZfsCommandError && e.kind === 'busy') || attempt >= 5) throw e;
-        await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
-      }
-    }
+    // zfs-fuse releases an unmounted file system asynchronously
+    await retryBusy(() => this.zfs('destroy', dataset));
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -737,6 +729,23 @@ function trimDepth(tree: DatasetTree, root: string, maxDepth: number | undefined
 function validateDatasetOrSnapshot(name: string, where: string): void {
   if (typeof name === 'string' && name.includes('@')) v.snapshotPath(name, where);
   else v.datasetName(name, where);
+}
+
+/**
+ * Runs a zfs call again while it fails with "busy", briefly (~4 s in all): zfs-fuse
+ * releases a file system asynchronously after an unmount or after it was last read. For
+ * calls where busy is transient by construction; never for a fence (busy there means
+ * processes, which the fence handles).
+ */
+export async function retryBusy<T>(fn: () => Promise<T>, attempts = 6): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!(e instanceof ZfsCommandError && e.kind === 'busy') || attempt >= attempts) throw e;
+      await new Promise((r) => setTimeout(r, 200 * attempt));
+    }
+  }
 }
 
 function exitPromise(child: import('node:child_process').ChildProcess, argv: readonly string[]): Promise<void> {

@@ -153,6 +153,24 @@ describe('move', () => {
     assert.equal(readFileSync(`${C.mountBase}/${p.id}/f`, 'utf8'), 'x');
   });
 
+  it('without a host: goes to a live, non-draining host of another datacenter that holds a replica (only the final delta moves)', async () => {
+    const p = await createProject(fleet, A, { files: { f: 'chosen' } });
+    await cycleAll();
+    assert.deepEqual((await fleet.catalog.listReplicas(p.id)).map((r) => r.host).sort(), ['b', 'c']);
+    await fleet.catalog.setDraining('b', true); // b holds a replica too, but is being emptied
+    try {
+      const r = await storagectl(sb, A, cfg.get('a')!, ['move', p.id, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /destination c \(holds a replica at \S+: only the final delta moves\)/);
+      const res = JSON.parse(r.stdout) as { to: string; rounds: Array<{ bytes: number }> };
+      assert.equal(res.to, 'c');
+      assert.deepEqual(await mountedOn(p.id), ['c']);
+      assert.equal(readFileSync(`${C.mountBase}/${p.id}/f`, 'utf8'), 'chosen');
+    } finally {
+      await fleet.catalog.setDraining('b', false);
+    }
+  });
+
   it('refuses bad input with exit 2 and changes nothing', async () => {
     const p = await createProject(fleet, A, { files: { f: 'x' } });
     for (const args of [['move', 'not-a-uuid', 'b'], ['move', p.id, 'no such host!'], ['move', p.id, 'b', '--presync-threshold', 'lots']]) {

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { deriveCapabilities, parseGetRows, parseListRows, classify, makeZfsError, ZfsBusyError, ZfsNoCommonSnapshotError, parseSize } from '../../src/zfs/index.js';
+import { deriveCapabilities, parseGetRows, parseListRows, classify, makeZfsError, retryBusy, ZfsBusyError, ZfsNoCommonSnapshotError, parseSize } from '../../src/zfs/index.js';
 
 // fixtures live in the source tree (test/fixtures), tests run from dist/test/unit
 const fixture = (name: string) => readFileSync(fileURLToPath(new URL(`../../../test/fixtures/${name}`, import.meta.url)), 'utf8');
@@ -127,5 +127,28 @@ describe('error classification', () => {
     assert.equal(e.message, "zfs rename tank/x tank/y (exit 1): cannot rename 'tank/x': dataset is busy");
     const n = makeZfsError(['zfs', 'receive', 'tank/x'], 1, null, 'cannot receive incremental stream: most recent snapshot of tank/x does not\nmatch incremental source\n');
     assert.ok(n instanceof ZfsNoCommonSnapshotError);
+  });
+});
+
+describe('retryBusy', () => {
+  const busy = () => makeZfsError(['zfs', 'set', 'mountpoint=/x', 'tank/c'], 1, null, "cannot mount 'tank/c': mountpoint or dataset is busy\n");
+  it('runs the call again while zfs answers busy, and returns its result', async () => {
+    let n = 0;
+    assert.equal(await retryBusy(async () => (++n < 3 ? Promise.reject(busy()) : 'ok')), 'ok');
+    assert.equal(n, 3);
+  });
+  it('gives up after its attempts with the busy error, and never retries another error', async () => {
+    let n = 0;
+    await assert.rejects(retryBusy(async () => {
+      n++;
+      throw busy();
+    }, 2), ZfsBusyError);
+    assert.equal(n, 2);
+    n = 0;
+    await assert.rejects(retryBusy(async () => {
+      n++;
+      throw new Error('no such dataset');
+    }), /no such dataset/);
+    assert.equal(n, 1);
   });
 });
