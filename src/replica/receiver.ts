@@ -201,7 +201,7 @@ async function receive(env: ReceiverEnv, project: string, stdin: Readable): Prom
       stream.destroy();
     }, limit);
     try {
-      await Promise.all([pipeline(stream, recv.stream).catch((e: Error) => recv.done.then(() => Promise.reject(e))), recv.done]);
+      await Promise.all([pipeline(stream, recv.stream).catch((e: Error) => recv.done.then(() => (wholeStreamTaken(stream, e) ? undefined : Promise.reject(e)))), recv.done]);
     } catch (e) {
       if (timedOut) throw new Error(`receive into ${target} ran past the session limit of ${limit / 1000} s and was stopped`);
       throw e;
@@ -220,6 +220,17 @@ async function receive(env: ReceiverEnv, project: string, stdin: Readable): Prom
   } finally {
     slot?.release();
   }
+}
+
+/**
+ * zfs receive exited 0 (the caller checked) and the pipe into it failed only because its
+ * stdin closed first: Node saw the child's exit before the pipe's last write completed
+ * (seen under load as "Premature close"). Not an error if every byte of the stream had
+ * been read from the source and handed to the pipe; anything left unread is.
+ */
+export function wholeStreamTaken(source: Readable, e: Error): boolean {
+  const code = (e as NodeJS.ErrnoException).code;
+  return source.readableEnded && (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE');
 }
 
 /** Datasets a stream brought that no replica may have: never mounted, never written, never destroyed by us. */
