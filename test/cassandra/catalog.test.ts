@@ -133,7 +133,7 @@ describe('cassandra catalog specifics', () => {
       assert.ok(gone, 'the heartbeat did not expire within 8 s');
       assert.ok(waited >= 1000, `expired too early: ${waited} ms`);
       const listed = (await short.listHosts()).find((x) => x.id === h);
-      assert.deepEqual(listed, { id: h, datacenter: 'dc1', address: '10.1.1.1', port: 22, root: 'tank/r', heartbeatAt: null, load: 7, replicationKey: null });
+      assert.deepEqual(listed, { id: h, datacenter: 'dc1', address: '10.1.1.1', port: 22, root: 'tank/r', heartbeatAt: null, load: 7, replicationKey: null, draining: false });
       await short.heartbeat(h, 8);
       assert.notEqual((await short.getHost(h))?.heartbeatAt, null, 'a new heartbeat brings it back');
     } finally {
