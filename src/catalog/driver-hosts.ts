@@ -46,12 +46,8 @@ export interface HostGuard {
   afterShutdown(): void;
 }
 
-const settle = (p: Promise<unknown> | undefined, ms: number): void => {
-  if (!p) return;
-  const t = setTimeout(() => undefined, ms);
-  t.unref();
-  p.catch(() => undefined).finally(() => clearTimeout(t));
-};
+/** a Host's shutdown runs in the background: nothing waits for it, a failure is moot */
+const settle = (p: Promise<unknown> | undefined): void => void p?.catch(() => undefined);
 
 export function guardHosts(client: Client, onReplace?: (address: string) => void): HostGuard {
   const c = client as unknown as Internals;
@@ -78,7 +74,7 @@ export function guardHosts(client: Client, onReplace?: (address: string) => void
           /* the routing stays as it was: queries still reach the node through the child policy once the old host is gone */
         }
       }
-      settle(old.shutdown?.(false), 2000);
+      settle(old.shutdown?.(false));
       onReplace?.(old.address);
     });
   };
@@ -86,7 +82,7 @@ export function guardHosts(client: Client, onReplace?: (address: string) => void
   c.hosts.on('remove', onRemove);
 
   function sweep(): void {
-    for (const h of [...seen, ...c.hosts.values()]) settle(h.shutdown?.(false), 2000);
+    for (const h of [...seen, ...c.hosts.values()]) settle(h.shutdown?.(false));
     try {
       c.controlConnection?.connection?.close?.();
     } catch {

@@ -8,7 +8,7 @@
 import { appendFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { Zfs } from '../zfs/index.js';
+import { wholeStreamTaken, type Zfs } from '../zfs/index.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
 import { parseRemoteCommand, RefusedCommand, PROTOCOL, type RemoteCommand, type RemoteListing } from './protocol.js';
 import { authorize } from './authorize.js';
@@ -220,17 +220,6 @@ async function receive(env: ReceiverEnv, project: string, stdin: Readable): Prom
   } finally {
     slot?.release();
   }
-}
-
-/**
- * zfs receive exited 0 (the caller checked) and the pipe into it failed only because its
- * stdin closed first: Node saw the child's exit before the pipe's last write completed
- * (seen under load as "Premature close"). Not an error if every byte of the stream had
- * been read from the source and handed to the pipe; anything left unread is.
- */
-export function wholeStreamTaken(source: Readable, e: Error): boolean {
-  const code = (e as NodeJS.ErrnoException).code;
-  return source.readableEnded && (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE');
 }
 
 /** Datasets a stream brought that no replica may have: never mounted, never written, never destroyed by us. */

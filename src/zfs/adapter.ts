@@ -780,5 +780,16 @@ export async function pipeSendToRecv(send: SendHandle, recv: RecvHandle, through
   const [piped, sent, received] = await Promise.allSettled([piped$, send.done, recv.done]);
   if (received.status === 'rejected') throw received.reason;
   if (sent.status === 'rejected') throw sent.reason;
-  if (piped.status === 'rejected') throw piped.reason;
+  if (piped.status === 'rejected' && !wholeStreamTaken(send.stream, piped.reason as Error)) throw piped.reason;
+}
+
+/**
+ * A `zfs receive` that exited 0 (the caller checked) while the pipe into it failed only
+ * because its stdin closed first: Node saw the child's exit before the pipe's last write
+ * completed (seen under load as "Premature close"). Not an error when the source had been
+ * read to its end; anything left unread is.
+ */
+export function wholeStreamTaken(source: Readable, e: Error): boolean {
+  const code = (e as NodeJS.ErrnoException).code;
+  return source.readableEnded && (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE');
 }

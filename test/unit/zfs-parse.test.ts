@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { deriveCapabilities, parseGetRows, parseListRows, classify, makeZfsError, retryBusy, ZfsBusyError, ZfsNoCommonSnapshotError, parseSize } from '../../src/zfs/index.js';
+import { deriveCapabilities, parseGetRows, parseListRows, classify, makeZfsError, retryBusy, wholeStreamTaken, ZfsBusyError, ZfsNoCommonSnapshotError, parseSize } from '../../src/zfs/index.js';
 
 // fixtures live in the source tree (test/fixtures), tests run from dist/test/unit
 const fixture = (name: string) => readFileSync(fileURLToPath(new URL(`../../../test/fixtures/${name}`, import.meta.url)), 'utf8');
@@ -150,5 +150,20 @@ describe('retryBusy', () => {
       throw new Error('no such dataset');
     }), /no such dataset/);
     assert.equal(n, 1);
+  });
+});
+
+describe('wholeStreamTaken: a zfs receive that exited 0 before the pipe into it finished', () => {
+  it('is whole when the source had ended (Node saw the exit before the last write completed), not when bytes were left unread', async () => {
+    const { Readable } = await import('node:stream');
+    const premature = Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+    const epipe = Object.assign(new Error('write EPIPE'), { code: 'EPIPE' });
+    const ended = Readable.from([Buffer.alloc(10)]);
+    for await (const _ of ended) void _; // read to the end
+    const unread = Readable.from([Buffer.alloc(10), Buffer.alloc(10)]);
+    assert.equal(wholeStreamTaken(ended, premature), true);
+    assert.equal(wholeStreamTaken(ended, epipe), true);
+    assert.equal(wholeStreamTaken(unread, premature), false, 'bytes left in the source: an error');
+    assert.equal(wholeStreamTaken(ended, new Error('zfs said no')), false);
   });
 });
