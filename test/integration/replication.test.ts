@@ -12,13 +12,17 @@ import { SshPool } from '../../src/replica/transport.js';
 import { repairCatalog } from '../../src/catalog/repair.js';
 
 const sb = sandbox();
+// 20 projects on zfs-fuse; 8 under the openzfs tier's software emulation, where the 20
+// took 345 s of the CI budget: the same paths (placement across datacenters, one send
+// per replica, holds, the idle cycle, repair), each host still serving several projects
+const PROJECTS = expectedImplementation(sb) === 'openzfs' ? 8 : 20;
 let fleet: Fleet;
 const projects: Array<{ id: string; host: string; dataset: string; mnt: string; sum: string }> = [];
 
 
 before(async () => {
   fleet = await startFleet(sb);
-  for (let i = 0; i < 20; i++) {
+  for (let i = 0; i < PROJECTS; i++) {
     const h = sb.hosts[i % sb.hosts.length]!;
     const p = await createProject(fleet, h, {
       quota: 64 * 2 ** 20,
@@ -33,7 +37,7 @@ after(async () => {
   await fleet?.close();
 });
 
-describe('replication on 3 hosts x 20 projects', () => {
+describe(`replication on 3 hosts x ${PROJECTS} projects`, () => {
   let first: Map<string, CycleReport>;
 
   it('after one cycle every project has 2 replicas in other datacenters with the source\'s newest guid', async () => {
@@ -60,7 +64,7 @@ describe('replication on 3 hosts x 20 projects', () => {
       }
     }
     const sends = [...first.values()].reduce((a, r) => a + r.sends.length, 0);
-    assert.equal(sends, 40);
+    assert.equal(sends, PROJECTS * 2);
   });
 
   it('file checksums on every replica equal the source\'s; replicas are readonly, unmounted, and carry quota and user properties', async () => {
@@ -118,7 +122,7 @@ describe('replication on 3 hosts x 20 projects', () => {
   });
 
   it('repair-catalog restores deleted replica rows from the hosts\' listings, by guid', async () => {
-    const victims = projects.slice(10, 13);
+    const victims = projects.slice(2, 5);
     const before = new Map<string, string>();
     for (const p of victims) {
       for (const r of await fleet.catalog.listReplicas(p.id)) {
@@ -147,7 +151,7 @@ describe('replication on 3 hosts x 20 projects', () => {
   });
 
   it('changing 3 projects makes exactly 6 sends, incremental, and the replicas follow', async () => {
-    const changed = [projects[1]!, projects[5]!, projects[9]!];
+    const changed = [projects[1]!, projects[5]!, projects[6]!]; // on b, c and a
     for (const p of changed) {
       appendFileSync(`${p.mnt}/dir/b.txt`, 'changed\n');
       writeFileSync(`${p.mnt}/new.bin`, randomBytes(5000));
