@@ -141,7 +141,7 @@ export async function restore(agent: Agent, projectId: string, snapshot: string,
       let bytes = 0;
       recv.done.catch(() => undefined); // observed below; a receiver that dies early must not crash the process
       try {
-        const res = await conn.download(formatRemoteCommand({ op: 'send', project: projectId, snap: snapshot }), recv.stream, { onProgress: (pr) => o.onProgress?.(pr.bytes, pr.elapsedMs) });
+        const res = await conn.download(formatRemoteCommand({ op: 'send', project: projectId, snap: snapshot }), recv.stream, { onProgress: (pr) => o.onProgress?.(pr.bytes, pr.elapsedMs), sinkDone: recv.done });
         bytes = res.bytes;
         // the whole stream is in: `zfs receive` must finish within the operation timeout
         await withTimeout(recv.done, c.ssh.operationTimeout * 1000, () => `${recv.argv.join(' ')} did not exit within ${c.ssh.operationTimeout} s after the whole stream (${bytes} bytes) was written to it`);

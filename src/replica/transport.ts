@@ -7,6 +7,8 @@ import { readFileSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import { Transform, type Readable, type Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { wholeStreamTaken } from '../zfs/adapter.js';
+import { withTimeout } from '../util/timeout.js';
 import { parseKnownHosts, verifyHostKey, type KnownHosts } from './known-hosts.js';
 
 export interface SshTarget {
@@ -283,13 +285,19 @@ export class SshConnection {
    * The reverse of transfer: streams a remote command's stdout into `sink` (restore
    * fetches a snapshot back from a replica). Same watchdog, abort and error reporting.
    */
-  download(command: string, sink: Writable, opts: TransferOptions = {}): Promise<ExecResult & { bytes: number }> {
+  download(command: string, sink: Writable, opts: TransferOptions & { sinkDone?: Promise<void> } = {}): Promise<ExecResult & { bytes: number }> {
     // a stalled or aborted download also ends the local sink: a sink that stopped reading
     // (a hung local `zfs receive`) would otherwise hold the pipeline open for ever
     return this.stream(command, opts, (s) => sink.destroy(new Error(s)), async (ch, meter, closed) => {
       ch.end(); // nothing to send: the remote side only writes
       let pipeErr: Error | undefined;
-      await Promise.all([pipeline(ch, meter, sink).catch((e: Error) => (pipeErr = e)), closed]);
+      const piped = pipeline(ch, meter, sink).catch(async (e: Error) => {
+        // the sink is a `zfs receive` (sinkDone: its exit) that exited 0 after every byte
+        // reached it, before Node saw the pipe's last write complete: not an error
+        const ok = opts.sinkDone ? await withTimeout(opts.sinkDone, 10_000, () => 'sink').then(() => true, () => false) : false;
+        if (!(ok && wholeStreamTaken(meter, e))) pipeErr = e;
+      });
+      await Promise.all([piped, closed]);
       if (pipeErr) throw pipeErr;
     });
   }
