@@ -21,7 +21,7 @@ import { DirtyTracker } from './dirty.js';
 import { StateCache, type Snap } from './state.js';
 import { auditSlice, decidePairs, freshnessAsOf, newestShared, pairAction, resumeTokenProblem, type PairDecision, type PairInput, type PairKnowledge } from './cycle-plan.js';
 import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
-import { deadAfterMs, fenceBoundMs, selfFenceAfterMs, type Config } from './config.js';
+import { liveAt, deadAfterMs, fenceBoundMs, selfFenceAfterMs, type Config } from './config.js';
 import { mountedProjects, readMounts } from '../zfs/mounts.js';
 import { describeSkew, readSkew, skewTooLarge } from './clock.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
@@ -186,9 +186,7 @@ export class Agent {
   }
 
   private liveness(): (h: HostRecord) => boolean {
-    const grace = deadAfterMs(this.config);
-    const now = this.now();
-    return (h) => h.heartbeatAt !== null && now - h.heartbeatAt <= grace;
+    return liveAt(this.config, this.now());
   }
 
   // ---- the cycle: observe -> plan -> act ----------------------------------------------

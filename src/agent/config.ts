@@ -291,6 +291,12 @@ export function deadAfterMs(c: Config): number {
   return (c.failover.after ?? Math.max(3 * c.interval, fenceBoundMs(c) / 1000 + 1)) * 1000;
 }
 
+/** A host is live when its heartbeat is no older than deadAfterMs at `now`. */
+export function liveAt(c: Config, now: number): (h: { heartbeatAt: number | null }) => boolean {
+  const grace = deadAfterMs(c);
+  return (h) => h.heartbeatAt !== null && now - h.heartbeatAt <= grace;
+}
+
 /** ms without a fresh catalog read after which this host fences every project it serves */
 export function selfFenceAfterMs(c: Config): number {
   return selfFenceAfterS(c) * 1000;

@@ -3,7 +3,7 @@
 // error (nothing was done); 3 environment problem (configuration or catalog missing).
 import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
-import { loadConfig, parseConfig, ConfigError, deadAfterMs, fenceBoundMs, type Config } from '../agent/config.js';
+import { loadConfig, parseConfig, ConfigError, deadAfterMs, fenceBoundMs, liveAt, type Config } from '../agent/config.js';
 import { Agent, sshOptions, type AgentDeps } from '../agent/agent.js';
 import { openCatalog, CatalogError, type Catalog, type ProjectRecord, type ReplicaRecord } from '../catalog/index.js';
 import { freshnessAsOf } from '../agent/cycle-plan.js';
@@ -89,10 +89,8 @@ async function destinationFor(config: Config, catalog: Catalog, id: string): Pro
   const hosts = await catalog.listHosts();
   const primary = hosts.find((h) => h.id === p.primary);
   if (!primary) throw new UsageError(`project ${id} is served by ${p.primary ?? 'no host'}, which is not in the catalog: nothing to move from`);
-  const grace = deadAfterMs(config);
-  const now = Date.now();
   const confirmed = (await catalog.listReplicas(id)).filter((r) => p.targets.includes(r.host));
-  const d = chooseDestination({ primary, hosts, isLive: (h) => h.heartbeatAt !== null && now - h.heartbeatAt <= grace, replicas: confirmed });
+  const d = chooseDestination({ primary, hosts, isLive: liveAt(config, Date.now()), replicas: confirmed });
   if (d.host === null) throw new UsageError(`move ${id}: ${d.why}`);
   process.stderr.write(`move: destination ${d.host} (${d.reason === 'holds-replica' ? `holds a replica at ${d.snapshot}: only the final delta moves` : 'least loaded; no replica host can take it: a full send'})\n`);
   return d.host;
@@ -392,8 +390,8 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (opts: { json?: boolean }) => {
       const { config, catalog } = await context(cfg());
       const now = Date.now();
-      const grace = deadAfterMs(config);
-      const hosts = (await catalog.listHosts()).map((h) => ({ ...h, heartbeatAgeSeconds: h.heartbeatAt === null ? null : Math.round((now - h.heartbeatAt) / 1000), live: h.heartbeatAt !== null && now - h.heartbeatAt <= grace }));
+      const isLive = liveAt(config, now);
+      const hosts = (await catalog.listHosts()).map((h) => ({ ...h, heartbeatAgeSeconds: h.heartbeatAt === null ? null : Math.round((now - h.heartbeatAt) / 1000), live: isLive(h) }));
       out(!!opts.json, { hosts }, () =>
         table([
           ['HOST', 'DATACENTER', 'ADDRESS', 'HEARTBEAT', 'STATE', 'LOAD'],
