@@ -14,6 +14,8 @@
 //                                          500, pageState): a table of one small row per
 //                                          project, so its cost is the size of the answer.
 //   projects_by_host ((host), project)     listProjectsByPrimary
+//   requests ((host), project)             putRequest / listRequests: moves a host is asked to perform
+//   progress (project)                     putProgress / requestCancel / getProgress (TTL a week)
 //   newest_snapshots (project)             recordNewest / listNewest (status: one paged read)
 //   host_generation  (host)                hostGeneration: one row per host, bumped after
 //                                          every change to a project the host serves
@@ -48,6 +50,8 @@
 //   projects.set_targets_v0 / _v      LWT    LOCAL_QUORUM       S       no    CAS on targets_version; never creates a row
 //   projects.set_location             LWT    QUORUM             S       no    commit seen by the fence check's QUORUM reads
 //   projects.replica_put / replica_del       LOCAL_QUORUM       -       yes   USING TIMESTAMP write_ts
+//   requests.put / del / list                QUORUM             -       yes   storagectl's datacenter -> the performer's
+//   progress.put / cancel / get              QUORUM             -       yes   a cancel typed anywhere reaches the performer
 //   projects_by_host.put / del / list        QUORUM             -       yes   USING TIMESTAMP location_ts
 //   host_gen.bump / get                      QUORUM             -       yes   a fresh timeuuid per change
 //   projects.get_quorum (by-primary list)    QUORUM             -       yes
@@ -142,6 +146,12 @@ import {
   decodeOperation,
   encodeOperation,
   type ReplicaRecord,
+  type OperationProgress,
+  type ProgressRow,
+  checkProgress,
+  decodeProgress,
+  requestId,
+  PROGRESS_TTL_SECONDS,
 } from './types.js';
 import * as v from '../util/validate.js';
 import { guardHosts, type HostGuard } from './driver-hosts.js';
@@ -296,6 +306,14 @@ function statements(ks: string) {
     'projects_by_host.del': { cql: `DELETE FROM ${ks}.projects_by_host USING TIMESTAMP ? WHERE host = ? AND project = ?`, level: 'QUORUM' },
     'projects_by_host.list': { cql: `SELECT project FROM ${ks}.projects_by_host WHERE host = ?`, level: 'QUORUM' },
     'host_gen.bump': { cql: `UPDATE ${ks}.host_generation SET gen = ? WHERE host = ?`, level: 'QUORUM' },
+    // 009_requests.cql: QUORUM both ways, as projects_by_host: storagectl in one datacenter
+    // writes a request or a cancel that an agent in another must see on its next read
+    'requests.put': { cql: `INSERT INTO ${ks}.requests (host, project) VALUES (?, ?)`, level: 'QUORUM' },
+    'requests.del': { cql: `DELETE FROM ${ks}.requests WHERE host = ? AND project = ?`, level: 'QUORUM' },
+    'requests.list': { cql: `SELECT project FROM ${ks}.requests WHERE host = ?`, level: 'QUORUM' },
+    'progress.put': { cql: `UPDATE ${ks}.progress SET progress = ? WHERE project = ?`, level: 'QUORUM' },
+    'progress.cancel': { cql: `UPDATE ${ks}.progress SET cancel = ? WHERE project = ?`, level: 'QUORUM' },
+    'progress.get': { cql: `SELECT progress, cancel FROM ${ks}.progress WHERE project = ?`, level: 'QUORUM' },
     'newest.put': { cql: `INSERT INTO ${ks}.newest_snapshots (project, snapshot, guid, creation) VALUES (?, ?, ?, ?)`, level: 'LOCAL_QUORUM' },
     'newest.list': { cql: `SELECT project, snapshot, guid, creation FROM ${ks}.newest_snapshots`, level: 'LOCAL_QUORUM' },
     'host_gen.get': { cql: `SELECT gen FROM ${ks}.host_generation WHERE host = ?`, level: 'QUORUM' },
@@ -1079,6 +1097,37 @@ export class CassandraCatalog implements Catalog {
       await sleep(jitter(attempt));
     }
     throw new CatalogError(`set location: project ${project}: its location kept changing concurrently (${MAX_CAS_ATTEMPTS} attempts)`);
+  }
+
+  // ---- requests and progress (009_requests.cql) ----
+
+  async putRequest(host: string, project: string): Promise<void> {
+    await this.exec('requests.put', [v.hostId(host, 'putRequest'), v.projectId(project, 'putRequest')]);
+  }
+
+  async listRequests(host: string): Promise<string[]> {
+    return (await this.allRows('requests.list', [v.hostId(host, 'listRequests')])).map((r) => v.projectId(colStr(r, 'project', 'requests row'), 'requests row'));
+  }
+
+  async deleteRequest(host: string, project: string): Promise<void> {
+    await this.exec('requests.del', [v.hostId(host, 'deleteRequest'), v.projectId(project, 'deleteRequest')]);
+  }
+
+  async putProgress(project: string, p: OperationProgress): Promise<void> {
+    await this.exec('progress.put', [JSON.stringify(checkProgress(p, 'putProgress')), v.projectId(project, 'putProgress')]);
+  }
+
+  async requestCancel(project: string, id: string): Promise<void> {
+    await this.exec('progress.cancel', [requestId(id, 'requestCancel'), v.projectId(project, 'requestCancel')]);
+  }
+
+  async getProgress(project: string): Promise<ProgressRow> {
+    const r = (await this.exec('progress.get', [v.projectId(project, 'getProgress')])).first();
+    if (!r) return { progress: null, cancel: null };
+    const where = `progress row ${project}`;
+    const text = r['progress'] as string | null;
+    const cancel = r['cancel'] as string | null;
+    return { progress: decodeProgress(text, where), cancel: cancel === null ? null : requestId(cancel, `${where} (cancel)`) };
   }
 
   async recordNewest(project: string, n: NewestSnapshot): Promise<void> {

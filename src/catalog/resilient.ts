@@ -13,7 +13,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ValidationError } from '../util/validate.js';
 import type { Catalog, EventRecord, HostRecord, HostRegistration, LockResult, LockRow, NewestSnapshot, ProjectRecord, ProjectState,
-  ProjectOperation, ReplicaRecord } from './types.js';
+  ProjectOperation, ReplicaRecord, OperationProgress, ProgressRow } from './types.js';
 
 type Journaled = 'upsertReplica' | 'heartbeat' | 'addEvent' | 'setTargets' | 'upsertHost' | 'recordNewest';
 
@@ -145,6 +145,25 @@ export class ResilientCatalog implements Catalog {
   /** an operator's decision: not journaled, it fails while the catalog is unreachable */
   setDraining(host: string, draining: boolean): Promise<void> {
     return this.inner.setDraining(host, draining);
+  }
+  /** requests, progress and cancels: operations need the catalog (never journaled or cached) */
+  putRequest(host: string, project: string): Promise<void> {
+    return this.inner.putRequest(host, project);
+  }
+  listRequests(host: string): Promise<string[]> {
+    return this.inner.listRequests(host);
+  }
+  deleteRequest(host: string, project: string): Promise<void> {
+    return this.inner.deleteRequest(host, project);
+  }
+  putProgress(project: string, p: OperationProgress): Promise<void> {
+    return this.inner.putProgress(project, p);
+  }
+  requestCancel(project: string, id: string): Promise<void> {
+    return this.inner.requestCancel(project, id);
+  }
+  getProgress(project: string): Promise<ProgressRow> {
+    return this.inner.getProgress(project);
   }
   getHost(id: string): Promise<HostRecord | undefined> {
     return this.read('getHost', [id], () => this.inner.getHost(id));

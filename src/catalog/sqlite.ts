@@ -27,6 +27,12 @@ import {
   decodeOperation,
   encodeOperation,
   type ReplicaRecord,
+  type OperationProgress,
+  type ProgressRow,
+  checkProgress,
+  decodeProgress,
+  requestId,
+  PROGRESS_TTL_SECONDS,
 } from './types.js';
 import * as v from '../util/validate.js';
 
@@ -60,6 +66,9 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE projects ADD COLUMN targets_version INTEGER NOT NULL DEFAULT 0;`,
   // HostRecord.draining (storagectl drain)
   `ALTER TABLE hosts ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;`,
+  // move requests by the host that performs them; the performer's progress per project
+  `CREATE TABLE requests (host TEXT NOT NULL, project TEXT NOT NULL, PRIMARY KEY (host, project));
+   CREATE TABLE progress (project TEXT PRIMARY KEY, progress TEXT, cancel TEXT, updated_at INTEGER NOT NULL);`,
 ];
 
 interface ProjectRow {
@@ -297,6 +306,50 @@ export class SqliteCatalog implements Catalog {
           if (operation?.from && operation.from !== primary && operation.from !== before?.primary_host) this.bump(operation.from);
         })
         .immediate();
+    });
+  }
+
+  putRequest(host: string, project: string): Promise<void> {
+    return this.wrap('put request', () => {
+      this.db.prepare('INSERT OR IGNORE INTO requests (host, project) VALUES (?, ?)').run(v.hostId(host, 'putRequest'), v.projectId(project, 'putRequest'));
+    });
+  }
+
+  listRequests(host: string): Promise<string[]> {
+    return this.wrap('list requests', () =>
+      (this.db.prepare('SELECT project FROM requests WHERE host = ? ORDER BY project').all(v.hostId(host, 'listRequests')) as Array<{ project: string }>).map((r) => v.projectId(r.project, 'requests row')),
+    );
+  }
+
+  deleteRequest(host: string, project: string): Promise<void> {
+    return this.wrap('delete request', () => {
+      this.db.prepare('DELETE FROM requests WHERE host = ? AND project = ?').run(v.hostId(host, 'deleteRequest'), v.projectId(project, 'deleteRequest'));
+    });
+  }
+
+  putProgress(project: string, p: OperationProgress): Promise<void> {
+    return this.wrap('put progress', () => {
+      const text = JSON.stringify(checkProgress(p, 'putProgress'));
+      this.db
+        .prepare('INSERT INTO progress (project, progress, updated_at) VALUES (?, ?, ?) ON CONFLICT(project) DO UPDATE SET progress = excluded.progress, updated_at = excluded.updated_at')
+        .run(v.projectId(project, 'putProgress'), text, Date.now());
+    });
+  }
+
+  requestCancel(project: string, id: string): Promise<void> {
+    return this.wrap('request cancel', () => {
+      this.db
+        .prepare('INSERT INTO progress (project, cancel, updated_at) VALUES (?, ?, ?) ON CONFLICT(project) DO UPDATE SET cancel = excluded.cancel, updated_at = excluded.updated_at')
+        .run(v.projectId(project, 'requestCancel'), requestId(id, 'requestCancel'), Date.now());
+    });
+  }
+
+  getProgress(project: string): Promise<ProgressRow> {
+    return this.wrap('get progress', () => {
+      const r = this.db.prepare('SELECT progress, cancel, updated_at FROM progress WHERE project = ?').get(v.projectId(project, 'getProgress')) as { progress: string | null; cancel: string | null; updated_at: number } | undefined;
+      // kept a week after the last write, as the Cassandra row's TTL
+      if (!r || Date.now() - r.updated_at > PROGRESS_TTL_SECONDS * 1000) return { progress: null, cancel: null };
+      return { progress: decodeProgress(r.progress, `progress row ${project}`), cancel: r.cancel === null ? null : requestId(r.cancel, `progress row ${project} (cancel)`) };
     });
   }
 

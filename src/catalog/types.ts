@@ -77,11 +77,20 @@ export interface ProjectOperation {
   /** ms since epoch */
   startedAt: number;
   /**
-   * where a re-run resumes: `recorded` (the operation is under way) or `switched` (the
-   * location is switched; only bookkeeping is left). The finer steps are crash points
-   * (util/crash-point.ts), not row states.
+   * where a re-run resumes: `requested` (move only: storagectl asked the primary's agent
+   * to perform it; nothing has changed yet), `recorded` (the operation is under way) or
+   * `switched` (the location is switched; only bookkeeping is left). The finer steps are
+   * crash points (util/crash-point.ts), not row states.
    */
-  step: 'recorded' | 'switched';
+  step: 'requested' | 'recorded' | 'switched';
+  /** move: the request's id (storagectl move/drain); progress and cancel name it */
+  id?: string;
+  /** move: who asked (`storagectl@<host>` or `drain@<host>`) */
+  requestedBy?: string;
+  /** move: the request's options, for the agent that performs it */
+  dropSource?: boolean;
+  forceUnmount?: boolean;
+  presyncThresholdBytes?: number;
   /** move: the source was mounted when the move began (a failed move remounts it) */
   wasMounted?: boolean;
   /** restore: rollback or clone */
@@ -103,7 +112,13 @@ export function checkOperation(o: unknown, where: string): ProjectOperation {
   if (x['creation'] !== null && !(Number.isSafeInteger(x['creation']) && (x['creation'] as number) >= 0)) throw bad('has a malformed creation');
   if (!Number.isSafeInteger(x['token']) || (x['token'] as number) < 0) throw bad('has a malformed token');
   if (!Number.isSafeInteger(x['startedAt']) || (x['startedAt'] as number) < 0) throw bad('has a malformed start time');
-  if (x['step'] !== 'recorded' && x['step'] !== 'switched') throw bad('has a step other than recorded or switched');
+  if (x['step'] !== 'requested' && x['step'] !== 'recorded' && x['step'] !== 'switched') throw bad('has a step other than requested, recorded or switched');
+  if (x['step'] === 'requested' && x['kind'] !== 'move') throw bad('is requested but not a move');
+  if (x['kind'] !== 'move' && (['id', 'requestedBy', 'dropSource', 'forceUnmount', 'presyncThresholdBytes'] as const).some((k) => x[k] !== undefined)) throw bad('has move request fields on a non-move');
+  if (x['id'] !== undefined) requestId(x['id'], `${where} (operation id)`);
+  if (x['requestedBy'] !== undefined && !(typeof x['requestedBy'] === 'string' && /^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$/.test(x['requestedBy']))) throw bad('has a malformed requestedBy');
+  for (const k of ['dropSource', 'forceUnmount'] as const) if (x[k] !== undefined && typeof x[k] !== 'boolean') throw bad(`has a malformed ${k}`);
+  if (x['presyncThresholdBytes'] !== undefined && !(Number.isSafeInteger(x['presyncThresholdBytes']) && (x['presyncThresholdBytes'] as number) >= 0)) throw bad('has a malformed presyncThresholdBytes');
   if (x['kind'] === 'failover' && (x['snapshot'] === null || x['guid'] === null)) throw bad('is a failover without the snapshot and guid it chose');
   if (x['kind'] === 'failover' && x['from'] === x['to']) throw bad('is a failover from a host to itself');
   if (x['kind'] !== 'move' && x['wasMounted'] !== undefined) throw bad('has wasMounted on a non-move');
@@ -113,7 +128,7 @@ export function checkOperation(o: unknown, where: string): ProjectOperation {
   if (x['safetySnapshot'] !== undefined) v.snapshotName(x['safetySnapshot'], `${where} (operation safety snapshot)`);
   // fields a newer version may add are dropped, not refused: one row written by a newer
   // agent must not make a host's fence check fail (and self-fence every project)
-  const known = ['kind', 'from', 'to', 'snapshot', 'guid', 'creation', 'token', 'startedAt', 'step', 'wasMounted', 'mode', 'safetySnapshot'] as const;
+  const known = ['kind', 'from', 'to', 'snapshot', 'guid', 'creation', 'token', 'startedAt', 'step', 'wasMounted', 'mode', 'safetySnapshot', 'id', 'requestedBy', 'dropSource', 'forceUnmount', 'presyncThresholdBytes'] as const;
   return Object.fromEntries(known.filter((k) => x[k] !== undefined).map((k) => [k, x[k]])) as unknown as ProjectOperation;
 }
 
@@ -132,6 +147,80 @@ export function decodeOperation(text: string | null | undefined, where: string):
     throw new CatalogError(`${where}: operation is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
   }
   return checkOperation(o, where);
+}
+
+/** A move request's id: what progress rows and cancels name. */
+export function requestId(value: unknown, where: string): string {
+  if (typeof value !== 'string' || !/^[a-z0-9][a-z0-9-]{7,63}$/.test(value)) throw new v.ValidationError('request id', where, 'must be 8-64 characters a-z 0-9 -', value);
+  return value;
+}
+
+/** Progress rows outlive their last write by a week (then `move --status` says: nothing on record). */
+export const PROGRESS_TTL_SECONDS = 7 * 86400;
+
+export const PROGRESS_PHASES = ['requested', 'running', 'done', 'failed', 'cancelled'] as const;
+export type ProgressPhase = (typeof PROGRESS_PHASES)[number];
+
+/**
+ * What the host performing a move reports (Catalog.putProgress), and what `storagectl
+ * move`/`--status`/`drain` follow. Written often, never decisive: the operation on the
+ * project row is the state; this is the commentary (and the outcome, once it is gone).
+ */
+export interface OperationProgress {
+  /** the request (ProjectOperation.id) this reports on */
+  id: string;
+  kind: 'move';
+  from: string;
+  to: string;
+  phase: ProgressPhase;
+  /** the last step, as `storagectl move` prints it */
+  step: string;
+  /** the transfer under way: bytes sent, the sender's estimate (null: unknown), its age */
+  bytes: number;
+  estimate: number | null;
+  elapsedMs: number;
+  /** ms since epoch, the writer's clock */
+  updatedAt: number;
+  /** done: the move's result (JSON object); failed: the error and who serves the project */
+  result?: Record<string, unknown>;
+  error?: string;
+  servedBy?: string | null;
+}
+
+export function checkProgress(o: unknown, where: string): OperationProgress {
+  const bad = (what: string) => new CatalogError(`${where}: progress ${what}: ${v.describe(o)}`);
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw bad('is not an object');
+  const x = o as Record<string, unknown>;
+  requestId(x['id'], `${where} (progress id)`);
+  if (x['kind'] !== 'move') throw bad('has an unknown kind');
+  v.hostId(x['from'], `${where} (progress from)`);
+  v.hostId(x['to'], `${where} (progress to)`);
+  if (!PROGRESS_PHASES.includes(x['phase'] as ProgressPhase)) throw bad('has an unknown phase');
+  if (typeof x['step'] !== 'string' || x['step'].length > 2000) throw bad('has a malformed step');
+  for (const k of ['bytes', 'elapsedMs', 'updatedAt'] as const) if (!Number.isSafeInteger(x[k]) || (x[k] as number) < 0) throw bad(`has a malformed ${k}`);
+  if (x['estimate'] !== null && !(Number.isSafeInteger(x['estimate']) && (x['estimate'] as number) >= 0)) throw bad('has a malformed estimate');
+  if (x['result'] !== undefined && (typeof x['result'] !== 'object' || x['result'] === null || Array.isArray(x['result']))) throw bad('has a malformed result');
+  if (x['error'] !== undefined && typeof x['error'] !== 'string') throw bad('has a malformed error');
+  if (x['servedBy'] !== undefined && x['servedBy'] !== null) v.hostId(x['servedBy'], `${where} (progress servedBy)`);
+  const known = ['id', 'kind', 'from', 'to', 'phase', 'step', 'bytes', 'estimate', 'elapsedMs', 'updatedAt', 'result', 'error', 'servedBy'] as const;
+  return Object.fromEntries(known.filter((k) => x[k] !== undefined).map((k) => [k, x[k]])) as unknown as OperationProgress;
+}
+
+export function decodeProgress(text: string | null | undefined, where: string): OperationProgress | null {
+  if (text === null || text === undefined || text === '') return null;
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch {
+    throw new CatalogError(`${where}: progress is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
+  }
+  return checkProgress(o, where);
+}
+
+/** A project's progress row: the newest report, and the id of a request someone asked to cancel. */
+export interface ProgressRow {
+  progress: OperationProgress | null;
+  cancel: string | null;
 }
 
 export interface ReplicaRecord {
@@ -240,6 +329,23 @@ export interface Catalog {
    * lost to a crash).
    */
   setLocation(project: string, primary: string | null, state: ProjectState, token: number, operation: ProjectOperation | null): Promise<void>;
+
+  // ---- operations requested of another host (storagectl move/drain/cancel) ----
+  /**
+   * The per-host request index: a move request on a project's row (operation.step
+   * `requested`) is also listed under the host that performs it (its primary), so that
+   * host's agent finds it with one read when its generation moved, and a crashed agent
+   * finds a move it had switched (the row then names the target as primary). A superset:
+   * readers check the project's row and delete entries that no longer match.
+   */
+  putRequest(host: string, project: string): Promise<void>;
+  listRequests(host: string): Promise<string[]>;
+  deleteRequest(host: string, project: string): Promise<void>;
+  /** The performer's report on a project's operation (kept a week after the last write). */
+  putProgress(project: string, p: OperationProgress): Promise<void>;
+  /** Someone asked to cancel request `id` (the performer checks before each step up to the switch). */
+  requestCancel(project: string, id: string): Promise<void>;
+  getProgress(project: string): Promise<ProgressRow>;
 
   /** Newest wins: a row older (by snapshotCreation) than the stored one is ignored. */
   upsertReplica(r: ReplicaRecord): Promise<void>;

@@ -382,6 +382,52 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.equal((await cat.getProject(id))!.operation, null);
     });
 
+    it('requests: a move request rides on the row (step requested, its options) and is listed under the performing host; put is idempotent, delete removes only that entry', async () => {
+      const id = randomUUID();
+      const other = randomUUID();
+      const h = newHost('rq');
+      await cat.upsertHost({ id: h, datacenter: 'dc1', address: '10.0.0.1', port: 22, root: 'tank/replicas' });
+      await cat.createProject({ id, primary: h, replicationFactor: 1, quota: null });
+      assert.deepEqual(await cat.listRequests(h), []);
+      await cat.putRequest(h, id);
+      await cat.putRequest(h, id);
+      await cat.putRequest(h, other);
+      assert.deepEqual(await cat.listRequests(h), [id, other].sort());
+      const l = await cat.acquireLock(projectLockName(id), 'rq@h:1', 60_000);
+      assert.ok(l.ok);
+      const op = { kind: 'move' as const, from: h, to: 'b-1', snapshot: null, guid: null, creation: null, token: l.token, startedAt: 1_700_000_000_000, step: 'requested' as const, id: 'req-0123456789ab', requestedBy: 'storagectl@c', dropSource: false, presyncThresholdBytes: 1024 };
+      await cat.setLocation(id, h, 'active', l.token, op);
+      assert.deepEqual((await cat.getProject(id))!.operation, op);
+      await assert.rejects(cat.setLocation(id, h, 'active', l.token, { ...op, kind: 'restore' }), /requested but not a move/);
+      await assert.rejects(cat.setLocation(id, h, 'active', l.token, { ...op, id: 'X' }), ValidationError);
+      await cat.deleteRequest(h, other);
+      assert.deepEqual(await cat.listRequests(h), [id]);
+      await cat.deleteRequest(h, id);
+      await cat.deleteRequest(h, id);
+      assert.deepEqual(await cat.listRequests(h), []);
+      await assert.rejects(cat.putRequest('Bad Host', id), ValidationError);
+      await assert.rejects(cat.putRequest(h, 'not-a-uuid'), ValidationError);
+    });
+
+    it('progress: the newest report wins, a cancel is kept beside it (neither overwrites the other); malformed reports are refused', async () => {
+      const id = randomUUID();
+      assert.deepEqual(await cat.getProgress(id), { progress: null, cancel: null });
+      const p = { id: 'req-0123456789ab', kind: 'move' as const, from: 'a-1', to: 'b-1', phase: 'running' as const, step: 'pre-sync round 1', bytes: 10, estimate: 100, elapsedMs: 5, updatedAt: 1_700_000_000_000 };
+      await cat.putProgress(id, p);
+      assert.deepEqual(await cat.getProgress(id), { progress: p, cancel: null });
+      await cat.requestCancel(id, p.id);
+      const done = { ...p, phase: 'done' as const, step: 'moved', result: { to: 'b-1', downtimeMs: 12 } };
+      await cat.putProgress(id, done);
+      assert.deepEqual(await cat.getProgress(id), { progress: done, cancel: p.id });
+      const only = randomUUID();
+      await cat.requestCancel(only, 'req-aaaaaaaaaaaa');
+      assert.deepEqual(await cat.getProgress(only), { progress: null, cancel: 'req-aaaaaaaaaaaa' }, 'a cancel before any report');
+      await assert.rejects(cat.putProgress(id, { ...p, phase: 'halfway' as 'done' }), /unknown phase/);
+      await assert.rejects(cat.putProgress(id, { ...p, bytes: -1 }), /malformed bytes/);
+      await assert.rejects(cat.requestCancel(id, 'no'), ValidationError);
+      assert.deepEqual(await cat.getProgress(id), { progress: done, cancel: p.id }, 'refused writes change nothing');
+    });
+
     it('projects: setTargets bumps the version; a write from an older version is refused and changes nothing', async () => {
       const id = randomUUID();
       await cat.createProject({ id, primary: null, replicationFactor: 2, quota: null });
