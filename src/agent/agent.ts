@@ -65,6 +65,11 @@ export interface AgentDeps {
   /** the transfer progress callback (storagectl replicate shows a bar) */
   onProgress?: (p: { project: string; target: string; bytes: number; elapsedMs: number; estimate?: number }) => void;
   now?: () => number;
+  /**
+   * called when the projects this host serves were read again (its generation moved, or
+   * the audit period passed): the move runner then reads this host's requests
+   */
+  onViewChanged?: () => void;
   /** the state cache (default: stateDir/state.db) */
   state?: StateCache;
 }
@@ -388,6 +393,7 @@ export class Agent {
       // keep no generation, so the next read lists again
       this.view = { gen: catalogDegraded(this.catalog) ? '(cached)' : gen, served, readAt: this.now() };
       this.forgetProjectsGone(served);
+      this.deps.onViewChanged?.();
     }
     return this.view;
   }

@@ -154,6 +154,16 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ replaceDeadTargetAfter: 3600 }),
+    moves: z
+      .object({
+        /**
+         * moves requested of this host (storagectl move/drain, performed by its agent) run
+         * at most this many at a time; a drain's --concurrency is the fleet-side limit
+         */
+        concurrency: z.number().int().min(1).max(64).default(2),
+      })
+      .strict()
+      .default({ concurrency: 2 }),
     failover: z
       .object({
         /**

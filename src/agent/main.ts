@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 import { loadConfig, deadAfterMs, type Config } from './config.js';
 import { Agent } from './agent.js';
+import { MoveRunner } from './move-runner.js';
 import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
 import { ResilientCatalog } from '../catalog/resilient.js';
@@ -48,7 +49,9 @@ export async function main(argv: string[]): Promise<void> {
     };
     catalog = resilient;
   }
-  const agent = new Agent({ config, catalog, log, metrics });
+  // moves requested of this host (storagectl move/drain): read when its generation moves
+  let runner: MoveRunner | undefined;
+  const agent = new Agent({ config, catalog, log, metrics, onProgress: (p) => runner?.onTransfer(p), onViewChanged: () => runner?.wake() });
   await agent.init();
   await agent.checkClock(); // beyond failover.maxClockSkew the cycle refuses to act (logged, metric)
   // before anything else: a project mounted here that the catalog no longer serves from
@@ -62,6 +65,8 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   await metrics.listen(config.metrics.listen);
+  runner = new MoveRunner(agent, log);
+  runner.wake(); // requests left by a crash or written while this agent was down
   log.info({ host: config.host, interval: config.interval, metrics: config.metrics.listen, failover: config.failover.mode }, 'storage-agent started');
 
   let stopping = false;
@@ -107,6 +112,7 @@ export async function main(argv: string[]): Promise<void> {
     clearTimeout(timer);
     clearInterval(fenceTimer);
     clearInterval(beatTimer);
+    runner?.close();
     log.info({ signal: sig }, 'stopping: no new transfers; waiting for running ones');
     agent.drain();
     const grace = Number(opts.shutdownGrace) * 1000;

@@ -35,6 +35,10 @@ export interface MoveOptions {
   forceUnmount?: boolean;
   leaseMs?: number;
   onStep?: (step: string) => void;
+  /** performing a request (storagectl move/drain): its id, carried on the row */
+  request?: Pick<ProjectOperation, 'id' | 'requestedBy'>;
+  /** asked before each step up to the switch: true stops the move and the source serves on */
+  cancelled?: () => Promise<boolean>;
 }
 
 export interface MoveResult {
@@ -47,7 +51,8 @@ export interface MoveResult {
   rounds: Array<{ phase: 'presync' | 'final'; snapshot: string; bytes: number; ms: number }>;
   /** ms between the unmount at the source and the mount on the target */
   downtimeMs: number;
-  source: 'replica' | 'dropped';
+  /** replica: the source's copy is a replica now; kept: kept, but no target (the source is draining); dropped */
+  source: 'replica' | 'kept' | 'dropped';
   resumed: boolean;
 }
 
@@ -55,11 +60,15 @@ export class MoveError extends Error {
   constructor(
     message: string,
     readonly servedBy: string | null,
+    /** stopped by a cancel (Catalog.requestCancel), before the switch */
+    readonly cancelled = false,
   ) {
     super(message);
     this.name = 'MoveError';
   }
 }
+
+class Cancelled extends Error {}
 
 export async function move(agent: Agent, projectId: string, to: string, o: MoveOptions): Promise<MoveResult> {
   v.projectId(projectId, 'move');
@@ -85,6 +94,10 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
       return { project: projectId, from: me, to, finalSnapshot: inProgress.snapshot ?? fin.snapshot, finalGuid: inProgress.guid ?? fin.guid, rounds: [], downtimeMs: 0, source: fin.source, resumed: true };
     }
     if (p.primary !== me) throw new MoveError(`project ${projectId} is served by ${p.primary ?? 'no host'}, not ${me}: run the move there`, p.primary);
+    if (inProgress && inProgress.id !== o.request?.id && inProgress.step === 'requested') {
+      throw new MoveError(`project ${projectId} has a move to ${inProgress.to} requested (${inProgress.id ?? 'no id'} by ${inProgress.requestedBy ?? '?'}): follow it with storagectl move --status ${projectId}, or storagectl cancel ${projectId} first`, p.primary);
+    }
+    if (inProgress && inProgress.to !== to) throw new MoveError(`project ${projectId} has a move to ${inProgress.to} in progress, not to ${to}: finish it (or cancel it) first`, p.primary);
     if (p.state !== 'active' && p.state !== 'moving') throw new MoveError(`project ${projectId} is ${p.state}; finish that first`, p.primary);
     if (p.operation && !inProgress) throw new MoveError(`project ${projectId} has a ${p.operation.kind} in progress (since ${new Date(p.operation.startedAt).toISOString()}): finish it first`, p.primary);
     const dead = deadAfterMs(c);
@@ -93,7 +106,11 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
     const { mounted: wasMountedProp } = await zfs.get(ds, ['mounted']);
     // an interrupted move (before its switch) may have unmounted the source: it was mounted then
     const wasMounted = wasMountedProp === 'yes' || inProgress?.wasMounted === true;
-    const op: ProjectOperation = { kind: 'move', from: me, to, snapshot: null, guid: null, creation: null, token: lease.token, startedAt: Date.now(), step: 'recorded', wasMounted };
+    const asked = inProgress?.step === 'requested' ? { id: inProgress.id, requestedBy: inProgress.requestedBy } : o.request ?? {};
+    const op: ProjectOperation = { kind: 'move', from: me, to, snapshot: null, guid: null, creation: null, token: lease.token, startedAt: Date.now(), step: 'recorded', wasMounted, ...defined(asked) };
+    const stopIfCancelled = async (before: string) => {
+      if (o.cancelled && (await o.cancelled())) throw new Cancelled(`cancelled before ${before}`);
+    };
     await lease.check('record the move');
     await catalog.setLocation(projectId, me, 'moving', lease.token, op);
     await catalog.addEvent({ project: projectId, host: me, kind: 'move-started', detail: JSON.stringify({ from: me, to, wasMounted }) }).catch(() => undefined);
@@ -110,8 +127,10 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
         const r = await syncRound(agent, projectId, to, 'presync', rounds);
         step(`pre-sync round ${i}: ${fmtBytes(r.bytes)} in ${(r.ms / 1000).toFixed(1)} s`);
         if (r.bytes < threshold) break;
+        await stopIfCancelled(`pre-sync round ${i + 1}`);
       }
       crashPoint('move', 'presynced');
+      await stopIfCancelled('the writes stopped');
       // stop writes, final incremental
       await lease.check('stop the writes at the source');
       await stopWritesAtSource(agent, ds, !!o.forceUnmount, step);
@@ -126,6 +145,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
       final = { snap: r.snapshot, guid: r.guid, creation: have.creation };
       step(`verified on ${to}: ${r.snapshot} guid ${r.guid}`);
       crashPoint('move', 'verified');
+      await stopIfCancelled('the switch');
       // switch: from here on the target is the one that may serve
       await lease.check(`switch the catalog to ${to}`);
     } catch (e) {
@@ -144,6 +164,10 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
         }
       } catch (e2) {
         back.push(`restoring the source failed too: ${(e2 as Error).message}`);
+      }
+      if (e instanceof Cancelled) {
+        await catalog.addEvent({ project: projectId, host: me, kind: 'move-cancelled', detail: `to ${to}: ${msg}` }).catch(() => undefined);
+        throw new MoveError(`move of ${projectId} to ${to} ${msg}: the project is still served by ${me} (${back.join(', ')})`, me, true);
       }
       await catalog.addEvent({ project: projectId, host: me, kind: 'move-failed', detail: `to ${to}: ${msg}` }).catch(() => undefined);
       throw new MoveError(`move of ${projectId} to ${to} failed before the switch: ${msg}. The project is still served by ${me} (${back.join(', ')}); re-run to try again`, me);
@@ -164,7 +188,7 @@ export async function move(agent: Agent, projectId: string, to: string, o: MoveO
  * Promote on the target, turn the source's dataset into a replica (or drop it), go
  * active. Every step is idempotent: a re-run after a crash anywhere in here finishes.
  */
-async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: MoveOptions, op: ProjectOperation, lease: Lease, step: (s: string) => void): Promise<{ snapshot: string; guid: string; source: 'replica' | 'dropped' }> {
+async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: MoveOptions, op: ProjectOperation, lease: Lease, step: (s: string) => void): Promise<{ snapshot: string; guid: string; source: MoveResult['source'] }> {
   const { catalog, zfs, config: c } = agent;
   const me = c.host;
   const ds = `${c.projectsRoot}/${p.id}`;
@@ -182,7 +206,10 @@ async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: Mov
   }
   step(`promoted and mounted on ${target.id}`);
   crashPoint('move', 'promoted');
-  let source: 'replica' | 'dropped';
+  let source: MoveResult['source'];
+  // a draining source keeps its copy (nothing is destroyed without being asked) but is
+  // no target: placement puts nothing new there, and a copy nobody sends to is not one
+  const draining = (await catalog.getHost(me))?.draining === true;
   if (await zfs.exists(ds)) {
     // the source's copy becomes an ordinary replica (the new primary sends incrementals on
     // its newest snapshot); its holds for targets are released: a replica holds nothing
@@ -213,10 +240,10 @@ async function finish(agent: Agent, p: ProjectRecord, target: HostRecord, o: Mov
       await zfs.inherit(replica, 'readonly');
       const { readonly } = await zfs.get(replica, ['readonly']);
       if (readonly !== 'on') await zfs.set(replica, { readonly: 'on' });
-      source = 'replica';
-      step(`${me} keeps ${replica} as a replica`);
+      source = draining ? 'kept' : 'replica';
+      step(draining ? `${me} keeps ${replica} (no target: ${me} is draining)` : `${me} keeps ${replica} as a replica`);
     }
-  } else source = (await zfs.exists(replica)) ? 'replica' : 'dropped'; // done by an earlier run
+  } else source = (await zfs.exists(replica)) ? (draining ? 'kept' : 'replica') : 'dropped'; // done by an earlier run
   crashPoint('move', 'source-kept');
   const newest = source === 'replica' ? (await zfs.list(replica, { depth: 0 })).get(replica)?.snapshots.at(-1) : undefined;
   await updateTargets(catalog, p.id, (cur) => [...cur.filter((t) => t !== target.id && t !== me), ...(source === 'replica' ? [me] : [])]);
@@ -289,4 +316,8 @@ async function stopWritesAtSource(agent: Agent, ds: string, force: boolean, step
 
 function fmtBytes(b: number): string {
   return b < 2 ** 20 ? `${(b / 1024).toFixed(0)} KiB` : `${(b / 2 ** 20).toFixed(1)} MiB`;
+}
+
+function defined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, x]) => x !== undefined)) as Partial<T>;
 }

@@ -5,12 +5,15 @@ import { Command, CommanderError } from 'commander';
 import { Zfs, CommandRunner, capabilityRows, ZfsCommandError, type DatasetTree } from '../zfs/index.js';
 import { loadConfig, parseConfig, ConfigError, deadAfterMs, fenceBoundMs, liveAt, type Config } from '../agent/config.js';
 import { Agent, sshOptions, type AgentDeps } from '../agent/agent.js';
-import { openCatalog, CatalogError, type Catalog, type ProjectRecord, type ReplicaRecord } from '../catalog/index.js';
+import { openCatalog, CatalogError, type Catalog, type OperationProgress, type ProjectRecord, type ReplicaRecord } from '../catalog/index.js';
 import { freshnessAsOf } from '../agent/cycle-plan.js';
 import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
 import { leaseOwner } from '../lock/lease.js';
 import { move } from '../agent/move.js';
+import { describeResult } from '../agent/move-runner.js';
+import { cancelMove, followMove, moveOnRow, requestMove, MoveRequestError, type MoveOutcome } from '../agent/move-request.js';
+import { drainHost, leftOn } from '../agent/drain.js';
 import { chooseDestination } from '../agent/move-destination.js';
 import { restore, RestoreError } from '../agent/restore.js';
 import { assertClock } from '../agent/clock.js';
@@ -94,6 +97,87 @@ async function destinationFor(config: Config, catalog: Catalog, id: string): Pro
   if (d.host === null) throw new UsageError(`move ${id}: ${d.why}`);
   process.stderr.write(`move: destination ${d.host} (${d.reason === 'holds-replica' ? `holds a replica at ${d.snapshot}: only the final delta moves` : 'least loaded; no replica host can take it: a full send'})\n`);
   return d.host;
+}
+
+interface MoveOpts {
+  dropSource?: boolean;
+  force?: boolean;
+  wait: boolean;
+  status?: boolean;
+  here?: boolean;
+  presyncThreshold: string;
+  pickupTimeout?: string;
+  lease: string;
+  json?: boolean;
+}
+
+function pickupOption(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 86_400) throw new UsageError(`--pickup-timeout: expected whole seconds from 1 to 86400, got ${v.describe(text)}`);
+  return n * 1000;
+}
+
+/** A followed move's reports on stderr: steps as lines, transfers as a bar on a terminal. */
+async function progressView(json: boolean): Promise<{ show: (p: OperationProgress) => void; stop: () => void }> {
+  const tty = !json && process.stderr.isTTY;
+  const CliProgress = tty ? (await import('cli-progress')).default : undefined;
+  let bar: { start: (t: number, v: number, p: object) => void; setTotal: (t: number) => void; update: (v: number, p: object) => void; stop: () => void } | undefined;
+  let lastStep = '';
+  return {
+    show: (p) => {
+      if (p.step !== lastStep) {
+        bar?.stop();
+        bar = undefined;
+        process.stderr.write(`move: ${p.step}\n`);
+        lastStep = p.step;
+      }
+      if (!tty || p.bytes === 0) return;
+      const rate = p.elapsedMs > 0 ? p.bytes / (p.elapsedMs / 1000) : 0;
+      const total = Math.max(p.bytes, p.estimate ?? p.bytes);
+      if (!bar) {
+        if (!CliProgress) return;
+        bar = new CliProgress.SingleBar({ format: 'move |{bar}| {sent} at {rate}/s, ETA {eta_formatted}', hideCursor: true, clearOnComplete: true }, CliProgress.Presets.shades_classic);
+        bar.start(total, 0, { sent: '0 MiB', rate: '0 MiB' });
+      }
+      bar.setTotal(total);
+      bar.update(p.bytes, { sent: mib(p.bytes), rate: mib(rate) });
+    },
+    stop: () => bar?.stop(),
+  };
+}
+
+/** The end of a followed move: stdout (--json: one document), exit code 0 moved, 1 not. */
+function reportOutcome(json: boolean, id: string, o: MoveOutcome): void {
+  if (o.phase !== 'done') process.exitCode = 1;
+  if ('progress' in o) {
+    const pr = o.progress;
+    const doc = { project: id, requestId: pr.id, outcome: o.phase, from: pr.from, to: pr.to, servedBy: pr.servedBy ?? (o.phase === 'done' ? pr.to : pr.from), ...(pr.result ?? {}), ...(pr.error ? { error: pr.error } : {}) };
+    out(json, doc, () => (o.phase === 'done' ? `${id} ${pr.step}\n` : `${id}: move to ${pr.to} ${o.phase}: ${pr.error ?? pr.step}\n`));
+    return;
+  }
+  out(json, { project: id, outcome: o.phase, detail: o.detail }, () => `${id}: ${o.detail}\n`);
+}
+
+/** `storagectl move --here`: performed in this process, on the primary (the agent is not needed). */
+async function moveHere(configPath: string, id: string, named: string | undefined, threshold: number, opts: MoveOpts): Promise<void> {
+  const { config, catalog, zfs } = await actingContext(configPath);
+  const to = named ?? (await destinationFor(config, catalog, id));
+  const view = await progressView(!!opts.json);
+  const agent = cliAgent({ config, catalog, zfs }, (pr) => view.show({ id: 'here-00000000', kind: 'move', from: config.host, to, phase: 'running', step: lastStep, bytes: pr.bytes, estimate: pr.estimate ?? null, elapsedMs: pr.elapsedMs, updatedAt: Date.now() }));
+  let lastStep = '';
+  const step = (s: string) => {
+    lastStep = s;
+    view.show({ id: 'here-00000000', kind: 'move', from: config.host, to, phase: 'running', step: s, bytes: 0, estimate: null, elapsedMs: 0, updatedAt: Date.now() });
+  };
+  try {
+    const r = await move(agent, id, to, { owner: leaseOwner('storagectl-move', config.host), dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, leaseMs: leaseOption(opts.lease), onStep: step });
+    view.stop();
+    out(!!opts.json, r, () => `${id} ${describeResult(r)}\n`);
+  } finally {
+    view.stop();
+    await agent.close();
+  }
 }
 
 async function withSsh<T>(config: Config, fn: (pool: SshPool) => Promise<T>): Promise<T> {
@@ -391,7 +475,11 @@ export async function main(argv: string[]): Promise<void> {
       const { config, catalog } = await context(cfg());
       const now = Date.now();
       const isLive = liveAt(config, now);
-      const hosts = (await catalog.listHosts()).map((h) => ({ ...h, heartbeatAgeSeconds: h.heartbeatAt === null ? null : Math.round((now - h.heartbeatAt) / 1000), live: isLive(h) }));
+      const listed = await catalog.listHosts();
+      // a draining host: what is still on it (one listing of the projects, only then)
+      const left = new Map<string, { primariesLeft: number; replicasLeft: number }>();
+      for (const h of listed.filter((x) => x.draining)) left.set(h.id, await leftOn(catalog, h.id));
+      const hosts = listed.map((h) => ({ ...h, heartbeatAgeSeconds: h.heartbeatAt === null ? null : Math.round((now - h.heartbeatAt) / 1000), live: isLive(h), ...(left.get(h.id) ?? {}) }));
       out(!!opts.json, { hosts }, () =>
         table([
           ['HOST', 'DATACENTER', 'ADDRESS', 'HEARTBEAT', 'STATE', 'LOAD'],
@@ -400,7 +488,7 @@ export async function main(argv: string[]): Promise<void> {
             h.datacenter,
             `${h.address}:${h.port}`,
             h.heartbeatAt === null ? 'never' : `${ago(now - h.heartbeatAt)} ago`,
-            `${h.live ? color(32, 'live') : color(31, 'dead')}${h.draining ? color(33, ' draining') : ''}`,
+            `${h.live ? color(32, 'live') : color(31, 'dead')}${h.draining ? color(33, h.primariesLeft || h.replicasLeft ? ` draining (${h.primariesLeft} projects, ${h.replicasLeft} replicas left)` : ' draining, empty') : ''}`,
             String(h.load),
           ]),
         ]),
@@ -434,51 +522,152 @@ export async function main(argv: string[]): Promise<void> {
   program
     .command('move <project> [host]')
     .description(
-      'move a project to another host with seconds of downtime (run on its primary): pre-sync, stop writes, final incremental, verify, switch. Without a host: a live host of another datacenter that holds a replica (least loaded), else the least-loaded live host',
+      "move a project to another host with seconds of downtime, typed on any host: the primary's agent performs it (pre-sync, stop writes, final incremental, verify, switch) and this command follows it. Without a host: a live host of another datacenter that holds a replica (least loaded), else the least-loaded live host. Exit 0 moved, 1 not moved (the source serves on)",
     )
-    .option('--drop-source', 'remove the copy on this host once the target serves (default: it stays a replica)')
+    .option('--drop-source', 'remove the copy on the source once the target serves (default: it stays a replica)')
     .option('--force', 'stop the processes using the project at the source (killed) when it is busy, then unmount')
-    .option('--lease <seconds>', 'length of the project lease (renewed at a third; every irreversible step needs a quarter of it left)', '120')
+    .option('--no-wait', 'record the request and return (follow it with --status)')
+    .option('--status', 'follow the move requested or running for <project> (or show how the last one ended)')
+    .option('--here', "perform the move in this process (on the primary only), without the agent: for a host whose agent is stopped")
+    .option('--lease <seconds>', 'with --here: length of the project lease (renewed at a third; every irreversible step needs a quarter of it left)', '120')
     .option('--presync-threshold <bytes>', 'pre-sync until a round sends less than this', String(64 * 2 ** 20))
+    .option('--pickup-timeout <seconds>', "withdraw the request if the primary's agent has not taken it up by then (default: 3 cycles, at least 30 s)")
     .option('--json', 'machine-readable output')
-    .action(async (id: string, named: string | undefined, opts: { dropSource?: boolean; force?: boolean; presyncThreshold: string; lease: string; json?: boolean }) => {
+    .action(async (id: string, named: string | undefined, opts: MoveOpts) => {
       v.projectId(id, 'storagectl move');
       if (named !== undefined) v.hostId(named, 'storagectl move [host]');
       const threshold = Number(opts.presyncThreshold);
       if (!Number.isInteger(threshold) || threshold < 0) throw new UsageError(`--presync-threshold: expected bytes, got ${v.describe(opts.presyncThreshold)}`);
-      const { config, catalog, zfs } = await actingContext(cfg());
-      const to = named ?? (await destinationFor(config, catalog, id));
-      const tty = !opts.json && process.stderr.isTTY;
-      const { default: cliProgress } = await import('cli-progress');
-      const bar = tty ? new cliProgress.SingleBar({ format: 'move |{bar}| {sent} at {rate}/s, ETA {eta_formatted}', hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : undefined;
-      let barOn = false;
-      const mb = mib;
-      const agent = cliAgent({ config, catalog, zfs }, (pr) => {
-        if (!bar) return;
-        const rate = pr.elapsedMs > 0 ? pr.bytes / (pr.elapsedMs / 1000) : 0;
-        const total = Math.max(pr.bytes, pr.estimate ?? pr.bytes);
-        if (!barOn) {
-          bar.start(total, 0, { sent: '0 MiB', rate: '0 MiB' });
-          barOn = true;
+      if (opts.status && (named !== undefined || opts.here || !opts.wait)) throw new UsageError('--status follows the move on record: it takes no host, --here or --no-wait');
+      if (opts.here && !opts.wait) throw new UsageError('--here performs the move in this process: it cannot --no-wait');
+      const pickup = pickupOption(opts.pickupTimeout);
+      if (opts.here) return moveHere(cfg(), id, named, threshold, opts);
+      const { config, catalog } = await context(cfg());
+      const pickupMs = pickup ?? Math.max(30_000, 3 * config.interval * 1000);
+      const owner = leaseOwner('storagectl-move', config.host);
+      let req: { id: string; from: string; to: string } | undefined;
+      if (opts.status) {
+        const p = await catalog.getProject(id);
+        if (!p) throw new UsageError(`project ${id} is not in the catalog`);
+        const op = moveOnRow(p);
+        if (!op?.id) {
+          const last = (await catalog.getProgress(id)).progress;
+          if (!last) throw new UsageError(`project ${id}: no move in progress${op ? ' (one started with --here: follow it where it was typed)' : ''} and none on record`);
+          return reportOutcome(!!opts.json, id, last.phase === 'requested' || last.phase === 'running' ? { phase: 'superseded', detail: `its last move (${last.id}) was ${last.phase} and is no longer on the row` } : { phase: last.phase, progress: last });
         }
-        bar.setTotal(total);
-        bar.update(pr.bytes, { sent: mb(pr.bytes), rate: mb(rate) });
-      });
-      const step = (s: string) => {
-        // steps go to stderr also with --json (stdout stays one JSON document)
-        if (barOn) {
-          bar!.stop();
-          barOn = false;
+        req = { id: op.id, from: op.from ?? '?', to: op.to };
+        process.stderr.write(`move: following ${op.id} (${op.from ?? '-'} -> ${op.to}, ${op.step}, requested by ${op.requestedBy ?? '?'})\n`);
+      } else {
+        await assertClock(catalog, config.failover.maxClockSkew * 1000);
+        const r = await requestMove(catalog, config, {
+          project: id,
+          ...(named !== undefined ? { to: named } : {}),
+          ...(opts.dropSource ? { dropSource: true } : {}),
+          ...(opts.force ? { forceUnmount: true } : {}),
+          presyncThresholdBytes: threshold,
+          requestedBy: `storagectl@${config.host}`,
+          owner,
+        });
+        if (r.choice?.host) process.stderr.write(`move: destination ${r.to} (${r.choice.reason === 'holds-replica' ? `holds a replica at ${r.choice.snapshot}: only the final delta moves` : 'least loaded; no replica host can take it: a full send'})\n`);
+        process.stderr.write(r.adopted ? `move: a move of ${id} to ${r.to} is already requested (${r.id}): following it\n` : `move: requested ${r.id}: ${r.from} -> ${r.to}; ${r.from}'s agent performs it\n`);
+        req = r;
+        if (!opts.wait) {
+          out(!!opts.json, { project: id, requestId: r.id, from: r.from, to: r.to, status: 'requested', adopted: r.adopted }, () => `${id}: move to ${r.to} requested (${r.id}); follow it with: storagectl move --status ${id}\n`);
+          return;
         }
-        process.stderr.write(`move: ${s}\n`);
-      };
-      try {
-        const r = await move(agent, id, to, { owner: leaseOwner('storagectl-move', config.host), dropSource: opts.dropSource, forceUnmount: opts.force, presyncThresholdBytes: threshold, leaseMs: leaseOption(opts.lease), onStep: step });
-        if (barOn) bar!.stop();
-        out(!!opts.json, r, () => `${id} moved from ${r.from} to ${r.to} at ${r.finalSnapshot}${r.resumed ? ' (finished an interrupted move)' : `; writes stopped for ${(r.downtimeMs / 1000).toFixed(1)} s`}; ${r.from} ${r.source === 'replica' ? 'keeps a replica' : 'copy dropped'}\n`);
-      } finally {
-        await agent.close();
       }
+      const view = await progressView(!!opts.json);
+      const outcome = await followMove(catalog, id, req.id, { pickupTimeoutMs: pickupMs, owner, onProgress: view.show }).finally(view.stop);
+      reportOutcome(!!opts.json, id, outcome);
+    });
+
+  program
+    .command('cancel <project>')
+    .description('cancel a requested or running move that has not switched yet: the project stays served by its source, mounted and active. Exit 0 cancelled, 1 too late (it switched) or nothing to cancel')
+    .option('--no-wait', 'ask and return (a running move stops at its next step)')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, opts: { wait: boolean; json?: boolean }) => {
+      v.projectId(id, 'storagectl cancel');
+      const { config, catalog } = await context(cfg());
+      const owner = leaseOwner('storagectl-cancel', config.host);
+      const c = await cancelMove(catalog, id, owner);
+      if (c.kind === 'none') throw new UsageError(c.detail);
+      if (c.kind === 'too-late') {
+        process.exitCode = 1;
+        out(!!opts.json, { project: id, cancelled: false, reason: 'switched', to: c.op.to }, () => `${id}: too late to cancel: the catalog already names ${c.op.to}; the move finishes (storagectl move --status ${id})\n`);
+        return;
+      }
+      if (c.kind === 'withdrawn') {
+        out(!!opts.json, { project: id, cancelled: true, requestId: c.op.id, servedBy: c.op.from }, () => `${id}: move to ${c.op.to} withdrawn before it started; served by ${c.op.from ?? '-'} as before\n`);
+        return;
+      }
+      process.stderr.write(`cancel: asked ${c.op.from ?? 'the source'} to stop move ${c.op.id} before its switch\n`);
+      if (!opts.wait) {
+        out(!!opts.json, { project: id, cancelled: null, requestId: c.op.id, status: 'asked' }, () => `${id}: cancel asked; storagectl move --status ${id} shows how it ends\n`);
+        return;
+      }
+      const outcome = await followMove(catalog, id, c.op.id!, { pickupTimeoutMs: Number.MAX_SAFE_INTEGER, owner });
+      const cancelled = outcome.phase === 'cancelled';
+      if (!cancelled) process.exitCode = 1;
+      out(!!opts.json, { project: id, cancelled, requestId: c.op.id, outcome: outcome.phase, ...('progress' in outcome ? { servedBy: outcome.progress.servedBy ?? null, detail: outcome.progress.step } : { detail: outcome.detail }) }, () =>
+        cancelled ? `${id}: cancelled; ${('progress' in outcome && outcome.progress.step) || ''}\n` : `${id}: not cancelled: the move ended ${outcome.phase}${'progress' in outcome ? `: ${outcome.progress.step}` : `: ${outcome.detail}`}\n`,
+      );
+    });
+
+  program
+    .command('drain <host>')
+    .description('empty a host for maintenance: mark it draining (no new projects or replicas; its replicas are re-placed), then move every project it serves, a few at a time, each performed by its agent. Killed and re-run, it continues. Exit 0 when every project moved')
+    .option('--concurrency <n>', 'moves in flight at once', '2')
+    .option('--to-datacenter <dc>', 'only move to hosts of this datacenter (repeatable: comma-separated)')
+    .option('--pickup-timeout <seconds>', "withdraw a request the host's agent has not taken up by then (default: 3 cycles, at least 30 s)")
+    .option('--json', 'machine-readable output')
+    .action(async (hostId: string, opts: { concurrency: string; toDatacenter?: string; pickupTimeout?: string; json?: boolean }) => {
+      v.hostId(hostId, 'storagectl drain');
+      const concurrency = Number(opts.concurrency);
+      if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new UsageError(`--concurrency: expected 1 to 64, got ${v.describe(opts.concurrency)}`);
+      const dcs = opts.toDatacenter?.split(',').map((d) => v.hostId(d.trim(), 'storagectl drain --to-datacenter'));
+      const pickup = pickupOption(opts.pickupTimeout);
+      const { config, catalog } = await context(cfg());
+      await assertClock(catalog, config.failover.maxClockSkew * 1000);
+      if (dcs) {
+        const known = new Set((await catalog.listHosts()).map((h) => h.datacenter));
+        const unknown = dcs.filter((d) => !known.has(d));
+        if (unknown.length) throw new UsageError(`--to-datacenter: no host in ${unknown.join(', ')} (datacenters: ${[...known].sort().join(', ')})`);
+      }
+      const t0 = Date.now();
+      const summary = await drainHost(catalog, config, {
+        host: hostId,
+        concurrency,
+        ...(dcs ? { datacenters: dcs } : {}),
+        owner: leaseOwner('storagectl-drain', config.host),
+        requestedBy: `drain@${config.host}`,
+        pickupTimeoutMs: pickup ?? Math.max(30_000, 3 * config.interval * 1000),
+        onEvent: (e) => {
+          if (e.kind === 'requested') process.stderr.write(`drain: ${e.project} -> ${e.to} ${e.adopted ? 'already requested, following' : 'requested'} (${e.id})\n`);
+          else if (e.kind === 'progress' && e.progress.phase === 'running') process.stderr.write(`drain: ${e.project}: ${e.progress.step}${e.progress.bytes ? ` (${mib(e.progress.bytes)})` : ''}\n`);
+          else if (e.kind === 'finished') process.stderr.write(`drain: [${e.done}/${e.total}] ${e.item.project}: ${e.item.outcome}${e.item.to ? ` -> ${e.item.to}` : ''}: ${e.item.detail}\n`);
+        },
+      });
+      const bad = summary.items.filter((i) => i.outcome !== 'moved');
+      if (bad.length) process.exitCode = 1;
+      const secs = ((Date.now() - t0) / 1000).toFixed(1);
+      out(!!opts.json, { ...summary, seconds: Number(secs) }, () =>
+        [
+          table([['PROJECT', 'OUTCOME', 'TO', 'DETAIL'], ...summary.items.map((i) => [i.project, i.outcome, i.to ?? '-', i.detail])]),
+          `${hostId}: ${summary.items.filter((i) => i.outcome === 'moved').length} moved, ${bad.length} not moved, in ${secs} s; ` +
+            (summary.empty ? `${hostId} is empty (draining; storagectl undrain ${hostId} to use it again)\n` : `${summary.primariesLeft} projects still served there, ${summary.replicasLeft} replicas still placed there (their primaries' agents re-place them each cycle when a host can take them; storagectl hosts shows the count)\n`),
+        ].join(''),
+      );
+    });
+
+  program
+    .command('undrain <host>')
+    .description('a drained host takes new projects and replicas again')
+    .action(async (hostId: string) => {
+      v.hostId(hostId, 'storagectl undrain');
+      const { catalog } = await context(cfg());
+      await catalog.setDraining(hostId, false);
+      process.stdout.write(`${hostId}: no longer draining\n`);
     });
 
   program
@@ -672,6 +861,6 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`storagectl: ${msg}\n`);
     process.exitCode =
       // refused before anything was done: bad input, or the project is busy / not applicable
-      e instanceof UsageError || e instanceof v.ValidationError || e instanceof ConfigError || e instanceof LockedError || e instanceof FailoverNotNeeded || e instanceof RestoreError ? 2 : e instanceof EnvError || e instanceof CatalogError ? 3 : e instanceof ZfsCommandError ? 1 : 1;
+      e instanceof UsageError || e instanceof v.ValidationError || e instanceof ConfigError || e instanceof LockedError || e instanceof FailoverNotNeeded || e instanceof RestoreError ? 2 : e instanceof MoveRequestError ? 1 : e instanceof EnvError || e instanceof CatalogError ? 3 : e instanceof ZfsCommandError ? 1 : 1;
   }
 }

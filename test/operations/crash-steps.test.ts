@@ -26,11 +26,11 @@ describe('crash at every step of a move', () => {
       const p = await replicated({ 'data.bin': randomBytes(30_000), 'notes.txt': step });
       writeFileSync(`${p.mnt}/written-before-the-move.txt`, 'after the last replication: the move carries it');
       const sum = treeChecksum(p.mnt);
-      const args = ['move', p.id, 'b', '--lease', String(LEASE)];
+      const args = ['move', '--here', p.id, 'b', '--lease', String(LEASE)];
       const crashed = await storagectl(sb, A, cfg.get('a')!, args, scaled(120_000), { env: { STORAGE_CRASH_AT: `move:${step}` } });
       assert.equal(crashed.signal, 'SIGKILL', `killed at the crash point: ${crashed.stderr}`);
       assert.ok((await writableOn(p.id)).length <= 1, 'never two writable copies, also right after the crash');
-      const r = await rerun(A, ['move', p.id, 'b', '--json']);
+      const r = await rerun(A, ['move', '--here', p.id, 'b', '--json']);
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(await writableOn(p.id), ['b']);
       assert.deepEqual(await servedBy(p.id), { primary: 'b', state: 'active', operation: null });

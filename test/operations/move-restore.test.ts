@@ -92,7 +92,7 @@ describe('move', () => {
     })();
     const sampler = new MountSampler(sb, p.id, () => new Set(['a', 'b', 'c'])).start();
     await sleep(1500);
-    const r = await storagectl(sb, A, cfg.get('a')!, ['move', p.id, 'b', '--json', '--presync-threshold', '8388608']);
+    const r = await storagectl(sb, A, cfg.get('a')!, ['move', '--here', p.id, 'b', '--json', '--presync-threshold', '8388608']);
     stop = true;
     await writer;
     sampler.stop();
@@ -132,7 +132,7 @@ describe('move', () => {
     await cycleAll();
     link('c', 'down');
     try {
-      const r = await storagectl(sb, A, cfg.get('a')!, ['move', p.id, 'c']);
+      const r = await storagectl(sb, A, cfg.get('a')!, ['move', '--here', p.id, 'c']);
       assert.equal(r.code, 1, r.stdout + r.stderr);
       assert.match(r.stderr, /failed before the switch.*still served by a/s);
     } finally {
@@ -143,7 +143,7 @@ describe('move', () => {
     assert.deepEqual(await mountedOn(p.id), ['a']);
     // re-running succeeds once the target is back (and heartbeats again)
     for (const h of ['a', 'b', 'c']) await fleet.catalog.heartbeat(h, 0);
-    const again = await storagectl(sb, A, cfg.get('a')!, ['move', p.id, 'c', '--drop-source', '--json']);
+    const again = await storagectl(sb, A, cfg.get('a')!, ['move', '--here', p.id, 'c', '--drop-source', '--json']);
     assert.equal(again.code, 0, again.stderr);
     assert.equal((JSON.parse(again.stdout) as { source: string }).source, 'dropped');
     assert.deepEqual(await mountedOn(p.id), ['c']);
@@ -159,7 +159,7 @@ describe('move', () => {
     assert.deepEqual((await fleet.catalog.listReplicas(p.id)).map((r) => r.host).sort(), ['b', 'c']);
     await fleet.catalog.setDraining('b', true); // b holds a replica too, but is being emptied
     try {
-      const r = await storagectl(sb, A, cfg.get('a')!, ['move', p.id, '--json']);
+      const r = await storagectl(sb, A, cfg.get('a')!, ['move', '--here', p.id, '--json']);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stderr, /destination c \(holds a replica at \S+: only the final delta moves\)/);
       const res = JSON.parse(r.stdout) as { to: string; rounds: Array<{ bytes: number }> };
@@ -173,11 +173,11 @@ describe('move', () => {
 
   it('refuses bad input with exit 2 and changes nothing', async () => {
     const p = await createProject(fleet, A, { files: { f: 'x' } });
-    for (const args of [['move', 'not-a-uuid', 'b'], ['move', p.id, 'no such host!'], ['move', p.id, 'b', '--presync-threshold', 'lots']]) {
+    for (const args of [['move', '--here', 'not-a-uuid', 'b'], ['move', '--here', p.id, 'no such host!'], ['move', '--here', p.id, 'b', '--presync-threshold', 'lots']]) {
       const r = await storagectl(sb, A, cfg.get('a')!, args);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
     }
-    const r = await storagectl(sb, B, cfg.get('b')!, ['move', p.id, 'c']);
+    const r = await storagectl(sb, B, cfg.get('b')!, ['move', '--here', p.id, 'c']);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /served by a, not b: run the move there/);
     assert.deepEqual(await mountedOn(p.id), ['a']);
