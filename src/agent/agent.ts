@@ -204,8 +204,33 @@ export class Agent {
   // the state cache (state.ts), which the agent's own operations and listings keep current
   // and the rolling audit re-checks against zfs (a slice per cycle, all within audit.period).
 
+  /** projects an operation in this process owns (agent/move.ts): cycles leave them alone */
+  private readonly claimed = new Set<string>();
+  private cycleInFlight: Promise<unknown> | undefined;
+
+  /**
+   * An operation takes a project over from the cycles: from now on no cycle snapshots,
+   * sends or prunes it, and this resolves once a cycle that began before (and may still
+   * be sending it) has ended. Call the returned function to give it back.
+   */
+  async claim(project: string): Promise<() => void> {
+    this.claimed.add(project);
+    await this.cycleInFlight?.catch(() => undefined);
+    return () => this.claimed.delete(project);
+  }
+
   /** One cycle. Never throws for per-project problems: they are reported. */
   async runCycle(): Promise<CycleReport> {
+    const cycle = this.cycle();
+    this.cycleInFlight = cycle;
+    try {
+      return await cycle;
+    } finally {
+      if (this.cycleInFlight === cycle) this.cycleInFlight = undefined;
+    }
+  }
+
+  private async cycle(): Promise<CycleReport> {
     const run = this.startRun();
     if (this.clockProblem) {
       run.report.failures.push({ project: '-', error: this.clockProblem });
@@ -220,7 +245,8 @@ export class Agent {
     const mounted = new Set(mounts.keys());
     await this.setAsideUnserved(view.served, mounted, run.report);
     // a project being restored is neither snapshotted nor replicated (its tree is being rewritten)
-    const projects = view.served.filter((p) => p.state === 'active' && p.operation?.kind !== 'restore');
+    // nor is one an operation in this process has claimed (a move: it sends it itself)
+    const projects = view.served.filter((p) => p.state === 'active' && p.operation?.kind !== 'restore' && !this.claimed.has(p.id));
     await this.discoverDatasets(run.report);
     const unknown = projects.map((p) => this.dsOf(p.id)).filter((d) => !this.state.knows(d));
     if (unknown.length) await this.listLocal(unknown, run.report, projects);

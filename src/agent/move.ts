@@ -73,115 +73,126 @@ class Cancelled extends Error {}
 export async function move(agent: Agent, projectId: string, to: string, o: MoveOptions): Promise<MoveResult> {
   v.projectId(projectId, 'move');
   v.hostId(to, 'move target');
-  const { catalog, zfs, config: c } = agent;
-  const me = c.host;
+  const me = agent.config.host;
   const step = o.onStep ?? (() => {});
   if (to === me) throw new MoveError(`${projectId}: the target ${to} is this host (the source)`, me);
-  const ds = `${c.projectsRoot}/${projectId}`;
-  return withProjectLease(catalog, projectId, o.owner, o.leaseMs ?? 120_000, async (lease) => {
+  return withProjectLease(agent.catalog, projectId, o.owner, o.leaseMs ?? 120_000, async (lease) => {
     step(`locked (token ${lease.token})`);
-    crashPoint('move', 'locked');
-    const p = await catalog.getProject(projectId);
-    if (!p) throw new MoveError(`project ${projectId} is not in the catalog`, null);
-    const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
-    const target = hosts.get(to);
-    if (!target) throw new MoveError(`host ${to} is not in the catalog (see storagectl hosts)`, p.primary);
-    const inProgress = p.operation?.kind === 'move' ? p.operation : undefined;
-    if (inProgress?.step === 'switched' && inProgress.to === to && inProgress.from === me && p.primary === to) {
-      // an earlier run switched the catalog to the target and stopped: finish it
-      step(`resuming: the catalog already names ${to}; finishing the switch`);
-      const fin = await finish(agent, p, target, o, { ...inProgress, token: lease.token }, lease, step);
-      return { project: projectId, from: me, to, finalSnapshot: inProgress.snapshot ?? fin.snapshot, finalGuid: inProgress.guid ?? fin.guid, rounds: [], downtimeMs: 0, source: fin.source, resumed: true };
-    }
-    if (p.primary !== me) throw new MoveError(`project ${projectId} is served by ${p.primary ?? 'no host'}, not ${me}: run the move there`, p.primary);
-    if (inProgress && inProgress.id !== o.request?.id && inProgress.step === 'requested') {
-      throw new MoveError(`project ${projectId} has a move to ${inProgress.to} requested (${inProgress.id ?? 'no id'} by ${inProgress.requestedBy ?? '?'}): follow it with storagectl move --status ${projectId}, or storagectl cancel ${projectId} first`, p.primary);
-    }
-    if (inProgress && inProgress.to !== to) throw new MoveError(`project ${projectId} has a move to ${inProgress.to} in progress, not to ${to}: finish it (or cancel it) first`, p.primary);
-    if (p.state !== 'active' && p.state !== 'moving') throw new MoveError(`project ${projectId} is ${p.state}; finish that first`, p.primary);
-    if (p.operation && !inProgress) throw new MoveError(`project ${projectId} has a ${p.operation.kind} in progress (since ${new Date(p.operation.startedAt).toISOString()}): finish it first`, p.primary);
-    const dead = deadAfterMs(c);
-    if (target.heartbeatAt === null || Date.now() - target.heartbeatAt > dead) throw new MoveError(`target ${to} has no recent heartbeat (dead for the catalog): not moving there`, me);
-
-    const { mounted: wasMountedProp } = await zfs.get(ds, ['mounted']);
-    // an interrupted move (before its switch) may have unmounted the source: it was mounted then
-    const wasMounted = wasMountedProp === 'yes' || inProgress?.wasMounted === true;
-    const asked = inProgress?.step === 'requested' ? { id: inProgress.id, requestedBy: inProgress.requestedBy } : o.request ?? {};
-    const op: ProjectOperation = { kind: 'move', from: me, to, snapshot: null, guid: null, creation: null, token: lease.token, startedAt: Date.now(), step: 'recorded', wasMounted, ...defined(asked) };
-    const stopIfCancelled = async (before: string) => {
-      if (o.cancelled && (await o.cancelled())) throw new Cancelled(`cancelled before ${before}`);
-    };
-    await lease.check('record the move');
-    await catalog.setLocation(projectId, me, 'moving', lease.token, op);
-    await catalog.addEvent({ project: projectId, host: me, kind: 'move-started', detail: JSON.stringify({ from: me, to, wasMounted }) }).catch(() => undefined);
-    crashPoint('move', 'recorded');
-    if (!p.targets.includes(to)) p.targets = await updateTargets(catalog, projectId, (cur) => (cur.includes(to) ? cur : [...cur, to]));
-    const rounds: MoveResult['rounds'] = [];
-    let unmountedAt = 0;
-    let final: { snap: string; guid: string; creation: number } | undefined;
+    // this process's cycles leave the project alone from here (a cycle already sending it ends first)
+    const release = await agent.claim(projectId);
     try {
-      // pre-sync while the project keeps serving
-      const threshold = o.presyncThresholdBytes ?? 64 * 2 ** 20;
-      const maxRounds = o.maxPresyncRounds ?? 5;
-      for (let i = 1; i <= maxRounds; i++) {
-        const r = await syncRound(agent, projectId, to, 'presync', rounds);
-        step(`pre-sync round ${i}: ${fmtBytes(r.bytes)} in ${(r.ms / 1000).toFixed(1)} s`);
-        if (r.bytes < threshold) break;
-        await stopIfCancelled(`pre-sync round ${i + 1}`);
-      }
-      crashPoint('move', 'presynced');
-      await stopIfCancelled('the writes stopped');
-      // stop writes, final incremental
-      await lease.check('stop the writes at the source');
-      await stopWritesAtSource(agent, ds, !!o.forceUnmount, step);
-      unmountedAt = Date.now();
-      crashPoint('move', 'writes-stopped');
-      const r = await syncRound(agent, projectId, to, 'final', rounds);
-      step(`final incremental: ${fmtBytes(r.bytes)} (${r.snapshot})`);
-      // verify on the target's own listing
-      const listing = await fetchListing(agent.ssh, target, { timeoutSeconds: 60, projects: [projectId] });
-      const have = listing.datasets[projectId]?.snapshots.find((s) => s.guid === r.guid);
-      if (!have) throw new Error(`${to}'s listing does not show the final snapshot ${r.snapshot} (guid ${r.guid})`);
-      final = { snap: r.snapshot, guid: r.guid, creation: have.creation };
-      step(`verified on ${to}: ${r.snapshot} guid ${r.guid}`);
-      crashPoint('move', 'verified');
-      await stopIfCancelled('the switch');
-      // switch: from here on the target is the one that may serve
-      await lease.check(`switch the catalog to ${to}`);
-    } catch (e) {
-      // a lease that may have run out: change nothing (the next holder, or a re-run, decides)
-      if (e instanceof LeaseLostError) throw e;
-      // not switched: the source serves again (catalog first: remount only if that held)
-      const msg = (e as Error).message;
-      const back: string[] = [];
-      try {
-        await catalog.setLocation(projectId, me, 'active', lease.token, null);
-        back.push('active again');
-        if (wasMounted) {
-          const { mounted } = await zfs.get(ds, ['mounted']);
-          if (mounted !== 'yes') await zfs.mount(ds);
-          back.push('remounted');
-        }
-      } catch (e2) {
-        back.push(`restoring the source failed too: ${(e2 as Error).message}`);
-      }
-      if (e instanceof Cancelled) {
-        await catalog.addEvent({ project: projectId, host: me, kind: 'move-cancelled', detail: `to ${to}: ${msg}` }).catch(() => undefined);
-        throw new MoveError(`move of ${projectId} to ${to} ${msg}: the project is still served by ${me} (${back.join(', ')})`, me, true);
-      }
-      await catalog.addEvent({ project: projectId, host: me, kind: 'move-failed', detail: `to ${to}: ${msg}` }).catch(() => undefined);
-      throw new MoveError(`move of ${projectId} to ${to} failed before the switch: ${msg}. The project is still served by ${me} (${back.join(', ')}); re-run to try again`, me);
+      return await moveLocked(agent, projectId, to, o, lease, step);
+    } finally {
+      release();
     }
-
-    const switched: ProjectOperation = { ...op, snapshot: final.snap, guid: final.guid, creation: final.creation, step: 'switched' };
-    await catalog.setLocation(projectId, to, 'moving', lease.token, switched);
-    step(`catalog names ${to}`);
-    crashPoint('move', 'switched');
-    const fin = await finish(agent, { ...p, primary: to, state: 'moving' }, target, o, switched, lease, step);
-    const downtimeMs = Date.now() - unmountedAt;
-    await catalog.addEvent({ project: projectId, host: to, kind: 'moved', detail: `from ${me} to ${to} at ${final.snap} (guid ${final.guid}); writes stopped for ${(downtimeMs / 1000).toFixed(1)} s; source ${fin.source}` }).catch(() => undefined);
-    return { project: projectId, from: me, to, finalSnapshot: final.snap, finalGuid: final.guid, rounds, downtimeMs, source: fin.source, resumed: false };
   });
+}
+
+async function moveLocked(agent: Agent, projectId: string, to: string, o: MoveOptions, lease: Lease, step: (s: string) => void): Promise<MoveResult> {
+  const { catalog, zfs, config: c } = agent;
+  const me = c.host;
+  const ds = `${c.projectsRoot}/${projectId}`;
+  crashPoint('move', 'locked');
+  const p = await catalog.getProject(projectId);
+  if (!p) throw new MoveError(`project ${projectId} is not in the catalog`, null);
+  const hosts = new Map((await catalog.listHosts()).map((h) => [h.id, h]));
+  const target = hosts.get(to);
+  if (!target) throw new MoveError(`host ${to} is not in the catalog (see storagectl hosts)`, p.primary);
+  const inProgress = p.operation?.kind === 'move' ? p.operation : undefined;
+  if (inProgress?.step === 'switched' && inProgress.to === to && inProgress.from === me && p.primary === to) {
+    // an earlier run switched the catalog to the target and stopped: finish it
+    step(`resuming: the catalog already names ${to}; finishing the switch`);
+    const fin = await finish(agent, p, target, o, { ...inProgress, token: lease.token }, lease, step);
+    return { project: projectId, from: me, to, finalSnapshot: inProgress.snapshot ?? fin.snapshot, finalGuid: inProgress.guid ?? fin.guid, rounds: [], downtimeMs: 0, source: fin.source, resumed: true };
+  }
+  if (p.primary !== me) throw new MoveError(`project ${projectId} is served by ${p.primary ?? 'no host'}, not ${me}: run the move there`, p.primary);
+  if (inProgress && inProgress.id !== o.request?.id && inProgress.step === 'requested') {
+    throw new MoveError(`project ${projectId} has a move to ${inProgress.to} requested (${inProgress.id ?? 'no id'} by ${inProgress.requestedBy ?? '?'}): follow it with storagectl move --status ${projectId}, or storagectl cancel ${projectId} first`, p.primary);
+  }
+  if (inProgress && inProgress.to !== to) throw new MoveError(`project ${projectId} has a move to ${inProgress.to} in progress, not to ${to}: finish it (or cancel it) first`, p.primary);
+  if (p.state !== 'active' && p.state !== 'moving') throw new MoveError(`project ${projectId} is ${p.state}; finish that first`, p.primary);
+  if (p.operation && !inProgress) throw new MoveError(`project ${projectId} has a ${p.operation.kind} in progress (since ${new Date(p.operation.startedAt).toISOString()}): finish it first`, p.primary);
+  const dead = deadAfterMs(c);
+  if (target.heartbeatAt === null || Date.now() - target.heartbeatAt > dead) throw new MoveError(`target ${to} has no recent heartbeat (dead for the catalog): not moving there`, me);
+
+  const { mounted: wasMountedProp } = await zfs.get(ds, ['mounted']);
+  // an interrupted move (before its switch) may have unmounted the source: it was mounted then
+  const wasMounted = wasMountedProp === 'yes' || inProgress?.wasMounted === true;
+  const asked = inProgress?.step === 'requested' ? { id: inProgress.id, requestedBy: inProgress.requestedBy } : o.request ?? {};
+  const op: ProjectOperation = { kind: 'move', from: me, to, snapshot: null, guid: null, creation: null, token: lease.token, startedAt: Date.now(), step: 'recorded', wasMounted, ...defined(asked) };
+  const stopIfCancelled = async (before: string) => {
+    if (o.cancelled && (await o.cancelled())) throw new Cancelled(`cancelled before ${before}`);
+  };
+  await lease.check('record the move');
+  await catalog.setLocation(projectId, me, 'moving', lease.token, op);
+  await catalog.addEvent({ project: projectId, host: me, kind: 'move-started', detail: JSON.stringify({ from: me, to, wasMounted }) }).catch(() => undefined);
+  crashPoint('move', 'recorded');
+  if (!p.targets.includes(to)) p.targets = await updateTargets(catalog, projectId, (cur) => (cur.includes(to) ? cur : [...cur, to]));
+  const rounds: MoveResult['rounds'] = [];
+  let unmountedAt = 0;
+  let final: { snap: string; guid: string; creation: number } | undefined;
+  try {
+    // pre-sync while the project keeps serving
+    const threshold = o.presyncThresholdBytes ?? 64 * 2 ** 20;
+    const maxRounds = o.maxPresyncRounds ?? 5;
+    for (let i = 1; i <= maxRounds; i++) {
+      const r = await syncRound(agent, projectId, to, 'presync', rounds);
+      step(`pre-sync round ${i}: ${fmtBytes(r.bytes)} in ${(r.ms / 1000).toFixed(1)} s`);
+      if (r.bytes < threshold) break;
+      await stopIfCancelled(`pre-sync round ${i + 1}`);
+    }
+    crashPoint('move', 'presynced');
+    await stopIfCancelled('the writes stopped');
+    // stop writes, final incremental
+    await lease.check('stop the writes at the source');
+    await stopWritesAtSource(agent, ds, !!o.forceUnmount, step);
+    unmountedAt = Date.now();
+    crashPoint('move', 'writes-stopped');
+    const r = await syncRound(agent, projectId, to, 'final', rounds);
+    step(`final incremental: ${fmtBytes(r.bytes)} (${r.snapshot})`);
+    // verify on the target's own listing
+    const listing = await fetchListing(agent.ssh, target, { timeoutSeconds: 60, projects: [projectId] });
+    const have = listing.datasets[projectId]?.snapshots.find((s) => s.guid === r.guid);
+    if (!have) throw new Error(`${to}'s listing does not show the final snapshot ${r.snapshot} (guid ${r.guid})`);
+    final = { snap: r.snapshot, guid: r.guid, creation: have.creation };
+    step(`verified on ${to}: ${r.snapshot} guid ${r.guid}`);
+    crashPoint('move', 'verified');
+    await stopIfCancelled('the switch');
+    // switch: from here on the target is the one that may serve
+    await lease.check(`switch the catalog to ${to}`);
+  } catch (e) {
+    // a lease that may have run out: change nothing (the next holder, or a re-run, decides)
+    if (e instanceof LeaseLostError) throw e;
+    // not switched: the source serves again (catalog first: remount only if that held)
+    const msg = (e as Error).message;
+    const back: string[] = [];
+    try {
+      await catalog.setLocation(projectId, me, 'active', lease.token, null);
+      back.push('active again');
+      if (wasMounted) {
+        const { mounted } = await zfs.get(ds, ['mounted']);
+        if (mounted !== 'yes') await zfs.mount(ds);
+        back.push('remounted');
+      }
+    } catch (e2) {
+      back.push(`restoring the source failed too: ${(e2 as Error).message}`);
+    }
+    if (e instanceof Cancelled) {
+      await catalog.addEvent({ project: projectId, host: me, kind: 'move-cancelled', detail: `to ${to}: ${msg}` }).catch(() => undefined);
+      throw new MoveError(`move of ${projectId} to ${to} ${msg}: the project is still served by ${me} (${back.join(', ')})`, me, true);
+    }
+    await catalog.addEvent({ project: projectId, host: me, kind: 'move-failed', detail: `to ${to}: ${msg}` }).catch(() => undefined);
+    throw new MoveError(`move of ${projectId} to ${to} failed before the switch: ${msg}. The project is still served by ${me} (${back.join(', ')}); re-run to try again`, me);
+  }
+
+  const switched: ProjectOperation = { ...op, snapshot: final.snap, guid: final.guid, creation: final.creation, step: 'switched' };
+  await catalog.setLocation(projectId, to, 'moving', lease.token, switched);
+  step(`catalog names ${to}`);
+  crashPoint('move', 'switched');
+  const fin = await finish(agent, { ...p, primary: to, state: 'moving' }, target, o, switched, lease, step);
+  const downtimeMs = Date.now() - unmountedAt;
+  await catalog.addEvent({ project: projectId, host: to, kind: 'moved', detail: `from ${me} to ${to} at ${final.snap} (guid ${final.guid}); writes stopped for ${(downtimeMs / 1000).toFixed(1)} s; source ${fin.source}` }).catch(() => undefined);
+  return { project: projectId, from: me, to, finalSnapshot: final.snap, finalGuid: final.guid, rounds, downtimeMs, source: fin.source, resumed: false };
 }
 
 /**

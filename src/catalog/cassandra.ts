@@ -151,7 +151,6 @@ import {
   checkProgress,
   decodeProgress,
   requestId,
-  PROGRESS_TTL_SECONDS,
 } from './types.js';
 import * as v from '../util/validate.js';
 import { guardHosts, type HostGuard } from './driver-hosts.js';
