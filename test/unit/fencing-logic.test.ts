@@ -36,7 +36,7 @@ describe('operation rows', () => {
     assert.deepEqual(checkOperation({ ...ok, extra: 1 }, 'row'), ok, 'a field a newer version added is dropped, not refused');
     assert.throws(() => checkOperation({ ...ok, guid: null }, 'row'), /failover without the snapshot and guid/);
     assert.throws(() => checkOperation({ ...ok, to: 'a' }, 'row'), /from a host to itself/);
-    assert.throws(() => checkOperation({ ...ok, step: 'promoted' }, 'row'), /step other than recorded or switched/);
+    assert.throws(() => checkOperation({ ...ok, step: 'promoted' }, 'row'), /step other than requested, recorded or switched/);
     assert.throws(() => checkOperation({ ...ok, mode: 'rollback' }, 'row'), /restore fields on a non-restore/);
     assert.throws(() => checkOperation([], 'row'), CatalogError);
   });
@@ -48,7 +48,7 @@ describe('operation rows', () => {
     await c.setLocation('1b4e28ba-2fa1-11d2-883f-0016d3cca427', 'b', 'failing-over', l.token, { ...ok, token: l.token });
     const p = await c.getProject('1b4e28ba-2fa1-11d2-883f-0016d3cca427');
     assert.deepEqual([p!.primary, p!.state, p!.operation], ['b', 'failing-over', { ...ok, token: l.token }]);
-    await assert.rejects(c.setLocation('1b4e28ba-2fa1-11d2-883f-0016d3cca427', 'b', 'active', l.token, { ...ok, step: 'BAD' } as unknown as ProjectOperation), /step other than recorded or switched/);
+    await assert.rejects(c.setLocation('1b4e28ba-2fa1-11d2-883f-0016d3cca427', 'b', 'active', l.token, { ...ok, step: 'BAD' } as unknown as ProjectOperation), /step other than requested, recorded or switched/);
     await c.close();
   });
 });
