@@ -98,10 +98,12 @@ describe('cassandra catalog specifics', () => {
       hosts: ['C0:id', 'P0:scope'],
       locks: ['P0:name'],
       newest_snapshots: ['P0:project'],
+      progress: ['P0:project'],
       projects: ['P0:id'],
       projects_by_host: ['C0:project', 'P0:host'],
       replicas: ['C0:host', 'P0:project'],
       replicas_by_host: ['C0:project', 'P0:host'],
+      requests: ['C0:project', 'P0:host'],
       schema_migrations: ['C0:name', 'P0:scope'],
     });
     const [ks] = await cql('SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?', [KEYSPACE]);
