@@ -65,7 +65,7 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   await metrics.listen(config.metrics.listen);
-  runner = new MoveRunner(agent, log);
+  runner = new MoveRunner(agent, log, metrics);
   runner.wake(); // requests left by a crash or written while this agent was down
   log.info({ host: config.host, interval: config.interval, metrics: config.metrics.listen, failover: config.failover.mode }, 'storage-agent started');
 

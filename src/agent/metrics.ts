@@ -27,6 +27,8 @@ export class AgentMetrics {
   private readonly selfFencedTotal: Counter;
   private readonly clockSkew: Gauge;
   private readonly fenceEvents: Counter<'kind'>;
+  private readonly movesRunning: Gauge;
+  private readonly movesTotal: Counter<'outcome'>;
   private readonly newest = new Map<string, Map<string, number | null>>(); // target -> project -> creation (unix s) of the newest snapshot on target
   private server?: Server;
 
@@ -57,6 +59,8 @@ export class AgentMetrics {
     this.clockSkew = new Gauge({ name: 'storage_clock_skew_seconds', help: "This host's clock minus the catalog's, at the last heartbeat (beyond failover.maxClockSkew the agent refuses to act)", registers: [r] });
     this.selfFencedTotal = new Counter({ name: 'storage_self_fenced_projects_total', help: 'Projects unmounted because the catalog could not be reached for failover.selfFenceAfter', registers: [r] });
     this.fenceEvents = new Counter({ name: 'storage_fence_events_total', help: 'Fencing and failover actions by this agent (demoted, remounted, failover)', labelNames: ['kind'], registers: [r] });
+    this.movesRunning = new Gauge({ name: 'storage_moves_running', help: 'Moves requested of this host (storagectl move/drain) being performed now', registers: [r] });
+    this.movesTotal = new Counter({ name: 'storage_moves_total', help: 'Moves requested of this host that ended, by outcome (done, failed, cancelled)', labelNames: ['outcome'], registers: [r] });
     this.cycleZfsCalls = new Gauge({ name: 'storage_agent_cycle_zfs_calls', help: 'Local zfs calls made by the last cycle', registers: [r] });
   }
 
@@ -103,6 +107,14 @@ export class AgentMetrics {
 
   selfFenced(n: number): void {
     this.selfFencedTotal.inc(n);
+  }
+
+  moves(running: number): void {
+    this.movesRunning.set(running);
+  }
+
+  moveEnded(outcome: 'done' | 'failed' | 'cancelled'): void {
+    this.movesTotal.inc({ outcome });
   }
 
   fence(kind: 'demoted' | 'remounted' | 'failover', n: number): void {

@@ -13,6 +13,7 @@ import type { OperationProgress, ProjectOperation, ProjectRecord } from '../cata
 import { LockedError, leaseOwner } from '../lock/lease.js';
 import { move, MoveError, type MoveResult } from './move.js';
 import type { Agent } from './agent.js';
+import type { AgentMetrics } from './metrics.js';
 
 /** a row without the move its index entry announced, for this long: the requester died between the two writes */
 const STALE_ENTRY_MS = 5 * 60_000;
@@ -49,6 +50,7 @@ export class MoveRunner {
   constructor(
     private readonly agent: Agent,
     private readonly log: Logger,
+    private readonly metrics?: AgentMetrics,
   ) {}
 
   /** moves in progress here (metrics, tests) */
@@ -132,9 +134,12 @@ export class MoveRunner {
       progress: { id, kind: 'move', from: this.agent.config.host, to: op.to, phase: 'running', step: op.step === 'requested' ? 'taken up' : `resuming (${op.step})`, bytes: 0, estimate: null, elapsedMs: 0, updatedAt: Date.now() },
     };
     this.running.set(project, r);
+    this.metrics?.moves(this.running.size);
     this.write(project, r);
     void this.perform(project, op, r).finally(() => {
       this.running.delete(project);
+      this.metrics?.moves(this.running.size);
+      if (r.progress.phase === 'done' || r.progress.phase === 'failed' || r.progress.phase === 'cancelled') this.metrics?.moveEnded(r.progress.phase);
       this.wake(); // a slot is free, and this entry may be done
     });
   }

@@ -263,6 +263,11 @@ describe('storagectl drain', () => {
     const hosts = await storagectl(sb, C, cfg.get('c')!, ['hosts', '--json']);
     const a = (JSON.parse(hosts.stdout) as { hosts: Array<{ id: string; draining: boolean; primariesLeft: number }> }).hosts.find((h) => h.id === 'a')!;
     assert.deepEqual([a.draining, a.primariesLeft], [true, 0]);
+    // the agent's metrics count what it performed
+    const metrics = await (await fetch(`http://${A.address}:9601/metrics`)).text();
+    const done = Number(/^storage_moves_total\{outcome="done",host="a"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(done >= onA.length, `storage_moves_total{outcome="done"} = ${done}`);
+    assert.match(metrics, /^storage_moves_running\{host="a"\} 0$/m);
     const un = await storagectl(sb, C, cfg.get('c')!, ['undrain', 'a']);
     assert.equal(un.code, 0, un.stderr);
     assert.equal((await catalog.getHost('a'))!.draining, false);
