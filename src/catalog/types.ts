@@ -137,16 +137,21 @@ export function encodeOperation(o: ProjectOperation | null, where: string): stri
   return o === null ? null : JSON.stringify(checkOperation(o, where));
 }
 
-/** Parses the stored JSON text of an operation. */
-export function decodeOperation(text: string | null | undefined, where: string): ProjectOperation | null {
+/** A JSON column's text, parsed and checked (null/empty: null). */
+function decodeJson<T>(text: string | null | undefined, where: string, what: string, check: (o: unknown, where: string) => T): T | null {
   if (text === null || text === undefined || text === '') return null;
   let o: unknown;
   try {
     o = JSON.parse(text);
   } catch {
-    throw new CatalogError(`${where}: operation is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
+    throw new CatalogError(`${where}: ${what} is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
   }
-  return checkOperation(o, where);
+  return check(o, where);
+}
+
+/** Parses the stored JSON text of an operation. */
+export function decodeOperation(text: string | null | undefined, where: string): ProjectOperation | null {
+  return decodeJson(text, where, 'operation', checkOperation);
 }
 
 /** A move request's id: what progress rows and cancels name. */
@@ -207,14 +212,7 @@ export function checkProgress(o: unknown, where: string): OperationProgress {
 }
 
 export function decodeProgress(text: string | null | undefined, where: string): OperationProgress | null {
-  if (text === null || text === undefined || text === '') return null;
-  let o: unknown;
-  try {
-    o = JSON.parse(text);
-  } catch {
-    throw new CatalogError(`${where}: progress is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
-  }
-  return checkProgress(o, where);
+  return decodeJson(text, where, 'progress', checkProgress);
 }
 
 /** A project's progress row: the newest report, and the id of a request someone asked to cancel. */

@@ -57,6 +57,20 @@ export class AgentProcess {
   }
 }
 
+/**
+ * The agents' logs next to the sandbox as <prefix>-<host>.log (and in the VM tier's
+ * results); with tails, their last lines on stdout (a failing test's context).
+ */
+export function dumpAgents(sb: Sandbox, agents: ReadonlyMap<string, AgentProcess>, prefix: string, tails: number): void {
+  for (const [n, a] of agents) {
+    a.dump(`${sb.dir}/${prefix}-${n}.log`);
+    if (process.env.OPENZFS_RESULTS_DIR) a.dump(`${process.env.OPENZFS_RESULTS_DIR}/${prefix}-${n}.log`);
+    if (!tails) continue;
+    const tail = a.output.trim().split('\n').slice(-tails).map((l) => `# [agent ${n}] ${l.slice(0, 400)}`);
+    process.stdout.write(tail.join('\n') + '\n');
+  }
+}
+
 /** storagectl in a host's namespace; resolves with exit code and output (never rejects). */
 /**
  * Runs storagectl in the host's network namespace. o.env: extra environment (e.g.

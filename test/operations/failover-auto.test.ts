@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { writeFileSync, readFileSync } from 'node:fs';
 import { sandbox, host, treeChecksum, scaled, TIME_SCALE } from '../lib/sandbox.js';
-import { AgentProcess, MountSampler, waitFor, writeAgentConfig } from '../lib/procs.js';
+import { AgentProcess, dumpAgents, MountSampler, waitFor, writeAgentConfig } from '../lib/procs.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
 
@@ -33,13 +33,7 @@ const extra = `failover:\n  mode: auto\n  after: ${11 * TIME_SCALE}s\n  selfFenc
 
 /** The agents' logs next to the sandbox (and in the VM tier's results); their tails on stdout. */
 function dumpAll(tails = true): void {
-  for (const [n, a] of agents) {
-    a.dump(`${sb.dir}/agent-auto-${n}.log`);
-    if (process.env.OPENZFS_RESULTS_DIR) a.dump(`${process.env.OPENZFS_RESULTS_DIR}/agent-auto-${n}.log`);
-    if (!tails) continue;
-    const tail = a.output.trim().split('\n').slice(-8).map((l) => `# [agent ${n}] ${l.slice(0, 400)}`);
-    process.stdout.write(tail.join('\n') + '\n');
-  }
+  dumpAgents(sb, agents, 'agent-auto', tails ? 8 : 0);
 }
 
 before(async () => {

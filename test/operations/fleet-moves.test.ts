@@ -14,7 +14,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { open as openFile } from 'node:fs/promises';
 import { sandbox, host, scaled, TIME_SCALE, type SandboxHost } from '../lib/sandbox.js';
-import { AgentProcess, MountSampler, storagectl, waitFor, writeAgentConfig } from '../lib/procs.js';
+import { AgentProcess, dumpAgents, MountSampler, storagectl, waitFor, writeAgentConfig } from '../lib/procs.js';
 import { sleep } from '../lib/fleet.js';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { Zfs } from '../../src/zfs/index.js';
@@ -31,13 +31,7 @@ const cfg = new Map<string, string>();
 const extra = `moves:\n  concurrency: 3\n`;
 
 function dumpAll(tails = true): void {
-  for (const [n, a] of agents) {
-    a.dump(`${sb.dir}/agent-fm-${n}.log`);
-    if (process.env.OPENZFS_RESULTS_DIR) a.dump(`${process.env.OPENZFS_RESULTS_DIR}/agent-fm-${n}.log`);
-    if (!tails) continue;
-    const tail = a.output.trim().split('\n').slice(-10).map((l) => `# [agent ${n}] ${l.slice(0, 400)}`);
-    process.stdout.write(tail.join('\n') + '\n');
-  }
+  dumpAgents(sb, agents, 'agent-fm', tails ? 10 : 0);
 }
 
 async function newProject(h: SandboxHost, files: Record<string, Buffer | string>, o: { targets?: string[] } = {}): Promise<{ id: string; mnt: string }> {
