@@ -32,6 +32,8 @@ const TIER_DIRS: Record<string, string | string[]> = {
   cassandra: 'cassandra',
   // three Cassandra nodes, one per sandbox datacenter (test/env/cassandra/cluster.sh)
   'cassandra-cluster': 'cassandra-cluster',
+  // random faults against the fleet on that cluster, with an invariant checker (test/chaos)
+  chaos: 'chaos',
 };
 
 // Every test file's process imports lib/flush-on-exit.js first (NODE_OPTIONS reaches the

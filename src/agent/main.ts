@@ -10,7 +10,7 @@ import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
 import { ResilientCatalog } from '../catalog/resilient.js';
 import { makeLogger } from '../util/log.js';
-import { CommandRunner, Zfs, describeFence, fenceDataset, mountedProjects } from '../zfs/index.js';
+import { CommandRunner, Zfs, describeFence, fenceDataset, fencingDisabledForTests, mountedProjects } from '../zfs/index.js';
 import { isProjectId } from '../util/validate.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -68,6 +68,7 @@ export async function main(argv: string[]): Promise<void> {
   runner = new MoveRunner(agent, log, metrics);
   runner.wake(); // requests left by a crash or written while this agent was down
   log.info({ host: config.host, interval: config.interval, metrics: config.metrics.listen, failover: config.failover.mode }, 'storage-agent started');
+  if (fencingDisabledForTests()) log.error('STORAGE_UNSAFE_SKIP_FENCE=1: FENCING IS DISABLED (a test switch: this host can keep a second writable copy)');
 
   let stopping = false;
   let timer: NodeJS.Timeout | undefined;

@@ -167,12 +167,15 @@ export async function observeMove(catalog: Catalog, w: Watch, o: Omit<FollowOpti
   if (!p || op?.id !== w.id) {
     // the row no longer carries it: its outcome may be in flight (the report is written
     // after the row), else something else replaced it (a failover of a dead primary)
-    await new Promise((res) => setTimeout(res, 300));
-    const again = (await catalog.getProgress(w.project)).progress;
-    if (again?.id === w.id && (again.phase === 'done' || again.phase === 'failed' || again.phase === 'cancelled')) return { phase: again.phase, progress: again };
+    for (let i = 0; i < 20; i++) {
+      await new Promise((res) => setTimeout(res, 250));
+      const again = (await catalog.getProgress(w.project)).progress;
+      if (again?.id === w.id && (again.phase === 'done' || again.phase === 'failed' || again.phase === 'cancelled')) return { phase: again.phase, progress: again };
+    }
     return { phase: 'superseded', detail: p ? `the project's row no longer carries move ${w.id} (now ${p.state} on ${p.primary ?? 'no host'}${p.operation ? `, ${p.operation.kind} in progress` : ''})` : `project ${w.project} left the catalog` };
   }
-  if (op.step === 'requested' && Date.now() - w.since > o.pickupTimeoutMs) {
+  // not taken up: still `requested` on the row, and its performer has not said it is queued
+  if (op.step === 'requested' && progress?.phase !== 'queued' && Date.now() - w.since > o.pickupTimeoutMs) {
     if (await withdraw(catalog, w.project, w.id, o.owner, 'not taken up')) {
       return {
         phase: 'not-taken-up',

@@ -42,6 +42,10 @@ interface Running {
 export class MoveRunner {
   private readonly running = new Map<string, Running>();
   private readonly firstSeenStale = new Map<string, number>();
+  /** project -> not before (ms): a move that found the project locked, or failed with its operation left */
+  private readonly backoff = new Map<string, number>();
+  /** requests reported `queued` (waiting for a free slot), by request id */
+  private readonly queued = new Set<string>();
   private polling = false;
   private again = false;
   private closed = false;
@@ -107,7 +111,17 @@ export class MoveRunner {
         continue;
       }
       this.firstSeenStale.delete(project);
-      if (this.running.size >= config.moves.concurrency) continue; // a finishing move wakes the runner again
+      if ((this.backoff.get(project) ?? 0) > Date.now()) continue; // retryLater wakes the runner
+      if (this.running.size >= config.moves.concurrency) {
+        // a finishing move wakes the runner again; meanwhile its follower knows it was seen
+        // (a request nobody took up is withdrawn after the pickup timeout, a queued one is not)
+        if (found.op.id && found.op.step === 'requested' && !this.queued.has(found.op.id)) {
+          this.queued.add(found.op.id);
+          const progress: OperationProgress = { id: found.op.id, kind: 'move', from: me, to: found.op.to, phase: 'queued', step: `queued on ${me}: ${this.running.size} moves running (moves.concurrency ${config.moves.concurrency})`, bytes: 0, estimate: null, elapsedMs: 0, updatedAt: Date.now() };
+          await catalog.putProgress(project, progress).catch((e: Error) => this.log.warn({ project, err: e.message }, 'move: queued report not written'));
+        }
+        continue;
+      }
       this.start(project, found.op);
     }
   }
@@ -128,6 +142,8 @@ export class MoveRunner {
 
   private start(project: string, op: ProjectOperation): void {
     const id = op.id ?? `resumed-${op.startedAt}`;
+    this.queued.delete(id);
+    this.backoff.delete(project);
     const r: Running = {
       id,
       lastWrite: 0,
@@ -175,6 +191,7 @@ export class MoveRunner {
         // the requester (or an operator's storagectl) still holds the lease: a moment later
         log.info({ err: err.message }, 'move: the project is locked; trying again shortly');
         report({ phase: 'running', step: `waiting: ${err.message}` });
+        this.backoff.set(project, Date.now() + 2_000);
         this.retryLater(2_000);
         return;
       }
@@ -186,7 +203,10 @@ export class MoveRunner {
       // one whose operation is still on the row (lease lost, promote failed) is retried
       const still = requestedOfHost(await catalog.getProject(project).catch(() => undefined), me);
       if ('stale' in still) await catalog.deleteRequest(me, project).catch(() => undefined);
-      else this.retryLater();
+      else {
+        this.backoff.set(project, Date.now() + RETRY_MS);
+        this.retryLater();
+      }
     }
   }
 
@@ -196,8 +216,15 @@ export class MoveRunner {
     this.agent.catalog.putProgress(project, p).catch((e: Error) => this.log.warn({ project, err: e.message }, 'move: progress not written (the move goes on)'));
   }
 
+  private retryAt = 0;
+
+  /** one timer, at the earliest time asked for */
   private retryLater(ms = RETRY_MS): void {
-    if (this.closed || this.retryTimer) return;
+    if (this.closed) return;
+    const at = Date.now() + ms;
+    if (this.retryTimer && this.retryAt <= at) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryAt = at;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       this.wake();

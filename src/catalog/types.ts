@@ -163,7 +163,8 @@ export function requestId(value: unknown, where: string): string {
 /** Progress rows outlive their last write by a week (then `move --status` says: nothing on record). */
 export const PROGRESS_TTL_SECONDS = 7 * 86400;
 
-export const PROGRESS_PHASES = ['requested', 'running', 'done', 'failed', 'cancelled'] as const;
+/** requested: written by the requester; queued: its performer saw it, a slot is not free yet; running; then an outcome */
+export const PROGRESS_PHASES = ['requested', 'queued', 'running', 'done', 'failed', 'cancelled'] as const;
 export type ProgressPhase = (typeof PROGRESS_PHASES)[number];
 
 /**

@@ -553,7 +553,7 @@ export async function main(argv: string[]): Promise<void> {
         if (!op?.id) {
           const last = (await catalog.getProgress(id)).progress;
           if (!last) throw new UsageError(`project ${id}: no move in progress${op ? ' (one started with --here: follow it where it was typed)' : ''} and none on record`);
-          return reportOutcome(!!opts.json, id, last.phase === 'requested' || last.phase === 'running' ? { phase: 'superseded', detail: `its last move (${last.id}) was ${last.phase} and is no longer on the row` } : { phase: last.phase, progress: last });
+          return reportOutcome(!!opts.json, id, last.phase === 'requested' || last.phase === 'queued' || last.phase === 'running' ? { phase: 'superseded', detail: `its last move (${last.id}) was ${last.phase} and is no longer on the row` } : { phase: last.phase, progress: last });
         }
         req = { id: op.id, from: op.from ?? '?', to: op.to };
         process.stderr.write(`move: following ${op.id} (${op.from ?? '-'} -> ${op.to}, ${op.step}, requested by ${op.requestedBy ?? '?'})\n`);

@@ -57,9 +57,22 @@ export function describeFence(r: FenceReport): string {
   return parts.join(', ');
 }
 
+/**
+ * STORAGE_UNSAFE_SKIP_FENCE=1 breaks the product on purpose, for one test only: every fence
+ * does nothing and reports success, so that the chaos tier can show its checker catching
+ * two writable copies (test/chaos). Never set it anywhere else; the agent warns at start.
+ */
+export function fencingDisabledForTests(): boolean {
+  return process.env['STORAGE_UNSAFE_SKIP_FENCE'] === '1';
+}
+
 export async function fenceDataset(zfs: Zfs, dataset: string, o: FenceOptions = {}): Promise<FenceReport> {
   const step = o.onStep ?? (() => {});
   const r: FenceReport = { dataset, present: true, wasMounted: false, readonly: 'already', stopped: [], unmounted: false, problems: [], fenced: false };
+  if (fencingDisabledForTests()) {
+    process.stderr.write(`fence of ${dataset} SKIPPED: STORAGE_UNSAFE_SKIP_FENCE=1 (test only)\n`);
+    return { ...r, fenced: true, problems: ['fencing disabled (STORAGE_UNSAFE_SKIP_FENCE=1)'] };
+  }
   if (!(await zfs.exists(dataset))) {
     r.present = false;
     r.fenced = true;

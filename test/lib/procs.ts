@@ -34,9 +34,13 @@ export class AgentProcess {
     readonly configPath: string,
   ) {}
 
-  start(): this {
-    this.output = '';
-    const p = spawn('nsenter', [`--net=/run/netns/${this.h.netns}`, 'node', `${this.sb.repo}/bin/storage-agent`, '--config', this.configPath, '--shutdown-grace', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  /** o.env: extra environment; o.wrap: a command to run it under (e.g. faketime); o.keepOutput: append to the output so far */
+  start(o: { env?: Record<string, string>; wrap?: string[]; keepOutput?: boolean } = {}): this {
+    if (!o.keepOutput) this.output = '';
+    const p = spawn('nsenter', [`--net=/run/netns/${this.h.netns}`, ...(o.wrap ?? []), 'node', `${this.sb.repo}/bin/storage-agent`, '--config', this.configPath, '--shutdown-grace', '1'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: o.env ? { ...process.env, ...o.env } : process.env,
+    });
     p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
     this.proc = p;

@@ -148,6 +148,15 @@ describe('the requester against a real SQLite catalog (the performer played by t
     assert.equal((await cat.getProgress(id)).progress?.phase, 'cancelled');
   });
 
+  it('a request its performer reports queued (its slots are busy) is not withdrawn by the pickup timeout', async () => {
+    const id = await project();
+    const r = await ask(id);
+    await cat.putProgress(id, { id: r.id, kind: 'move', from: 'a', to: 'b', phase: 'queued', step: 'queued on a: 2 moves running', bytes: 0, estimate: null, elapsedMs: 0, updatedAt: now() });
+    setTimeout(() => void cat.putProgress(id, { id: r.id, kind: 'move', from: 'a', to: 'b', phase: 'done', step: 'moved', bytes: 0, estimate: null, elapsedMs: 0, updatedAt: now() }), 400);
+    const out = await followMove(cat, id, r.id, { pickupTimeoutMs: 50, owner: 'x@c:1', pollMs: 20 });
+    assert.equal(out.phase, 'done');
+  });
+
   it('cancel: withdraws a request not taken up; asks the performer of a running one; too late after the switch', async () => {
     const id = await project();
     const r = await ask(id);
