@@ -20,7 +20,7 @@ import { leaseOwner } from '../lock/lease.js';
 import { DirtyTracker } from './dirty.js';
 import { StateCache, type Snap } from './state.js';
 import { auditSlice, decidePairs, freshnessAsOf, newestShared, pairAction, resumeTokenProblem, type PairDecision, type PairInput, type PairKnowledge } from './cycle-plan.js';
-import type { Catalog, HostRecord, ProjectRecord } from '../catalog/types.js';
+import { projectLockName, type Catalog, type HostRecord, type ProjectRecord } from '../catalog/types.js';
 import { liveAt, deadAfterMs, fenceBoundMs, selfFenceAfterMs, type Config } from './config.js';
 import { mountedProjects, readMounts } from '../zfs/mounts.js';
 import { describeSkew, readSkew, skewTooLarge } from './clock.js';
@@ -1039,6 +1039,7 @@ export class Agent {
     // later clock against this old read would make live hosts look dead)
     const t = this.now();
     const isDead = (h: HostRecord | undefined, at: number) => !!h && h.id !== c.host && h.heartbeatAt !== null && at - h.heartbeatAt > dead;
+    done.push(...(await this.finishInterruptedFailovers(t)));
     const deadHosts = (await this.catalog.listHosts()).filter((h) => isDead(h, t));
     for (const h of deadHosts) {
       for (const p of await this.catalog.listProjectsByPrimary(h.id)) {
@@ -1058,6 +1059,33 @@ export class Agent {
           this.log.error({ project: p.id, deadPrimary: h.id, err: (e as Error).message }, 'automatic failover failed');
           await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'failover-failed', detail: (e as Error).message }).catch(() => undefined);
         }
+      }
+    }
+    return done;
+  }
+
+  /**
+   * failover: auto. A failover that named this host and whose runner is gone (an agent
+   * killed mid-way, an operator's storagectl that timed out) leaves the project
+   * `failing-over` here, served by nobody, and no dead primary for autoFailover to act on:
+   * once its lease has run out, this host finishes it from the row (failover.ts resumes).
+   */
+  private async finishInterruptedFailovers(t: number): Promise<string[]> {
+    const c = this.config;
+    const done: string[] = [];
+    for (const p of this.view?.served ?? []) {
+      const op = p.operation;
+      if (p.state !== 'failing-over' || op?.kind !== 'failover' || op.to !== c.host) continue;
+      const lock = await this.catalog.getLock(projectLockName(p.id));
+      if (lock && lock.owner !== null && lock.expiresAt !== null && lock.expiresAt > t) continue; // its runner holds it
+      try {
+        const r = await failover(this.catalog, this.ssh, p.id, { owner: leaseOwner('agent', c.host), graceMs: deadAfterMs(c), selfFenceBoundMs: fenceBoundMs(c), now: this.now });
+        done.push(p.id);
+        this.log.warn({ project: p.id, from: r.from, to: r.to, snapshot: r.snapshot, step: op.step }, 'interrupted failover finished');
+      } catch (e) {
+        if (e instanceof LockedError || e instanceof FailoverNotNeeded) continue;
+        this.log.error({ project: p.id, step: op.step, err: (e as Error).message }, 'interrupted failover: could not finish it');
+        await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'failover-failed', detail: `finishing the interrupted failover: ${(e as Error).message}` }).catch(() => undefined);
       }
     }
     return done;

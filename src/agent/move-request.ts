@@ -9,7 +9,7 @@
 //            one running is asked to stop (requestCancel), which the performer honours
 //            up to the switch; after the switch it is too late and the move finishes.
 import { randomUUID } from 'node:crypto';
-import type { Catalog, HostRecord, OperationProgress, ProjectOperation, ProjectRecord } from '../catalog/types.js';
+import { CatalogError, type Catalog, type HostRecord, type OperationProgress, type ProjectOperation, type ProjectRecord } from '../catalog/types.js';
 import { LockedError, withProjectLease } from '../lock/lease.js';
 import { chooseDestination, type DestinationChoice } from './move-destination.js';
 import { deadAfterMs, liveAt, type Config } from './config.js';
@@ -137,6 +137,9 @@ export interface FollowOptions {
   pickupTimeoutMs: number;
   owner: string;
   onProgress?: (p: OperationProgress) => void;
+  /** a catalog read failed (the follower keeps asking, for up to catalogPatienceMs) */
+  onCatalogError?: (e: Error) => void;
+  catalogPatienceMs?: number;
   sleep?: (ms: number) => Promise<void>;
 }
 
@@ -190,9 +193,23 @@ export async function observeMove(catalog: Catalog, w: Watch, o: Omit<FollowOpti
 export async function followMove(catalog: Catalog, project: string, id: string, o: FollowOptions): Promise<MoveOutcome> {
   const sleep = o.sleep ?? ((ms: number) => new Promise<void>((res) => setTimeout(res, ms)));
   const w: Watch = { project, id, since: Date.now(), last: '' };
+  // the catalog may not answer for a while (a node restarting, a partition): the move goes
+  // on without the follower, which keeps asking; after a minute of silence it gives up
+  // (the move does not: storagectl move --status re-attaches)
+  let failingSince: number | null = null;
   for (;;) {
-    const out = await observeMove(catalog, w, o);
-    if (out) return out;
+    try {
+      const out = await observeMove(catalog, w, o);
+      failingSince = null;
+      if (out) return out;
+    } catch (e) {
+      if (!(e instanceof CatalogError)) throw e;
+      failingSince ??= Date.now();
+      if (Date.now() - failingSince > (o.catalogPatienceMs ?? 60_000)) {
+        throw new CatalogError(`${e.message} (for ${Math.round((Date.now() - failingSince) / 1000)} s while following move ${id}; it goes on without this command: storagectl move --status ${project})`);
+      }
+      o.onCatalogError?.(e);
+    }
     await sleep(o.pollMs ?? 500);
   }
 }

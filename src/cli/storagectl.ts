@@ -577,7 +577,7 @@ export async function main(argv: string[]): Promise<void> {
         }
       }
       const view = await progressView(!!opts.json);
-      const outcome = await followMove(catalog, id, req.id, { pickupTimeoutMs: pickupMs, owner, onProgress: view.show }).finally(view.stop);
+      const outcome = await followMove(catalog, id, req.id, { pickupTimeoutMs: pickupMs, owner, onProgress: view.show, onCatalogError: (e) => process.stderr.write(`move: the catalog did not answer (${e.message.slice(0, 200)}): still following\n`) }).finally(view.stop);
       reportOutcome(!!opts.json, id, outcome);
     });
 

@@ -68,6 +68,7 @@ export interface WriteCheck {
 
 export function checkWrites(acks: readonly Ack[], isPresent: (a: Ack) => boolean, failovers: readonly FailoverSeen[]): WriteCheck {
   const r: WriteCheck = { checked: acks.length, present: 0, excused: 0, violations: [] };
+  const lost = new Map<string, Ack[]>();
   for (const a of acks) {
     if (isPresent(a)) {
       r.present++;
@@ -77,7 +78,14 @@ export function checkWrites(acks: readonly Ack[], isPresent: (a: Ack) => boolean
     // second counts as older: creation is in whole seconds) and completed after it
     const window = failovers.find((f) => f.project === a.project && f.creation <= Math.floor(a.at / 1000) && f.doneAt >= a.at);
     if (window) r.excused++;
-    else r.violations.push({ invariant: 'no-lost-write', at: a.at, detail: `${a.project} write ${a.seq} acknowledged on ${a.host} at ${new Date(a.at).toISOString()} is missing, and no failover's window covers it` });
+    else lost.set(a.project, [...(lost.get(a.project) ?? []), a]);
+  }
+  // one violation per project: how many, which, when
+  for (const [project, xs] of lost) {
+    const first = xs[0]!;
+    const last = xs[xs.length - 1]!;
+    const hosts = [...new Set(xs.map((x) => x.host))].join(', ');
+    r.violations.push({ invariant: 'no-lost-write', at: first.at, detail: `${project}: ${xs.length} acknowledged writes missing (seq ${first.seq}..${last.seq}, written on ${hosts} ${new Date(first.at).toISOString()}..${new Date(last.at).toISOString()}), no failover's window covers them` });
   }
   return r;
 }

@@ -48,6 +48,8 @@ export interface ChaosReport {
   writes: { acknowledged: number; present: number; excusedByFailoverWindow: number };
   samples: number;
   failoversSeen: number;
+  /** agents restarted by the supervisor (systemd's Restart=) */
+  agentRestarts: number;
   destroyedAutoSnapshots: number;
   convergedAfterMs: number | null;
   violations: Violation[];
@@ -67,8 +69,35 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
 
   // ---- the fleet ------------------------------------------------------------------------
   const catalogFor = (h: SandboxHost) => ({ backend: 'cassandra', contactPoints: contactPoints(sb, h.datacenter), localDataCenter: h.datacenter, keyspace, replication: clusterReplication(sb) });
-  setReceiverCatalog(sb.hosts, catalogFor);
-  const catalog = await CassandraCatalog.open(clusterOptions(sb, H[0]!.datacenter, keyspace));
+  // a fleet of its own: fresh projects/replicas roots and mount base on each pool (what
+  // earlier tests left in the sandbox is not this fleet's), the receivers pointed at them
+  const tag = keyspace.replace(/_/g, '-');
+  const roots = new Map<string, { projects: string; replicas: string; mountBase: string }>();
+  const receiverYaml = new Map<string, string>();
+  for (const h of H) {
+    const r = { projects: `${h.pool}/${tag}/projects`, replicas: `${h.pool}/${tag}/replicas`, mountBase: `${sb.dir}/mnt-${tag}/${h.name}` };
+    mkdirSync(r.mountBase, { recursive: true });
+    await zfs.create(`${h.pool}/${tag}`, { canmount: 'off' });
+    await zfs.create(r.projects, { canmount: 'off', mountpoint: r.mountBase });
+    await zfs.create(r.replicas, { canmount: 'off' });
+    roots.set(h.name, r);
+    const file = `${h.dir}/agent.yaml`;
+    receiverYaml.set(h.name, readFileSync(file, 'utf8'));
+    const doc = parseYaml(receiverYaml.get(h.name)!) as Record<string, unknown>;
+    Object.assign(doc, { projectsRoot: r.projects, replicasRoot: r.replicas, mountBase: r.mountBase, catalog: catalogFor(h) });
+    writeFileSync(file, `# sandbox host ${h.name}: chaos run ${keyspace} (restored after the run)\n${stringifyYaml(doc)}`);
+  }
+  const restoreReceivers = () => {
+    for (const h of H) writeFileSync(`${h.dir}/agent.yaml`, receiverYaml.get(h.name)!);
+  };
+  const mnt = (hostName: string, id: string) => `${roots.get(hostName)!.mountBase}/${id}`;
+  let catalog: CassandraCatalog;
+  try {
+    catalog = await CassandraCatalog.open(clusterOptions(sb, H[0]!.datacenter, keyspace));
+  } catch (e) {
+    restoreReceivers();
+    throw e;
+  }
   const agents = new Map<string, AgentProcess>();
   const agentEnv = o.disableFencing ? { STORAGE_UNSAFE_SKIP_FENCE: '1' } : undefined;
   const cfg = new Map<string, string>();
@@ -76,188 +105,215 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
   for (const h of H) {
     const doc = parseYaml(readFileSync(`${h.dir}/agent.yaml`, 'utf8')) as Record<string, unknown>;
     doc.catalog = catalogFor(h);
+    Object.assign(doc, { projectsRoot: roots.get(h.name)!.projects, replicasRoot: roots.get(h.name)!.replicas, mountBase: roots.get(h.name)!.mountBase });
     doc.interval = '2s';
     doc.stateDir = `${h.dir}/chaos-state-${keyspace}`;
     doc.metrics = { ...(doc.metrics as object), listen: `${h.address}:${port++}` };
-    doc.failover = { mode: 'auto', after: '11s', selfFenceAfter: '3s', fenceCheck: '1s', maxClockSkew: '2s' };
+    doc.failover = { mode: 'auto', after: '12s', selfFenceAfter: '3s', fenceCheck: '1s', maxClockSkew: '2s' };
     doc.ssh = { ...(doc.ssh as object), connectTimeout: '3s' };
     const path = `${h.dir}/chaos-${keyspace}.yaml`;
     writeFileSync(path, stringifyYaml(doc));
     cfg.set(h.name, path);
     agents.set(h.name, new AgentProcess(sb, h, path).start(agentEnv ? { env: agentEnv } : {}));
   }
+  // systemd's Restart=on-failure (RestartSec 2 s): an agent that exits (e.g. the catalog
+  // unreachable at its start) comes back, unless a fault keeps it down on purpose
+  const heldDown = new Set<string>();
+  const supervisor = setInterval(() => {
+    for (const [n, a] of agents) {
+      if (heldDown.has(n) || !a.proc || (a.proc.exitCode === null && a.proc.signalCode === null)) continue;
+      if (Date.now() - (a.exitedAt ?? 0) < 2_000) continue;
+      a.start({ keepOutput: true, ...(agentEnv ? { env: agentEnv } : {}) });
+      restarts++;
+    }
+  }, 500);
+  let restarts = 0;
+  const stopSupervisor = () => clearInterval(supervisor);
   const projects: Array<{ id: string; home: string }> = [];
   for (let i = 0; i < nProjects; i++) {
     const h = H[i % H.length]!;
     const id = randomUUID();
-    await zfs.create(`${h.pool}/projects/${id}`, { canmount: 'noauto' });
+    const ds = `${roots.get(h.name)!.projects}/${id}`;
+    await zfs.create(ds, { canmount: 'noauto' });
     await catalog.createProject({ id, primary: h.name, replicationFactor: 2, quota: null });
     await catalog.setTargets(id, NAMES.filter((n) => n !== h.name));
-    await zfs.mount(`${h.pool}/projects/${id}`);
-    mkdirSync(`${h.mountBase}/${id}/data`);
-    writeFileSync(`${h.mountBase}/${id}/seed.bin`, randomBytes(100_000));
+    await zfs.mount(ds);
+    mkdirSync(`${mnt(h.name, id)}/data`);
+    writeFileSync(`${mnt(h.name, id)}/seed.bin`, randomBytes(100_000));
     projects.push({ id, home: h.name });
   }
   const ids = new Set(projects.map((p) => p.id));
-  await waitUntil(60_000, async () => (await catalog.listHosts()).filter((h) => h.heartbeatAt !== null && Date.now() - h.heartbeatAt < 10_000).length === 3);
-  log('chaos: three agents up, projects created');
+  try {
+    await waitUntil(60_000, async () => {
+      const dead = [...agents].filter(([, a]) => a.proc && (a.proc.exitCode !== null || a.proc.signalCode !== null));
+      if (dead.length) throw new Error(`chaos: agent ${dead[0]![0]} exited at start: ${dead[0]![1].output.trim().split('\n').slice(-3).join(' | ').slice(0, 1500)}`);
+      return (await catalog.listHosts()).filter((h) => h.heartbeatAt !== null && Date.now() - h.heartbeatAt < 10_000).length === 3;
+    });
+    log('chaos: three agents up, projects created');
+    return await drive();
+  } finally {
+    stopSupervisor();
+    for (const a of agents.values()) await a.kill();
+    for (const [n, a] of agents) a.dump(`${sb.dir}/chaos-${o.seed}-agent-${n}.log`);
+    await catalog.close().catch(() => undefined);
+    restoreReceivers();
+    for (const h of H) {
+      rmSync(`${h.dir}/chaos-state-${keyspace}`, { recursive: true, force: true });
+      rmSync(cfg.get(h.name)!, { force: true });
+    }
+  }
 
-  // ---- observers ------------------------------------------------------------------------
-  const stopAll: Array<() => void> = [];
-  const samples: MountSample[] = [];
-  stopAll.push(every(250, async () => samples.push({ at: Date.now(), writable: await writableMounts(H, ids) })));
-  const primaries = new Map(projects.map((p) => [p.id, p.home]));
-  const failovers = new Map<string, FailoverSeen & { open: boolean }>();
-  stopAll.push(
-    every(500, async () => {
-      for (const p of await catalog.listProjects()) {
-        if (!ids.has(p.id)) continue;
-        if (p.primary) primaries.set(p.id, p.primary);
-        const op = p.operation;
-        if (op?.kind === 'failover' && op.creation !== null) {
-          const key = `${p.id} ${op.startedAt}`;
-          if (!failovers.has(key)) failovers.set(key, { project: p.id, from: op.from, to: op.to, creation: op.creation, doneAt: Number.MAX_SAFE_INTEGER, open: true });
+  async function drive(): Promise<ChaosReport> {
+    // ---- observers ------------------------------------------------------------------------
+    const stopAll: Array<() => void> = [];
+    const samples: MountSample[] = [];
+    stopAll.push(every(250, async () => samples.push({ at: Date.now(), writable: await writableMounts(H, roots, ids) })));
+    const primaries = new Map(projects.map((p) => [p.id, p.home]));
+    const failovers = new Map<string, FailoverSeen & { open: boolean }>();
+    stopAll.push(
+      every(500, async () => {
+        for (const p of await catalog.listProjects()) {
+          if (!ids.has(p.id)) continue;
+          if (p.primary) primaries.set(p.id, p.primary);
+          const op = p.operation;
+          if (op?.kind === 'failover' && op.creation !== null) {
+            const key = `${p.id} ${op.startedAt}`;
+            if (!failovers.has(key)) failovers.set(key, { project: p.id, from: op.from, to: op.to, creation: op.creation, doneAt: Number.MAX_SAFE_INTEGER, open: true });
+          }
+          for (const f of failovers.values()) if (f.open && f.project === p.id && p.primary === f.to && p.state === 'active' && !p.operation) Object.assign(f, { open: false, doneAt: Date.now() });
         }
-        for (const f of failovers.values()) if (f.open && f.project === p.id && p.primary === f.to && p.state === 'active' && !p.operation) Object.assign(f, { open: false, doneAt: Date.now() });
+      }),
+    );
+
+    // ---- writers --------------------------------------------------------------------------
+    const acks: Ack[] = [];
+    let writing = true;
+    const body = (id: string, seq: number) => Buffer.from(`${id}:${seq}:`.padEnd(1024 + (seq % 5) * 700, '.'));
+    const writers = projects.map(async (p) => {
+      for (let seq = 0; writing; seq++) {
+        const on = primaries.get(p.id)!;
+        const h = byName.get(on)!;
+        try {
+          const fh = await openFile(`${mnt(h.name, p.id)}/data/w-${seq}`, 'wx');
+          await fh.write(body(p.id, seq));
+          await fh.sync();
+          await fh.close();
+          acks.push({ project: p.id, seq, host: on, at: Date.now() });
+        } catch {
+          await sleep(100);
+        }
+        await sleep(40);
       }
-    }),
-  );
+    });
 
-  // ---- writers --------------------------------------------------------------------------
-  const acks: Ack[] = [];
-  let writing = true;
-  const body = (id: string, seq: number) => Buffer.from(`${id}:${seq}:`.padEnd(1024 + (seq % 5) * 700, '.'));
-  const writers = projects.map(async (p) => {
-    for (let seq = 0; writing; seq++) {
-      const on = primaries.get(p.id)!;
-      const h = byName.get(on)!;
-      try {
-        const fh = await openFile(`${h.mountBase}/${p.id}/data/w-${seq}`, 'wx');
-        await fh.write(body(p.id, seq));
-        await fh.sync();
-        await fh.close();
-        acks.push({ project: p.id, seq, host: on, at: Date.now() });
-      } catch {
-        await sleep(100);
-      }
-      await sleep(40);
-    }
-  });
-
-  // ---- faults and the operator ----------------------------------------------------------
-  const t0 = Date.now();
-  const applied: Fault[] = [];
-  const active = new Set<Promise<void>>();
-  const healers = new Map<Fault, () => Promise<void>>();
-  const opCounts: Record<string, number> = {};
-  let operatorBusy = false;
-  const events = [...schedule.faults.map((f) => ({ at: f.at, fault: f })), ...schedule.operator.map((a) => ({ at: a.at, action: a }))].sort((x, y) => x.at - y.at);
-  for (const e of events) {
-    const wait = t0 + e.at - Date.now();
-    if (wait > 0) await sleep(wait);
-    if ('fault' in e && e.fault) {
-      const f = e.fault;
-      applied.push(f);
-      log(`fault +${((Date.now() - t0) / 1000).toFixed(1)}s ${describe(f)}`);
-      const run = applyFault(sb, f, agents, agentEnv, healers, log).catch((err: Error) => log(`fault ${f.kind} ${f.host}: ${err.message}`));
-      active.add(run);
-      void run.finally(() => active.delete(run));
-    } else if ('action' in e && e.action && !operatorBusy) {
-      const a = e.action;
-      const p = projects[a.project % projects.length]!;
-      operatorBusy = true;
-      const args = a.kind === 'move' ? ['move', p.id, '--json', '--pickup-timeout', '20'] : ['failover', p.id, '--json'];
-      void storagectl(sb, byName.get(a.on)!, cfg.get(a.on)!, args, 150_000)
-        .then((r) => {
-          const key = `${a.kind} ${r.code === 0 ? 'ok' : `exit ${r.code}`}`;
-          opCounts[key] = (opCounts[key] ?? 0) + 1;
-          log(`operator: storagectl ${a.kind} ${p.id.slice(0, 8)} on ${a.on}: ${key}${r.code ? `: ${r.stderr.trim().split('\n').pop()?.slice(0, 200)}` : ''}`);
-        })
-        .finally(() => (operatorBusy = false));
-    }
-  }
-  const faultsEndedAt = Date.now();
-  await Promise.all([...active]);
-  await waitUntil(180_000, async () => !operatorBusy);
-  // heal whatever is still broken: every agent running normally, every node up
-  for (const heal of healers.values()) await heal().catch((err: Error) => log(`heal: ${err.message}`));
-  await ensureClusterUp(sb, log);
-  for (const [n, a] of agents) if (!a.proc || a.proc.exitCode !== null || a.proc.signalCode !== null) a.start({ keepOutput: true, ...(agentEnv ? { env: agentEnv } : {}) }), log(`heal: agent ${n} restarted`);
-  writing = false;
-  await Promise.all(writers);
-  log(`chaos: faults over after ${((faultsEndedAt - t0) / 1000).toFixed(0)} s; ${acks.length} writes acknowledged; converging`);
-
-  // ---- convergence ------------------------------------------------------------------------
-  const c0 = Date.now();
-  let state: FleetState | undefined;
-  let problems: Violation[] = [];
-  let convergedAfterMs: number | null = null;
-  while (Date.now() - c0 < (o.convergeMs ?? 180_000)) {
-    state = await fleetState(H, catalog, ids, zfs).catch(() => undefined);
-    problems = state ? convergenceProblems(state) : [{ invariant: 'converged', detail: 'the fleet could not be read' }];
-    if (problems.length === 0) {
-      convergedAfterMs = Date.now() - c0;
-      break;
-    }
-    await sleep(2_000);
-  }
-  for (const stop of stopAll) stop();
-  await sleep(300);
-
-  // ---- judgement ------------------------------------------------------------------------
-  // failovers the row sampler missed (done between two samples): from the history
-  for (const p of projects) {
-    const evs = (await catalog.listEvents({ project: p.id, limit: 10_000 })).sort((x, y) => x.at - y.at);
-    for (const [i, e] of evs.entries()) {
-      if (e.kind !== 'failover-started') continue;
-      const d = JSON.parse(e.detail) as { from: string | null; to: string; creation: number };
-      const done = evs.slice(i + 1).find((x) => x.kind === 'failover');
-      const key = `${p.id} ev ${e.at}`;
-      if (![...failovers.values()].some((f) => f.project === p.id && f.creation === d.creation && f.to === d.to)) {
-        failovers.set(key, { project: p.id, from: d.from, to: d.to, creation: d.creation, doneAt: done?.at ?? Date.now(), open: false });
+    // ---- faults and the operator ----------------------------------------------------------
+    const t0 = Date.now();
+    const applied: Fault[] = [];
+    const active = new Set<Promise<void>>();
+    const healers = new Map<Fault, () => Promise<void>>();
+    const opCounts: Record<string, number> = {};
+    let operatorBusy = false;
+    const events = [...schedule.faults.map((f) => ({ at: f.at, fault: f })), ...schedule.operator.map((a) => ({ at: a.at, action: a }))].sort((x, y) => x.at - y.at);
+    for (const e of events) {
+      const wait = t0 + e.at - Date.now();
+      if (wait > 0) await sleep(wait);
+      if ('fault' in e && e.fault) {
+        const f = e.fault;
+        applied.push(f);
+        log(`fault +${((Date.now() - t0) / 1000).toFixed(1)}s ${describe(f)}`);
+        const run = applyFault(f, { sb, agents, env: agentEnv, roots, heldDown, healers, log }).catch((err: Error) => log(`fault ${f.kind} ${f.host}: ${err.message}`));
+        active.add(run);
+        void run.finally(() => active.delete(run));
+      } else if ('action' in e && e.action && !operatorBusy) {
+        const a = e.action;
+        const p = projects[a.project % projects.length]!;
+        operatorBusy = true;
+        const args = a.kind === 'move' ? ['move', p.id, '--json', '--pickup-timeout', '20'] : ['failover', p.id, '--json'];
+        void storagectl(sb, byName.get(a.on)!, cfg.get(a.on)!, args, 150_000)
+          .then((r) => {
+            const key = `${a.kind} ${r.code === 0 ? 'ok' : `exit ${r.code}`}`;
+            opCounts[key] = (opCounts[key] ?? 0) + 1;
+            log(`operator: storagectl ${a.kind} ${p.id.slice(0, 8)} on ${a.on}: ${key}${r.code ? `: ${r.stderr.trim().split('\n').pop()?.slice(0, 200)}` : ''}`);
+          })
+          .finally(() => (operatorBusy = false));
       }
     }
-  }
-  const finalPrimary = new Map((state?.projects ?? []).map((p) => [p.id, p.primary]));
-  const writes = checkWrites(
-    acks,
-    (a) => {
-      const on = finalPrimary.get(a.project);
-      const path = on ? `${byName.get(on)!.mountBase}/${a.project}/data/w-${a.seq}` : '';
-      return !!on && existsSync(path) && readFileSync(path).equals(body(a.project, a.seq));
-    },
-    [...failovers.values()],
-  );
-  const history = H.flatMap((h) =>
-    spawnSync('zpool', ['history', h.pool], { encoding: 'utf8' })
-      .stdout.split('\n')
-      .map((l) => ({ pool: h.pool, command: l.replace(/^\S+\s/, '') })),
-  );
-  const destroys = checkDestroys(history, ids, (s) => parseAutoSnapshotName(s) !== undefined);
-  const violations = [...checkMounts(samples), ...writes.violations, ...destroys.violations, ...problems];
-  const report: ChaosReport = {
-    seed: o.seed,
-    ranMs: Date.now() - t0,
-    faults: countByKind(applied),
-    faultsApplied: applied.length,
-    operator: opCounts,
-    writes: { acknowledged: acks.length, present: writes.present, excusedByFailoverWindow: writes.excused },
-    samples: samples.length,
-    failoversSeen: failovers.size,
-    destroyedAutoSnapshots: destroys.destroyed,
-    convergedAfterMs,
-    violations,
-  };
+    const faultsEndedAt = Date.now();
+    await Promise.all([...active]);
+    await waitUntil(180_000, async () => !operatorBusy);
+    // heal whatever is still broken: every agent running normally, every node up
+    for (const heal of healers.values()) await heal().catch((err: Error) => log(`heal: ${err.message}`));
+    await ensureClusterUp(sb, log);
+    for (const [n, a] of agents) if (!a.proc || a.proc.exitCode !== null || a.proc.signalCode !== null) a.start({ keepOutput: true, ...(agentEnv ? { env: agentEnv } : {}) }), log(`heal: agent ${n} restarted`);
+    writing = false;
+    await Promise.all(writers);
+    log(`chaos: faults over after ${((faultsEndedAt - t0) / 1000).toFixed(0)} s; ${acks.length} writes acknowledged; converging`);
 
-  // ---- teardown ---------------------------------------------------------------------------
-  for (const a of agents.values()) await a.kill();
-  for (const [n, a] of agents) a.dump(`${sb.dir}/chaos-${o.seed}-agent-${n}.log`);
-  await catalog.close();
-  for (const h of H) {
-    rmSync(`${h.dir}/chaos-state-${keyspace}`, { recursive: true, force: true });
-    rmSync(cfg.get(h.name)!, { force: true });
+    // ---- convergence ------------------------------------------------------------------------
+    const c0 = Date.now();
+    let state: FleetState | undefined;
+    let problems: Violation[] = [];
+    let convergedAfterMs: number | null = null;
+    while (Date.now() - c0 < (o.convergeMs ?? 180_000)) {
+      state = await fleetState(H, roots, catalog, ids, zfs).catch(() => undefined);
+      problems = state ? convergenceProblems(state) : [{ invariant: 'converged', detail: 'the fleet could not be read' }];
+      if (problems.length === 0) {
+        convergedAfterMs = Date.now() - c0;
+        break;
+      }
+      await sleep(2_000);
+    }
+    for (const stop of stopAll) stop();
+    await sleep(300);
+
+    // ---- judgement ------------------------------------------------------------------------
+    // failovers the row sampler missed (done between two samples): from the history
+    for (const p of projects) {
+      const evs = (await catalog.listEvents({ project: p.id, limit: 10_000 })).sort((x, y) => x.at - y.at);
+      for (const [i, e] of evs.entries()) {
+        if (e.kind !== 'failover-started') continue;
+        const d = JSON.parse(e.detail) as { from: string | null; to: string; creation: number };
+        const done = evs.slice(i + 1).find((x) => x.kind === 'failover');
+        const key = `${p.id} ev ${e.at}`;
+        if (![...failovers.values()].some((f) => f.project === p.id && f.creation === d.creation && f.to === d.to)) {
+          failovers.set(key, { project: p.id, from: d.from, to: d.to, creation: d.creation, doneAt: done?.at ?? Date.now(), open: false });
+        }
+      }
+    }
+    const finalPrimary = new Map((state?.projects ?? []).map((p) => [p.id, p.primary]));
+    const writes = checkWrites(
+      acks,
+      (a) => {
+        const on = finalPrimary.get(a.project);
+        const path = on ? `${mnt(on, a.project)}/data/w-${a.seq}` : '';
+        return !!on && existsSync(path) && readFileSync(path).equals(body(a.project, a.seq));
+      },
+      [...failovers.values()],
+    );
+    const history = H.flatMap((h) =>
+      spawnSync('zpool', ['history', h.pool], { encoding: 'utf8' })
+        .stdout.split('\n')
+        .map((l) => ({ pool: h.pool, command: l.replace(/^\S+\s/, '') })),
+    );
+    const destroys = checkDestroys(history, ids, (s) => parseAutoSnapshotName(s) !== undefined);
+    const violations = [...checkMounts(samples), ...writes.violations, ...destroys.violations, ...problems];
+    const report: ChaosReport = {
+      seed: o.seed,
+      ranMs: Date.now() - t0,
+      faults: countByKind(applied),
+      faultsApplied: applied.length,
+      operator: opCounts,
+      writes: { acknowledged: acks.length, present: writes.present, excusedByFailoverWindow: writes.excused },
+      samples: samples.length,
+      failoversSeen: failovers.size,
+      agentRestarts: restarts,
+      destroyedAutoSnapshots: destroys.destroyed,
+      convergedAfterMs,
+      violations,
+    };
+
+    return report;
   }
-  return report;
 }
 
 export function describe(f: Fault): string {
@@ -270,7 +326,7 @@ export function summary(r: ChaosReport): string {
     `faults ${r.faultsApplied} (${Object.entries(r.faults).map(([k, n]) => `${k} ${n}`).join(', ')})`,
     `operator ${Object.entries(r.operator).map(([k, n]) => `${k}: ${n}`).join(', ') || 'none'}`,
     `writes checked ${r.writes.acknowledged} (present ${r.writes.present}, lost within a failover window ${r.writes.excusedByFailoverWindow})`,
-    `samples ${r.samples}, failovers ${r.failoversSeen}, auto snapshots destroyed ${r.destroyedAutoSnapshots}`,
+    `samples ${r.samples}, failovers ${r.failoversSeen}, agent restarts ${r.agentRestarts}, auto snapshots destroyed ${r.destroyedAutoSnapshots}`,
     `converged ${r.convergedAfterMs === null ? 'NO' : `after ${(r.convergedAfterMs / 1000).toFixed(1)} s`}`,
     `violations ${r.violations.length}`,
   ].join('; ');
@@ -278,15 +334,34 @@ export function summary(r: ChaosReport): string {
 
 // ---- faults -------------------------------------------------------------------------------
 
-async function applyFault(sb: Sandbox, f: Fault, agents: Map<string, AgentProcess>, env: Record<string, string> | undefined, healers: Map<Fault, () => Promise<void>>, log: (l: string) => void): Promise<void> {
+interface FaultContext {
+  sb: Sandbox;
+  agents: Map<string, AgentProcess>;
+  env: Record<string, string> | undefined;
+  roots: Roots;
+  /** agents a fault keeps down (the supervisor leaves them alone) */
+  heldDown: Set<string>;
+  healers: Map<Fault, () => Promise<void>>;
+  log: (l: string) => void;
+}
+
+const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+
+async function applyFault(f: Fault, x: FaultContext): Promise<void> {
+  const { sb, agents, env, roots, heldDown, healers, log } = x;
   const h = host(sb, f.host);
   const agent = agents.get(f.host)!;
-  const startAgent = (o: { wrap?: string[] } = {}) => agent.start({ keepOutput: true, ...(env ? { env } : {}), ...o });
+  // libfaketime preloaded into node itself (the faketime binary would fork, and a kill would miss node)
+  const startAgent = (skewS?: number) => agent.start({ keepOutput: true, env: { ...(env ?? {}), ...(skewS ? { LD_PRELOAD: LIBFAKETIME, FAKETIME: `+${skewS}s`, FAKETIME_DONT_RESET: '1' } : {}) } });
   let heal: () => Promise<void>;
   switch (f.kind) {
     case 'kill-agent':
+      heldDown.add(f.host);
       await agent.kill();
-      heal = async () => void (agent.proc?.exitCode !== null || agent.proc?.signalCode !== null ? startAgent() : undefined);
+      heal = async () => {
+        heldDown.delete(f.host);
+        if (agent.proc?.exitCode !== null || agent.proc?.signalCode !== null) startAgent();
+      };
       break;
     case 'pause-agent':
       agent.proc?.kill('SIGSTOP');
@@ -320,15 +395,17 @@ async function applyFault(sb: Sandbox, f: Fault, agents: Map<string, AgentProces
       };
       break;
     case 'skew-clock':
+      heldDown.add(f.host);
       await agent.kill();
-      startAgent({ wrap: ['faketime', '-f', `+${f.skewS ?? 60}s`] });
+      startAgent(f.skewS ?? 60);
       heal = async () => {
         await agent.kill();
         startAgent();
+        heldDown.delete(f.host);
       };
       break;
     case 'fill-quota': {
-      const root = `${h.pool}/replicas`;
+      const root = roots.get(f.host)!.replicas;
       const used = Number(spawnSync('zfs', ['get', '-Hp', '-o', 'value', 'used', root], { encoding: 'utf8' }).stdout.trim());
       spawnSync('zfs', ['set', `quota=${Math.max(used + 64 * 1024, 1 << 20)}`, root]);
       heal = async () => void spawnSync('zfs', ['set', 'quota=none', root]);
@@ -373,8 +450,10 @@ async function ensureClusterUp(sb: Sandbox, log: (l: string) => void): Promise<v
 
 // ---- observation ----------------------------------------------------------------------------
 
-async function writableMounts(H: readonly SandboxHost[], ids: ReadonlySet<string>): Promise<Map<string, string[]>> {
-  const { stdout } = await execFileP('zfs', ['list', '-H', '-t', 'filesystem', '-o', 'name,mounted,readonly', '-r', '-d', '1', ...H.map((h) => `${h.pool}/projects`)], { maxBuffer: 16 << 20 });
+type Roots = ReadonlyMap<string, { projects: string; replicas: string; mountBase: string }>;
+
+async function writableMounts(H: readonly SandboxHost[], roots: Roots, ids: ReadonlySet<string>): Promise<Map<string, string[]>> {
+  const { stdout } = await execFileP('zfs', ['list', '-H', '-t', 'filesystem', '-o', 'name,mounted,readonly', '-r', '-d', '1', ...H.map((h) => roots.get(h.name)!.projects)], { maxBuffer: 16 << 20 });
   const out = new Map<string, string[]>();
   for (const line of stdout.split('\n')) {
     const [name, mounted, ro] = line.split('\t');
@@ -386,14 +465,14 @@ async function writableMounts(H: readonly SandboxHost[], ids: ReadonlySet<string
   return out;
 }
 
-async function fleetState(H: readonly SandboxHost[], catalog: CassandraCatalog, ids: ReadonlySet<string>, zfs: Zfs): Promise<FleetState> {
+async function fleetState(H: readonly SandboxHost[], roots: Roots, catalog: CassandraCatalog, ids: ReadonlySet<string>, zfs: Zfs): Promise<FleetState> {
   const projects = (await catalog.listProjects()).filter((p) => ids.has(p.id));
-  const writable = await writableMounts(H, ids);
+  const writable = await writableMounts(H, roots, ids);
   // the primary's copy is its projects/ dataset, a target's its replicas/ dataset
   const primaryOf = new Map(projects.map((p) => [p.id, p.primary]));
   const newest = new Map<string, string | undefined>();
   for (const h of H) {
-    for (const [kind, root] of [['projects', `${h.pool}/projects`], ['replicas', `${h.pool}/replicas`]] as const) {
+    for (const [kind, root] of [['projects', roots.get(h.name)!.projects], ['replicas', roots.get(h.name)!.replicas]] as const) {
       const tree = await zfs.list(root, { depth: 1 });
       for (const [name, d] of tree) {
         const id = name.split('/').pop()!;
@@ -422,7 +501,13 @@ function every(ms: number, fn: () => Promise<unknown>): () => void {
 async function waitUntil(ms: number, fn: () => Promise<boolean>): Promise<void> {
   const t0 = Date.now();
   while (Date.now() - t0 < ms) {
-    if (await fn().catch(() => false)) return;
+    if (
+      await fn().catch((e: Error) => {
+        if (e.message.startsWith('chaos:')) throw e;
+        return false;
+      })
+    )
+      return;
     await sleep(500);
   }
   throw new Error(`chaos: timed out after ${ms} ms`);

@@ -28,6 +28,8 @@ export function writeAgentConfig(h: SandboxHost, name: string, o: { catalogPath:
 export class AgentProcess {
   proc?: ChildProcess;
   output = '';
+  /** ms: when the last process exited (any cause) */
+  exitedAt?: number;
   constructor(
     readonly sb: Sandbox,
     readonly h: SandboxHost,
@@ -41,6 +43,7 @@ export class AgentProcess {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: o.env ? { ...process.env, ...o.env } : process.env,
     });
+    p.once('exit', () => (this.exitedAt = Date.now()));
     p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
     this.proc = p;
