@@ -12,7 +12,7 @@ import { open as openFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { host, setReceiverCatalog, type Sandbox, type SandboxHost } from '../lib/sandbox.js';
+import { host, type Sandbox, type SandboxHost } from '../lib/sandbox.js';
 import { AgentProcess, storagectl } from '../lib/procs.js';
 import { sleep } from '../lib/fleet.js';
 import { clusterOptions, clusterReplication, contactPoints } from '../lib/cluster.js';
@@ -45,7 +45,8 @@ export interface ChaosReport {
   faults: Record<string, number>;
   faultsApplied: number;
   operator: Record<string, number>;
-  writes: { acknowledged: number; present: number; excusedByFailoverWindow: number };
+  /** notJudged: writes of projects that did not converge (served nowhere) */
+  writes: { acknowledged: number; present: number; excusedByFailoverWindow: number; notJudged: number };
   samples: number;
   failoversSeen: number;
   /** agents restarted by the supervisor (systemd's Restart=) */
@@ -281,8 +282,12 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
       }
     }
     const finalPrimary = new Map((state?.projects ?? []).map((p) => [p.id, p.primary]));
+    // a project that did not converge is served nowhere: its writes cannot be judged (its
+    // convergence violation says why); the others' are
+    const unconverged = new Set(problems.map((v) => v.detail.split(/[ :]/)[0]!).filter((id) => ids.has(id)));
+    const judged = acks.filter((a) => !unconverged.has(a.project));
     const writes = checkWrites(
-      acks,
+      judged,
       (a) => {
         const on = finalPrimary.get(a.project);
         const path = on ? `${mnt(on, a.project)}/data/w-${a.seq}` : '';
@@ -303,7 +308,7 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
       faults: countByKind(applied),
       faultsApplied: applied.length,
       operator: opCounts,
-      writes: { acknowledged: acks.length, present: writes.present, excusedByFailoverWindow: writes.excused },
+      writes: { acknowledged: acks.length, present: writes.present, excusedByFailoverWindow: writes.excused, notJudged: acks.length - judged.length },
       samples: samples.length,
       failoversSeen: failovers.size,
       agentRestarts: restarts,
@@ -325,7 +330,7 @@ export function summary(r: ChaosReport): string {
     `seed ${r.seed}, ${(r.ranMs / 1000).toFixed(0)} s`,
     `faults ${r.faultsApplied} (${Object.entries(r.faults).map(([k, n]) => `${k} ${n}`).join(', ')})`,
     `operator ${Object.entries(r.operator).map(([k, n]) => `${k}: ${n}`).join(', ') || 'none'}`,
-    `writes checked ${r.writes.acknowledged} (present ${r.writes.present}, lost within a failover window ${r.writes.excusedByFailoverWindow})`,
+    `writes acknowledged ${r.writes.acknowledged} (present ${r.writes.present}, lost within a failover window ${r.writes.excusedByFailoverWindow}, not judged ${r.writes.notJudged})`,
     `samples ${r.samples}, failovers ${r.failoversSeen}, agent restarts ${r.agentRestarts}, auto snapshots destroyed ${r.destroyedAutoSnapshots}`,
     `converged ${r.convergedAfterMs === null ? 'NO' : `after ${(r.convergedAfterMs / 1000).toFixed(1)} s`}`,
     `violations ${r.violations.length}`,
