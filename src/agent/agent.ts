@@ -1070,12 +1070,18 @@ export class Agent {
    * `failing-over` here, served by nobody, and no dead primary for autoFailover to act on:
    * once its lease has run out, this host finishes it from the row (failover.ts resumes).
    */
+  private readonly interruptedTried = new Map<string, number>();
+
   private async finishInterruptedFailovers(t: number): Promise<string[]> {
     const c = this.config;
     const done: string[] = [];
     for (const p of this.view?.served ?? []) {
       const op = p.operation;
       if (p.state !== 'failing-over' || op?.kind !== 'failover' || op.to !== c.host) continue;
+      // one attempt per project per 30 s: a failover that cannot finish (its error is logged
+      // and an event) is not hammered every fence check
+      if (t - (this.interruptedTried.get(p.id) ?? 0) < 30_000) continue;
+      this.interruptedTried.set(p.id, t);
       const lock = await this.catalog.getLock(projectLockName(p.id));
       if (lock && lock.owner !== null && lock.expiresAt !== null && lock.expiresAt > t) continue; // its runner holds it
       try {

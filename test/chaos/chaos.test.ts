@@ -40,12 +40,14 @@ describe('chaos', () => {
   it('the checker fails when fencing is disabled: a partitioned primary stays writable beside its successor', async () => {
     const r = await runChaos(sb, {
       seed: 1,
-      durationMs: 50_000,
+      durationMs: 135_000,
       projects: 3,
       disableFencing: true,
       convergeMs: 20_000,
       // a's projects fail over (auto, after 11 s) while a is cut off and cannot fence itself
-      schedule: { seed: 1, faults: [{ at: 5_000, kind: 'partition-host', host: 'a', ms: 35_000 }], operator: [] },
+      // cut off long enough that the failover (dead after 12 s, then the self-fence bound)
+      // completes while a is still cut off, unfenced, and mounted
+      schedule: { seed: 1, faults: [{ at: 5_000, kind: 'partition-host', host: 'a', ms: 120_000 }], operator: [] },
     });
     process.stdout.write(`# chaos (fencing disabled): ${summary(r)}\n`);
     const two = r.violations.filter((v) => v.invariant === 'one-writable');

@@ -2,17 +2,9 @@
 // exactly the faults of a run (their kinds, targets, start times and lengths). What a fault
 // does is in faults.ts; what must hold throughout is in checker.ts.
 
-/** mulberry32: a small seeded PRNG (the sequence depends on the seed only) */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../lib/prng.js';
+
+export { prng };
 
 export const FAULT_KINDS = [
   /** SIGKILL of a host's agent at any moment (mid-transfer, mid-prune, mid-failover, mid-move); restarted after `ms` */

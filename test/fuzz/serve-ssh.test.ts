@@ -14,6 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { sandbox, host, sh, scaled, TIME_SCALE } from '../lib/sandbox.js';
 import { startFleet, type Fleet } from '../lib/fleet.js';
 import { SshConnection } from '../../src/replica/transport.js';
+import { prng } from '../lib/prng.js';
 
 const sb = sandbox();
 const A = host(sb, 'a');
@@ -23,22 +24,11 @@ const COUNT = Number(process.env.FUZZ_COUNT) || 2000;
 const SEED = Number(process.env.FUZZ_SEED) || Date.now() % 1_000_000_007;
 let fleet: Fleet;
 
-/** mulberry32: a small seeded generator, so that a failing run can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const ALLOWED = new Set(['storage-v1 capabilities', 'storage-v1 list']);
 
 function generate(seed: number, n: number, ctx: { project: string; snap: string; guid: string }): string[] {
-  const r = rng(seed);
+  const r = prng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
   const ids = [ctx.project, randomUUIDFrom(r), ctx.project.toUpperCase(), ctx.project.slice(0, 35), `${ctx.project}x`, '../../etc', `${B.pool}/replicas/${ctx.project}`, '00000000-0000-0000-0000-000000000000', ''];
   const snaps = [ctx.snap, 'named-1', '..', `${ctx.snap}/x`, 'a'.repeat(101), '$(id)', ''];
