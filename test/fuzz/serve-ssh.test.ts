@@ -24,7 +24,6 @@ const COUNT = Number(process.env.FUZZ_COUNT) || 2000;
 const SEED = Number(process.env.FUZZ_SEED) || Date.now() % 1_000_000_007;
 let fleet: Fleet;
 
-
 const ALLOWED = new Set(['storage-v1 capabilities', 'storage-v1 list']);
 
 function generate(seed: number, n: number, ctx: { project: string; snap: string; guid: string }): string[] {
