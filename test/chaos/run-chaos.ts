@@ -150,7 +150,12 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
       if (dead.length) throw new Error(`chaos: agent ${dead[0]![0]} exited at start: ${dead[0]![1].output.trim().split('\n').slice(-3).join(' | ').slice(0, 1500)}`);
       return (await catalog.listHosts()).filter((h) => h.heartbeatAt !== null && Date.now() - h.heartbeatAt < 10_000).length === 3;
     });
-    log('chaos: three agents up, projects created');
+    // faults begin on a replicated fleet (a project without a replica has nowhere to fail over to)
+    await waitUntil(120_000, async () => {
+      for (const p of projects) if ((await catalog.listReplicas(p.id)).length < 2) return false;
+      return true;
+    });
+    log('chaos: three agents up, every project replicated to its two targets');
     return await drive();
   } finally {
     stopSupervisor();
