@@ -22,11 +22,14 @@ const RETRY_MS = 30_000;
 /** byte counts reach the catalog at most this often (steps: at once) */
 const PROGRESS_EVERY_MS = 1_000;
 
-/** The move this host is asked to perform for a project, or why the entry is not one. */
-export function requestedOfHost(p: ProjectRecord | undefined, host: string): { op: ProjectOperation } | { stale: string } {
+/**
+ * The move this host is asked to perform for a project, or why the entry is not one
+ * (`early`: the row may not be written yet, as a requester writes the entry first).
+ */
+export function requestedOfHost(p: ProjectRecord | undefined, host: string): { op: ProjectOperation } | { stale: string; early?: true } {
   if (!p) return { stale: 'the project is gone' };
   const op = p.operation;
-  if (!op) return { stale: 'no operation on the row' };
+  if (!op) return { stale: 'no operation on the row', early: true };
   if (op.kind !== 'move' || op.from !== host) return { stale: `the row carries a ${op.kind} from ${op.from ?? 'no host'}` };
   // before the switch the row names this host; after it, the target (the source finishes)
   if (op.step !== 'switched' && p.primary !== host) return { stale: `served by ${p.primary ?? 'no host'}` };
@@ -107,7 +110,7 @@ export class MoveRunner {
       if (this.running.has(project)) continue;
       const found = requestedOfHost(await catalog.getProject(project), me);
       if ('stale' in found) {
-        await this.dropStale(project, found.stale);
+        await this.dropStale(project, found.stale, found.early === true);
         continue;
       }
       this.firstSeenStale.delete(project);
@@ -126,11 +129,11 @@ export class MoveRunner {
     }
   }
 
-  private async dropStale(project: string, why: string): Promise<void> {
+  private async dropStale(project: string, why: string, early: boolean): Promise<void> {
     const me = this.agent.config.host;
     // a requester writes the index entry before the row: give a row that has no operation
     // yet a while; anything else (another operation, served elsewhere) is final
-    if (why === 'no operation on the row') {
+    if (early) {
       const first = this.firstSeenStale.get(project) ?? Date.now();
       this.firstSeenStale.set(project, first);
       if (Date.now() - first < STALE_ENTRY_MS) return;

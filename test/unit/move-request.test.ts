@@ -39,7 +39,7 @@ describe('requestedOfHost: which request-index entries are moves this host perfo
   });
   it('anything else is a stale entry, with the reason', () => {
     assert.deepEqual(requestedOfHost(undefined, 'a'), { stale: 'the project is gone' });
-    assert.deepEqual(requestedOfHost(P(), 'a'), { stale: 'no operation on the row' });
+    assert.deepEqual(requestedOfHost(P(), 'a'), { stale: 'no operation on the row', early: true });
     assert.deepEqual(requestedOfHost(P({ operation: OP({ from: 'c' }) }), 'a'), { stale: 'the row carries a move from c' });
     assert.deepEqual(requestedOfHost(P({ operation: { ...OP(), kind: 'failover', step: 'recorded', id: undefined, snapshot: 's', guid: '1' } }), 'a'), { stale: 'the row carries a failover from a' });
     assert.deepEqual(requestedOfHost(P({ primary: 'b', operation: OP() }), 'a'), { stale: 'served by b' });
