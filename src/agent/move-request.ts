@@ -68,8 +68,7 @@ export async function requestMove(catalog: Catalog, config: Config, r: MoveReque
   let choice: DestinationChoice | null = null;
   let to = r.to;
   if (to === undefined) {
-    const replicas = (await catalog.listReplicas(p.id)).filter((x) => p.targets.includes(x.host));
-    choice = chooseDestination({ primary, hosts, isLive: liveAt(config, Date.now()), replicas, ...(r.datacenters ? { datacenters: r.datacenters } : {}), ...(r.planned ? { planned: r.planned } : {}) });
+    choice = await destinationOf(catalog, config, p, primary, hosts, r);
     if (choice.host === null) throw new MoveRequestError(`move ${p.id}: ${choice.why}`);
     to = choice.host;
   } else {
@@ -107,6 +106,12 @@ export async function requestMove(catalog: Catalog, config: Config, r: MoveReque
     if (e instanceof LockedError) throw new MoveRequestError(`${e.message}: an operation holds it; try again when it is done`);
     throw e;
   }
+}
+
+/** Where a move of `p` goes when no host is named: chooseDestination over its confirmed replicas. */
+export async function destinationOf(catalog: Catalog, config: Config, p: ProjectRecord, primary: HostRecord, hosts: readonly HostRecord[], o: Pick<MoveRequestInput, 'datacenters' | 'planned'> = {}): Promise<DestinationChoice> {
+  const replicas = (await catalog.listReplicas(p.id)).filter((x) => p.targets.includes(x.host));
+  return chooseDestination({ primary, hosts, isLive: liveAt(config, Date.now()), replicas, ...(o.datacenters ? { datacenters: o.datacenters } : {}), ...(o.planned ? { planned: o.planned } : {}) });
 }
 
 /** The primary must be live (its agent performs the move) and the project plainly served. */
