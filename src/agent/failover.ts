@@ -1,7 +1,9 @@
 // Failover (see docs/failover-move-restore.md): lock the project (fencing token), pick
 // the freshest live replica by the hosts' real listings (ties: least loaded), fence the
-// old primary (catalog first, then unmount over SSH if it answers), promote the replica,
-// switch the location with the token, release. Safe to re-run after a crash at any step.
+// old primary (catalog first, then unmount over SSH if it answers), list the target again
+// and promote its replica at its newest snapshot (checkTarget: a transfer the old primary
+// started before the fence may have landed since), switch the location with the token,
+// release. Safe to re-run after a crash at any step.
 import type { Catalog, HostRecord, ProjectOperation, ProjectRecord } from '../catalog/types.js';
 import { LockedError, withProjectLease, type Lease } from '../lock/lease.js';
 import { crashPoint } from '../util/crash-point.js';
@@ -156,13 +158,72 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     const failureTime = old && old.heartbeatAt !== null && !live(old) ? old.heartbeatAt : now();
     const target = hosts.get(op.to);
     if (!target) throw new Error(`host ${op.to} is not in the catalog any more`);
-    await lease.check(`promote on ${target.id}`);
-    const r = await ssh.get({ host: target.id, address: target.address, port: target.port }).exec(formatRemoteCommand({ op: 'promote', project: projectId, token: lease.token, guid: op.guid! }), { timeoutSeconds: 60 });
-    if (r.code !== 0) throw new Error(`promote on ${target.id} failed (exit ${r.code}): ${r.stderr.trim()}; the catalog names ${target.id} (state failing-over): re-run the failover to finish`);
+    op = await promoteOnTarget(catalog, ssh, target, projectId, op, lease, step);
     step(`promoted on ${target.id}`);
     crashPoint('failover', 'promoted');
     return finishFailover(catalog, p, op, { fenced, fenceWaitMs, failureTime, candidates }, lease);
   });
+}
+
+export type TargetCheck =
+  | { kind: 'as-chosen' }
+  | { kind: 'already-promoted' }
+  | { kind: 'newer'; snapshot: string; guid: string; creation: number; since: number }
+  | { kind: 'not-in-history'; newest: string | null };
+
+/**
+ * The chosen snapshot against the target's own listing just before the promote (pure).
+ * The choice was made from a listing taken before the old primary was fenced; a receive
+ * it started before then may have finished since, leaving snapshots of the same lineage
+ * on top of the chosen one: strictly more data, so the failover promotes at the newest.
+ * A target that no longer lists the replica was promoted by an earlier run.
+ */
+export function checkTarget(op: Pick<ProjectOperation, 'guid'>, snaps: ReadonlyArray<{ snap: string; guid: string; createtxg: number; creation: number }> | undefined): TargetCheck {
+  if (snaps === undefined) return { kind: 'already-promoted' };
+  const ordered = [...snaps].sort((a, b) => a.createtxg - b.createtxg);
+  const at = ordered.findIndex((s) => s.guid === op.guid);
+  const newest = ordered[ordered.length - 1];
+  if (at < 0) return { kind: 'not-in-history', newest: newest ? `${newest.snap} (guid ${newest.guid})` : null };
+  if (at === ordered.length - 1) return { kind: 'as-chosen' };
+  return { kind: 'newer', snapshot: newest!.snap, guid: newest!.guid, creation: newest!.creation, since: ordered.length - 1 - at };
+}
+
+/**
+ * Promote on the failover's target at the snapshot its own listing shows now (checkTarget),
+ * the operation re-recorded first when that is newer than the choice (a crash between the
+ * two finds the newer guid on the row). A receive finishing between the listing and the
+ * promote makes the receiver refuse (its newest is not the guid sent): listed again, up to
+ * three times. Returns the operation as promoted.
+ */
+async function promoteOnTarget(catalog: Catalog, ssh: SshPool, target: HostRecord, projectId: string, op: ProjectOperation, lease: Lease, step: (s: string) => void): Promise<ProjectOperation> {
+  const conn = () => ssh.get({ host: target.id, address: target.address, port: target.port });
+  for (let attempt = 1; ; attempt++) {
+    let listed;
+    try {
+      listed = await fetchListing(ssh, target, { timeoutSeconds: 20, projects: [projectId] });
+    } catch (e) {
+      throw new Error(`before promoting on ${target.id}: ${(e as Error).message}; the catalog names ${target.id} (state failing-over): re-run the failover to finish`);
+    }
+    const check = checkTarget(op, listed.datasets[projectId]?.snapshots);
+    if (check.kind === 'not-in-history') {
+      throw new Error(`the replica of ${projectId} on ${target.id} no longer holds the chosen snapshot ${op.snapshot ?? '?'} (guid ${op.guid}); its newest is ${check.newest ?? 'none'}: nothing promoted. The catalog names ${target.id} (state failing-over); choose again with storagectl failover ${projectId} --to <host>`);
+    }
+    if (check.kind === 'newer') {
+      step(`${target.id} received ${check.since} snapshot(s) after the choice (a transfer the old primary started before it was fenced): promoting at its newest, ${check.snapshot}`);
+      op = { ...op, snapshot: check.snapshot, guid: check.guid, creation: check.creation };
+      await lease.check('record the newer snapshot');
+      await catalog.setLocation(projectId, op.to, 'failing-over', lease.token, op);
+    }
+    crashPoint('failover', 'target-checked');
+    await lease.check(`promote on ${target.id}`);
+    const r = await conn().exec(formatRemoteCommand({ op: 'promote', project: projectId, token: lease.token, guid: op.guid! }), { timeoutSeconds: 60 });
+    if (r.code === 0) return op;
+    if (attempt < 3 && /did not choose/.test(r.stderr)) {
+      step(`promote on ${target.id} refused (its newest moved since the listing): listing again`);
+      continue;
+    }
+    throw new Error(`promote on ${target.id} failed (exit ${r.code}): ${r.stderr.trim()}; the catalog names ${target.id} (state failing-over): re-run the failover to finish`);
+  }
 }
 
 /** The freshest live replica by the hosts' real listings (ties: least loaded, then name). */

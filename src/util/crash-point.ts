@@ -6,7 +6,7 @@
 // operation (it must be listed here to compile) cannot be left untested.
 export const OPERATION_STEPS = {
   /** failover.ts, in order */
-  failover: ['locked', 'recorded', 'fenced', 'promoted', 'switched'],
+  failover: ['locked', 'recorded', 'fenced', 'target-checked', 'promoted', 'switched'],
   /** move.ts, in order */
   move: ['locked', 'recorded', 'presynced', 'writes-stopped', 'verified', 'switched', 'promoted', 'source-kept'],
   /** restore.ts (rollback mode), in order */

@@ -10,6 +10,7 @@ import { checkOperation, CatalogError, type ProjectOperation } from '../../src/c
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { LeaseLostError, withProjectLease } from '../../src/lock/lease.js';
 import { skewTooLarge } from '../../src/agent/clock.js';
+import { checkTarget } from '../../src/agent/failover.js';
 import { healTargets, placeReplicas } from '../../src/agent/placement.js';
 import type { HostRecord } from '../../src/catalog/types.js';
 
@@ -108,5 +109,18 @@ describe('placement heals', () => {
     assert.deepEqual(healTargets({ ...d, targets: ['c', 'd'], confirmed: new Set(['d']) }), { targets: ['d'], added: [], released: ['c'] });
     assert.deepEqual(healTargets({ ...d, targets: [], confirmed: new Set() }).added, ['d'], 'a new replica never goes to the draining host');
     assert.ok(!placeReplicas({ primary: drained[0]!, current: [], factor: 3, hosts: drained, isLive: base.isLive }).includes('c'));
+  });
+});
+
+describe('the failover target checked before its promote', () => {
+  const s = (snap: string, guid: string, createtxg: number) => ({ snap, guid, createtxg, creation: 1_000 + createtxg });
+  it('promotes at the chosen snapshot, or at a newer one of the same lineage; refuses a history without it', () => {
+    const snaps = [s('auto-1', '11', 10), s('auto-2', '22', 20)];
+    assert.deepEqual(checkTarget({ guid: '22' }, snaps), { kind: 'as-chosen' });
+    assert.deepEqual(checkTarget({ guid: '11' }, snaps), { kind: 'newer', snapshot: 'auto-2', guid: '22', creation: 1_020, since: 1 });
+    assert.deepEqual(checkTarget({ guid: '11' }, [snaps[1]!, snaps[0]!, s('auto-3', '33', 30)]), { kind: 'newer', snapshot: 'auto-3', guid: '33', creation: 1_030, since: 2 }, 'by createtxg, not listing order');
+    assert.deepEqual(checkTarget({ guid: '99' }, snaps), { kind: 'not-in-history', newest: 'auto-2 (guid 22)' });
+    assert.deepEqual(checkTarget({ guid: '99' }, []), { kind: 'not-in-history', newest: null });
+    assert.deepEqual(checkTarget({ guid: '11' }, undefined), { kind: 'already-promoted' }, 'no replica listed: an earlier run renamed it');
   });
 });
