@@ -10,7 +10,7 @@ import { clusterCtl } from '../lib/cluster.js';
 import { runChaos, summary } from './run-chaos.js';
 
 const sb = sandbox();
-const MINUTES = Number(process.env.CHAOS_CI_MINUTES ?? 1.5);
+const MINUTES = Number(process.env.CHAOS_CI_MINUTES ?? 1);
 // the kinds the fleet survives today; kill-cassandra and skew-clock found open problems
 // (docs/chaos.md, "Found"): `npm run chaos -- --kinds ...` runs them
 export const CI_KINDS = ['kill-agent', 'pause-agent', 'partition-host', 'partition-pair', 'flap-link', 'fill-quota'] as const;
@@ -40,18 +40,19 @@ describe('chaos', () => {
   it('the checker fails when fencing is disabled: a partitioned primary stays writable beside its successor', async () => {
     const r = await runChaos(sb, {
       seed: 1,
-      durationMs: 135_000,
+      durationMs: 80_000,
       projects: 3,
       disableFencing: true,
       convergeMs: 20_000,
-      // a's projects fail over (auto, after 11 s) while a is cut off and cannot fence itself
-      // cut off long enough that the failover (dead after 12 s, then the self-fence bound)
-      // completes while a is still cut off, unfenced, and mounted
-      schedule: { seed: 1, faults: [{ at: 5_000, kind: 'partition-host', host: 'a', ms: 120_000 }], operator: [] },
+      // a's projects fail over (auto: dead after 12 s, then the self-fence bound of 11 s)
+      // while a is cut off and, fencing disabled, stays mounted: two writable copies from
+      // about 30 s after the cut (measured: printed below) until the cut heals
+      schedule: { seed: 1, faults: [{ at: 5_000, kind: 'partition-host', host: 'a', ms: 70_000 }], operator: [] },
     });
     process.stdout.write(`# chaos (fencing disabled): ${summary(r)}\n`);
     const two = r.violations.filter((v) => v.invariant === 'one-writable');
     assert.ok(two.length >= 1, `the checker did not see two writable copies: ${JSON.stringify(r.violations.slice(0, 5))}`);
-    process.stdout.write(`# the checker caught: ${two[0]!.detail}\n`);
+    const at = two[0]!.at ?? NaN;
+    process.stdout.write(`# the checker caught: ${two[0]!.detail} (${((at - r.startedAt - 5_000) / 1000).toFixed(1)} s after the cut)\n`);
   });
 });

@@ -41,6 +41,9 @@ export interface ChaosOptions {
 
 export interface ChaosReport {
   seed: number;
+  /** when the faults began (ms since epoch), and how long the fleet took to be ready before */
+  startedAt: number;
+  setupMs: number;
   ranMs: number;
   faults: Record<string, number>;
   faultsApplied: number;
@@ -66,6 +69,7 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
   const keyspace = `chaos_${Date.now().toString(36)}_${process.pid}`;
   const nProjects = o.projects ?? 6;
   const schedule = o.schedule ?? makeSchedule(o.seed, { durationMs: o.durationMs, hosts: NAMES, projects: nProjects, ...(o.kinds ? { kinds: o.kinds } : {}) });
+  const setupStarted = Date.now();
   log(`chaos: seed ${o.seed} (replay: npm run chaos -- --seed ${o.seed} --minutes ${(o.durationMs / 60_000).toFixed(1)}), ${schedule.faults.length} faults, ${schedule.operator.length} operator actions, keyspace ${keyspace}${o.disableFencing ? ', FENCING DISABLED (checker test)' : ''}`);
 
   // ---- the fleet ------------------------------------------------------------------------
@@ -155,7 +159,7 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
       for (const p of projects) if ((await catalog.listReplicas(p.id)).length < 2) return false;
       return true;
     });
-    log('chaos: three agents up, every project replicated to its two targets');
+    log(`chaos: three agents up, every project replicated to its two targets (setup ${((Date.now() - setupStarted) / 1000).toFixed(1)} s)`);
     return await drive();
   } finally {
     stopSupervisor();
@@ -309,6 +313,8 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
     const violations = [...checkMounts(samples), ...writes.violations, ...destroys.violations, ...problems];
     const report: ChaosReport = {
       seed: o.seed,
+      startedAt: t0,
+      setupMs: t0 - setupStarted,
       ranMs: Date.now() - t0,
       faults: countByKind(applied),
       faultsApplied: applied.length,
@@ -332,7 +338,7 @@ export function describe(f: Fault): string {
 
 export function summary(r: ChaosReport): string {
   return [
-    `seed ${r.seed}, ${(r.ranMs / 1000).toFixed(0)} s`,
+    `seed ${r.seed}, setup ${(r.setupMs / 1000).toFixed(0)} s, ran ${(r.ranMs / 1000).toFixed(0)} s`,
     `faults ${r.faultsApplied} (${Object.entries(r.faults).map(([k, n]) => `${k} ${n}`).join(', ')})`,
     `operator ${Object.entries(r.operator).map(([k, n]) => `${k}: ${n}`).join(', ') || 'none'}`,
     `writes acknowledged ${r.writes.acknowledged} (present ${r.writes.present}, lost within a failover window ${r.writes.excusedByFailoverWindow}, not judged ${r.writes.notJudged})`,
