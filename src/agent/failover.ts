@@ -127,23 +127,37 @@ export async function failover(catalog: Catalog, ssh: SshPool, projectId: string
     crashPoint('failover', 'recorded');
 
     const fenceStart = now();
+    // Two proofs that a host stopped serving, sought at once; the first that holds ends the
+    // wait: the fence over SSH (writers stopped, unmounted: at once when the host answers),
+    // and the one that needs no answer from it (its `demoted` event, or the self-fence
+    // bound since the catalog stopped naming it). An unreachable host costs the bound, not
+    // an SSH timeout and then the bound.
     const fenceOne = async (id: string, label: string): Promise<FailoverResult['oldPrimaryFenced']> => {
       const h = hosts.get(id);
-      if (h) {
+      const bound = o.selfFenceBoundMs ?? o.graceMs;
+      const wait = { over: false };
+      const say = (s: string) => wait.over || step(s);
+      const overSsh = async (): Promise<'unmounted' | null> => {
+        if (!h) return null;
         try {
           const r = await ssh.get({ host: h.id, address: h.address, port: h.port }).exec(formatRemoteCommand({ op: 'fence', project: projectId, token: lease.token }), { timeoutSeconds: 30 });
           if (r.code === 0) {
-            step(`${label}: ${fenceSummary(r.stdout)}`);
+            say(`${label}: ${fenceSummary(r.stdout)}`);
             return 'unmounted';
           }
-          step(`${label}: fence refused or failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
+          say(`${label}: fence refused or failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
         } catch (e) {
-          step(`${label}: fence over SSH failed: ${(e as Error).message}`);
+          say(`${label}: fence over SSH failed: ${(e as Error).message}`);
         }
+        say(`${label} was not fenced over SSH: waiting until it confirms it demoted itself, or for the self-fence bound (${Math.round(bound / 1000)} s after the catalog stopped naming it)`);
+        return null;
+      };
+      const proof = waitForFence(catalog, projectId, id, recordedAt, bound, o, wait);
+      try {
+        return await Promise.race([overSsh().then((r) => r ?? proof), proof]);
+      } finally {
+        wait.over = true;
       }
-      const bound = o.selfFenceBoundMs ?? o.graceMs;
-      step(`${label} was not fenced over SSH: waiting until it confirms it demoted itself, or for the self-fence bound (${Math.round(bound / 1000)} s after the catalog stopped naming it)`);
-      return waitForFence(catalog, projectId, id, recordedAt, bound, o);
     };
     let fenced: FailoverResult['oldPrimaryFenced'] = 'none';
     const old = op.from ? hosts.get(op.from) : undefined;
@@ -301,10 +315,11 @@ function fenceSummary(stdout: string): string {
  * says (a heartbeat is not proof of anything here). A `demoted` event read earlier ends
  * the wait earlier (an event not read back only makes the wait longer).
  */
-async function waitForFence(catalog: Catalog, project: string, host: string, since: number, boundMs: number, o: FailoverOptions): Promise<'demoted' | 'self-fenced'> {
+async function waitForFence(catalog: Catalog, project: string, host: string, since: number, boundMs: number, o: FailoverOptions, wait: { over: boolean }): Promise<'demoted' | 'self-fenced'> {
   const now = o.now ?? Date.now;
   const poll = o.pollMs ?? 500;
   for (;;) {
+    if (wait.over) return 'self-fenced'; // the fence over SSH won the race: this answer is not used
     const events = await catalog.listEvents({ project, since: since - 1000, limit: 100 }).catch(() => []);
     if (events.some((e) => e.kind === 'demoted' && e.host === host)) return 'demoted';
     if (now() - since > boundMs) return 'self-fenced';

@@ -200,11 +200,23 @@ export class MoveRunner {
       }
       const cancelled = e instanceof MoveError && e.cancelled;
       const servedBy = e instanceof MoveError ? e.servedBy : null;
+      const row = await catalog.getProject(project).catch(() => undefined);
+      const after = requestedOfHost(row, me);
+      if (!cancelled && 'op' in after && after.op.step === 'switched' && after.op.id === op.id) {
+        // past the switch the move has happened (the target serves): a step after it that
+        // failed (the source's copy kept as a replica, busy a moment) is finished by the
+        // retry, so the move is not reported failed to its follower
+        report({ phase: 'running', step: `switched to ${after.op.to}; finishing: ${err.message} (again in ${RETRY_MS / 1000} s)` });
+        log.warn({ err: err.message }, 'move: a step after the switch failed; retrying');
+        this.backoff.set(project, Date.now() + RETRY_MS);
+        this.retryLater();
+        return;
+      }
       report({ phase: cancelled ? 'cancelled' : 'failed', step: err.message, error: err.message, servedBy });
       log[cancelled ? 'info' : 'error']({ err: err.message, servedBy }, cancelled ? 'move: cancelled' : 'move: failed');
       // a move that failed before its switch is over (the source serves): its entry goes;
       // one whose operation is still on the row (lease lost, promote failed) is retried
-      const still = requestedOfHost(await catalog.getProject(project).catch(() => undefined), me);
+      const still = after;
       if ('stale' in still) await catalog.deleteRequest(me, project).catch(() => undefined);
       else {
         this.backoff.set(project, Date.now() + RETRY_MS);

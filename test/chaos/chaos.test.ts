@@ -10,7 +10,9 @@ import { clusterCtl } from '../lib/cluster.js';
 import { runChaos, summary } from './run-chaos.js';
 
 const sb = sandbox();
-const MINUTES = Number(process.env.CHAOS_CI_MINUTES ?? 1);
+// the fixed seed runs 1.5 minutes: its schedule pauses c past failover.after, which found
+// the failover re-choice bug (docs/chaos.md, "Found"); the fresh seed 1 minute (CI time)
+const MINUTES = process.env.CHAOS_CI_MINUTES ? Number(process.env.CHAOS_CI_MINUTES) : undefined;
 // the kinds the fleet survives today; kill-cassandra and skew-clock found open problems
 // (docs/chaos.md, "Found"): `npm run chaos -- --kinds ...` runs them
 export const CI_KINDS = ['kill-agent', 'pause-agent', 'partition-host', 'partition-pair', 'flap-link', 'fill-quota'] as const;
@@ -21,12 +23,12 @@ before(() => {
 });
 
 describe('chaos', () => {
-  for (const [name, seed] of [
-    ['a fixed seed', 20261202],
-    ['a fresh seed', Math.floor(Math.random() * 2 ** 31)],
+  for (const [name, seed, minutes] of [
+    ['a fixed seed', 20261202, 1.5],
+    ['a fresh seed', Math.floor(Math.random() * 2 ** 31), 1],
   ] as const) {
     it(`${name} (${seed}): faults at random, no invariant broken, the fleet converges`, async () => {
-      const r = await runChaos(sb, { seed, durationMs: MINUTES * 60_000, kinds: CI_KINDS });
+      const r = await runChaos(sb, { seed, durationMs: (MINUTES ?? minutes) * 60_000, kinds: CI_KINDS });
       process.stdout.write(`# chaos: ${summary(r)}\n`);
       for (const v of r.violations.slice(0, 20)) process.stdout.write(`# VIOLATION ${v.invariant}: ${v.detail}\n`);
       assert.ok(r.faultsApplied >= 3, `only ${r.faultsApplied} faults applied`);

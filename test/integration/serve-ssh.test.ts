@@ -77,9 +77,14 @@ describe('serve-ssh (forced command) refuses everything outside its grammar', ()
     `storage-v1 recv ${uuid}\nid`,
   ];
 
-  it('refuses each hostile command with exit 2 and a message, and runs no zfs command', () => {
+  // the refusals come before any zfs command, so the zfs underneath is moot: under the
+  // VM's emulation (~6 s an SSH session) every fifth of them, within the CI time budget;
+  // all of them on zfs-fuse, and the fuzz (test/fuzz) sends 2,000 more there
+  const sent = sb.zfs === 'kernel' ? hostile.filter((_, i) => i % 5 === 0) : hostile;
+
+  it(`refuses each hostile command (${sent.length} of ${hostile.length} here) with exit 2 and a message, and runs no zfs command`, () => {
     const before = zfsCalls();
-    for (const cmd of hostile) {
+    for (const cmd of sent) {
       const r = viaSsh(cmd);
       assert.equal(r.status, 2, `${JSON.stringify(cmd)} exited ${r.status}: ${r.stderr}`);
       assert.match(r.stderr, /storagectl serve-ssh: refused: /, JSON.stringify(cmd));
@@ -88,7 +93,7 @@ describe('serve-ssh (forced command) refuses everything outside its grammar', ()
     assert.equal(zfsCalls(), before, 'a refused command must not run zfs');
     const audit = readFileSync(`${B.dir}/receiver.log`, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { result: string; command: string | null });
     const refused = audit.filter((a) => a.result === 'refused');
-    assert.ok(refused.length >= hostile.length, `audit log has ${refused.length} refusals`);
+    assert.ok(refused.length >= sent.length, `audit log has ${refused.length} refusals`);
   });
 
   it('answers the protocol: capabilities and list', () => {
