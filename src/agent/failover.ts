@@ -210,7 +210,6 @@ export function checkTarget(op: Pick<ProjectOperation, 'guid'>, snaps: ReadonlyA
  * three times. Returns the operation as promoted.
  */
 async function promoteOnTarget(catalog: Catalog, ssh: SshPool, target: HostRecord, projectId: string, op: ProjectOperation, lease: Lease, step: (s: string) => void): Promise<ProjectOperation> {
-  const conn = () => ssh.get({ host: target.id, address: target.address, port: target.port });
   for (let attempt = 1; ; attempt++) {
     let listed;
     try {
@@ -230,7 +229,7 @@ async function promoteOnTarget(catalog: Catalog, ssh: SshPool, target: HostRecor
     }
     crashPoint('failover', 'target-checked');
     await lease.check(`promote on ${target.id}`);
-    const r = await conn().exec(formatRemoteCommand({ op: 'promote', project: projectId, token: lease.token, guid: op.guid! }), { timeoutSeconds: 60 });
+    const r = await ssh.get({ host: target.id, address: target.address, port: target.port }).exec(formatRemoteCommand({ op: 'promote', project: projectId, token: lease.token, guid: op.guid! }), { timeoutSeconds: 60 });
     if (r.code === 0) return op;
     if (attempt < 3 && /did not choose/.test(r.stderr)) {
       step(`promote on ${target.id} refused (its newest moved since the listing): listing again`);
@@ -307,7 +306,8 @@ function fenceSummary(stdout: string): string {
 }
 
 /**
- * The old primary was not fenced over SSH. The catalog no longer names it (since
+ * The proof that needs no answer from the old primary (sought while the fence over SSH
+ * is tried, fenceOne). The catalog no longer names it (since
  * `since`): its agent either reads that (fence check, every failover.fenceCheck) and
  * demotes the project, recording a `demoted` event, or cannot read the catalog and stops
  * serving by itself within failover.selfFenceAfter of its last successful read, which was

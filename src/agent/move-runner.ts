@@ -216,8 +216,7 @@ export class MoveRunner {
       log[cancelled ? 'info' : 'error']({ err: err.message, servedBy }, cancelled ? 'move: cancelled' : 'move: failed');
       // a move that failed before its switch is over (the source serves): its entry goes;
       // one whose operation is still on the row (lease lost, promote failed) is retried
-      const still = after;
-      if ('stale' in still) await catalog.deleteRequest(me, project).catch(() => undefined);
+      if ('stale' in after) await catalog.deleteRequest(me, project).catch(() => undefined);
       else {
         this.backoff.set(project, Date.now() + RETRY_MS);
         this.retryLater();

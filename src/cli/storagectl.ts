@@ -81,12 +81,7 @@ function leaseOption(text: string): number {
  */
 async function actingContext(configPath: string): Promise<Ctx> {
   const ctx = await context(configPath);
-  try {
-    await assertClock(ctx.catalog, ctx.config.failover.maxClockSkew * 1000);
-  } catch (e) {
-    await ctx.catalog.close().catch(() => undefined);
-    throw e;
-  }
+  await assertClock(ctx.catalog, ctx.config.failover.maxClockSkew * 1000); // refused: main closes the catalog
   return ctx;
 }
 
@@ -776,7 +771,6 @@ export async function main(argv: string[]): Promise<void> {
         const r = replicas.get(t);
         return { host: t, datacenter: h?.datacenter ?? null, live: !!h && h.heartbeatAt !== null && Date.now() - h.heartbeatAt <= dead, heartbeatAt: h?.heartbeatAt ?? null, snapshot: r?.snapshot ?? null, confirmedAt: r?.confirmedAt ?? null };
       });
-      await catalog.close();
       out(!!opts.json, { project: id, primary: p.primary, factor: p.replicationFactor, version: p.targetsVersion + (targets === p.targets ? 0 : 1), targets: rows }, () =>
         table([['TARGET', 'DC', 'LIVE', 'SNAPSHOT', 'CONFIRMED'], ...rows.map((r) => [r.host, r.datacenter ?? '?', r.live ? 'yes' : 'NO', r.snapshot ?? '-', r.confirmedAt ? new Date(r.confirmedAt).toISOString() : '-'])]),
       );
