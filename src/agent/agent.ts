@@ -27,6 +27,7 @@ import { describeSkew, readSkew, skewTooLarge } from './clock.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
 export { readMounts };
 import { autoSnapshotName, isProjectId } from '../util/validate.js';
+import { keepAside } from '../zfs/keep-aside.js';
 import type { Logger } from '../util/log.js';
 import type { AgentMetrics } from './metrics.js';
 
@@ -902,13 +903,7 @@ export class Agent {
     const fence = await fenceDataset(this.zfs, dataset);
     if (!fence.fenced) throw new Error(`cannot stop serving ${dataset}: ${describeFence(fence)}`);
     if (fence.stopped.length) this.log.warn({ project: p.id, stopped: fence.stopped }, 'demote: stopped the processes using the project');
-    const stamp = autoSnapshotName(new Date(this.now())).replace(/:/g, '');
-    await this.zfs.snapshot([`${dataset}@demoted-${stamp}`]);
-    const conflictsRoot = `${c.pool}/conflicts`;
-    await this.zfs.ensureDataset(conflictsRoot, { canmount: 'off', mountpoint: 'none' });
-    const aside = `${conflictsRoot}/${p.id}-${stamp}`;
-    await this.zfs.rename(dataset, aside);
-    await this.zfs.set(aside, { readonly: 'on', canmount: 'noauto' });
+    const aside = await keepAside(this.zfs, dataset, `${c.pool}/conflicts`, p.id, new Date(this.now()));
     await this.catalog.addEvent({ project: p.id, host: c.host, kind: 'demoted', detail: `served by ${p.primary ?? 'no host'} (${p.state}) now; fenced here (${describeFence(fence)}), this host's data kept in ${aside}` });
     this.log.warn({ project: p.id, primary: p.primary, state: p.state, keptIn: aside }, 'demoted: a project this host no longer serves was unmounted and kept aside');
     return aside;

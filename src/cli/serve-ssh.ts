@@ -93,6 +93,7 @@ export async function main(argv: string[]): Promise<void> {
         host: config.host,
         replicasRoot: config.replicasRoot,
         projectsRoot: config.projectsRoot,
+        conflictsRoot: `${config.pool}/conflicts`,
         auditLog: config.receiverLog,
         client: process.env.SSH_CLIENT,
         peer,

@@ -16,6 +16,7 @@ import type { FactSource, GatheredFacts } from './auth-facts.js';
 import { readStreamHeader, type StreamHeader } from './stream-header.js';
 import { RECV_EXCLUDE, REPLICA_OVERRIDES, checkStream, deniedKnownTo, propertiesToReset } from './stream-policy.js';
 import { acquireSlot } from './receive-slots.js';
+import { keepAside } from '../zfs/keep-aside.js';
 
 export interface ReceiverEnv {
   zfs: Zfs;
@@ -23,6 +24,8 @@ export interface ReceiverEnv {
   replicasRoot: string;
   /** where primaries live (promote renames a replica there); unset = promote/fence refused */
   projectsRoot?: string;
+  /** where a stale copy under projectsRoot is set aside when a replica is promoted (<pool>/conflicts) */
+  conflictsRoot?: string;
   auditLog?: string;
   /** SSH_CLIENT of the session, for the audit log */
   client?: string;
@@ -257,8 +260,18 @@ async function promote(env: ReceiverEnv, project: string, guid: string, stdout: 
   const to = `${env.projectsRoot}/${project}`;
   const found = (await zfs.listSnapshots([from, to])).snapshots;
   const fromSnaps = found.get(from);
-  const toSnaps = found.get(to);
-  if (fromSnaps && toSnaps) throw new Error(`promote: both ${from} and ${to} exist on ${env.host}: resolve by hand (storagectl conflicts)`);
+  let toSnaps = found.get(to);
+  let keptAside: string | undefined;
+  if (fromSnaps && toSnaps) {
+    // a copy from an earlier time this host served the project, fenced (unmounted) by the
+    // failover that moved it away and never demoted by its agent (it demotes what is
+    // mounted): the caller chose the replica, so the stale copy is set aside as a demote
+    // does (kept, never destroyed) and the replica promoted. A mounted one is left alone.
+    const { mounted } = await zfs.get(to, ['mounted']);
+    if (mounted !== 'no' || !env.conflictsRoot) throw new Error(`promote: both ${from} and ${to} exist on ${env.host}${mounted !== 'no' ? ` and ${to} is mounted` : ''}: resolve by hand (storagectl conflicts)`);
+    keptAside = await keepAside(zfs, to, env.conflictsRoot, project, new Date(env.now?.() ?? Date.now()));
+    toSnaps = undefined;
+  }
   const snaps = toSnaps ?? fromSnaps;
   if (!snaps) throw new Error(`promote: ${env.host} holds no replica of ${project} (${from} does not exist)`);
   const newest = snaps[snaps.length - 1];
@@ -276,8 +289,8 @@ async function promote(env: ReceiverEnv, project: string, guid: string, stdout: 
   if (Object.keys(plan.set).length) await zfs.set(to, plan.set);
   const { mounted, mountpoint } = await zfs.get(to, ['mounted', 'mountpoint']);
   if (mounted !== 'yes') await zfs.mount(to);
-  stdout.write(JSON.stringify({ promoted: to, mountpoint, guid }) + '\n');
-  return { promoted: to, guid };
+  stdout.write(JSON.stringify({ promoted: to, mountpoint, guid, ...(keptAside ? { keptAside } : {}) }) + '\n');
+  return { promoted: to, guid, ...(keptAside ? { keptAside } : {}) };
 }
 
 /**

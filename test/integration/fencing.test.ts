@@ -162,3 +162,29 @@ if (sb.zfs !== 'kernel') describe('a transfer that finishes after the choice', (
   });
 });
 
+// zfs-fuse only (the VM tier's time budget; the receiver's rule is zfs-independent)
+if (sb.zfs !== 'kernel') describe('a project coming back to a host that still holds its fenced copy', () => {
+  // found by the long chaos run: a failed over to b (a's copy fenced over SSH: unmounted,
+  // left under projects/, since its agent demotes only what is mounted), b replicated to
+  // a (a new replicas/<id>), then a failover back to a found both and refused for ever
+  it('the stale copy is set aside in conflicts (kept), the replica promoted, the project served on a', async () => {
+    const p = await replicated({ 'data.bin': randomBytes(20_000), 'notes.txt': 'stale copy' });
+    const away = await rerun(B, ['failover', p.id, '--to', 'b', '--json']);
+    assert.equal(away.code, 0, away.stderr);
+    const stale = `${A.pool}/projects/${p.id}`;
+    assert.deepEqual(await ops.fleet.zfs.get(stale, ['mounted']), { mounted: 'no' }, "a's copy fenced, still under projects/");
+    for (const h of sb.hosts) await ops.fleet.catalog.heartbeat(h.name, 0);
+    const r = await ops.fleet.agents.get('b')!.runCycle(); // b, the primary now, replicates to a
+    assert.deepEqual(r.failures, []);
+    assert.ok(await ops.fleet.zfs.exists(`${A.pool}/replicas/${p.id}`), 'a holds a replica again');
+    const back = await rerun(A, ['failover', p.id, '--to', 'a', '--json']);
+    assert.equal(back.code, 0, back.stderr);
+    assert.deepEqual(await writableOn(p.id), ['a']);
+    assert.deepEqual(await servedBy(p.id), { primary: 'a', state: 'active', operation: null });
+    const aside = (await ops.fleet.zfs.list(`${A.pool}/conflicts`, { depth: 1 })).keys();
+    const kept = [...aside].filter((d) => d.startsWith(`${A.pool}/conflicts/${p.id}-`));
+    assert.equal(kept.length, 1, `the stale copy kept in conflicts: ${[...aside].join(' ')}`);
+    assert.equal((await ops.fleet.zfs.get(kept[0]!, ['readonly'])).readonly, 'on');
+  });
+});
+
