@@ -25,6 +25,7 @@ import { liveAt, deadAfterMs, fenceBoundMs, selfFenceAfterMs, type Config } from
 import { mountedProjects, readMounts } from '../zfs/mounts.js';
 import { describeSkew, readSkew, skewTooLarge } from './clock.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
+import { SelfFence } from './self-fence.js';
 export { readMounts };
 import { autoSnapshotName, isProjectId } from '../util/validate.js';
 import { keepAside } from '../zfs/keep-aside.js';
@@ -73,6 +74,8 @@ export interface AgentDeps {
   onViewChanged?: () => void;
   /** the state cache (default: stateDir/state.db) */
   state?: StateCache;
+  /** the self-fence watchdog (default: one over stateDir/catalog-contact, not started) */
+  selfFence?: SelfFence;
 }
 
 /** "type base64" of the public half of an OpenSSH private key file. */
@@ -139,6 +142,7 @@ export class Agent {
     this.replicaGrid = deps.config.retention.replica ? parseGrid(deps.config.retention.replica, 'retention.replica') : DEFAULT_REPLICA_GRID;
     this.globalQueue = new PQueue({ concurrency: deps.config.replication.globalConcurrency });
     this.runner.onCommand((ev) => this.metrics?.zfsCommand(ev.verb, ev.durationMs / 1000, ev.ok));
+    this.selfFence = deps.selfFence ?? selfFenceFor(deps.config, this.zfs, deps.log, deps.metrics, this.now, () => this.config);
   }
 
   /** Applies a reloaded configuration (SIGHUP). Identity fields must not change. */
@@ -211,12 +215,14 @@ export class Agent {
 
   /**
    * An operation takes a project over from the cycles: from now on no cycle snapshots,
-   * sends or prunes it, and this resolves once a cycle that began before (and may still
-   * be sending it) has ended. Call the returned function to give it back.
+   * sends or prunes it, the fence check does not remount it after a self-fence (a move
+   * that found it unmounted counts on it staying so), and this resolves once a cycle or a
+   * remount that began before has ended. Call the returned function to give it back.
    */
   async claim(project: string): Promise<() => void> {
     this.claimed.add(project);
     await this.cycleInFlight?.catch(() => undefined);
+    await this.remounting.catch(() => undefined);
     return () => this.claimed.delete(project);
   }
 
@@ -923,11 +929,18 @@ export class Agent {
     return true;
   }
 
-  /** ms since epoch of the last fresh answer of the catalog (the fence check's read) */
-  private lastCatalogOk = 0; // none yet: an agent (re)started cut off from the catalog self-fences at once
-  /** projects this agent unmounted because the catalog was unreachable (remounted when it answers) */
-  private readonly selfFenced = new Map<string, boolean>(); // id -> readonly was set by the fence
+  /** the self-fence watchdog (self-fence.ts): main.ts arms it before the catalog opens */
+  readonly selfFence: SelfFence;
+  /** the remount after a self-fence, while it runs (a claim waits for it) */
+  private remounting: Promise<unknown> = Promise.resolve();
   private lastAutoCheck = 0;
+  /** when the fence check last got a fresh answer (0: not yet in this process) */
+  private lastAnswer = 0;
+
+  /** the catalog answered the fence check within two fence checks (5 s at least) */
+  private freshView(): boolean {
+    return this.now() - this.lastAnswer < 1000 * Math.max(this.config.failover.fenceCheck * 2, 5);
+  }
 
   /** projects mounted here, from /proc/self/mountinfo (no zfs call): dataset names */
   mountedProjects(): Set<string> {
@@ -939,30 +952,31 @@ export class Agent {
     return mountedProjects(this.config.projectsRoot, isProjectId);
   }
 
-
   /**
    * Between cycles, every few seconds (failover.fenceCheck): one catalog read (this host's
    * generation; the projects it serves only when that moved), compared with what is
-   * mounted here. A mounted project the
-   * catalog no longer serves from here is demoted at once. With no fresh catalog answer
-   * for failover.selfFenceAfter, every project is unmounted (an isolated primary stops
-   * serving before a replica may be promoted) and remounted when the catalog answers and
-   * still names this host. In auto mode, also fails over projects of dead primaries.
+   * mounted here. A mounted project the catalog no longer serves from here is demoted at
+   * once. A project the self-fence watchdog unmounted is remounted when the catalog answers
+   * again and still names this host, with no operation under way. The watchdog's own tick
+   * runs here too (its answer is in `selfFenced`), but it does not depend on this check:
+   * it has its own timer (a read here can take the driver's timeout).
    */
-  async fenceCheck(): Promise<{ demoted: string[]; selfFenced: string[]; remounted: string[]; failovers: string[] }> {
+  async fenceCheck(): Promise<{ demoted: string[]; selfFenced: string[]; remounted: string[] }> {
     const c = this.config;
-    const res = { demoted: [] as string[], selfFenced: [] as string[], remounted: [] as string[], failovers: [] as string[] };
+    const res = { demoted: [] as string[], selfFenced: [] as string[], remounted: [] as string[] };
     const mounted = this.mountedProjects();
     let served: ProjectRecord[] | undefined;
     const sentAt = this.now(); // the answer describes the catalog as of the request, not its arrival
     try {
       served = (await this.readView()).served;
-      if (!catalogDegraded(this.catalog)) this.lastCatalogOk = sentAt;
+      if (!catalogDegraded(this.catalog)) {
+        this.selfFence.contact(sentAt);
+        this.lastAnswer = sentAt;
+      }
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'fence check: catalog unreachable');
     }
-    const fresh = this.now() - this.lastCatalogOk < 1000 * Math.max(c.failover.fenceCheck * 2, 5);
-    if (served && fresh) {
+    if (served && this.freshView()) {
       const byId = new Map(served.map((p) => [p.id, p]));
       for (const ds of mounted) {
         const id = ds.slice(c.projectsRoot.length + 1);
@@ -974,51 +988,59 @@ export class Agent {
           this.log.error({ project: id, err: (e as Error).message }, 'fence check: demote failed');
         }
       }
-      // the catalog answers again: remount what this agent unmounted itself
-      for (const [id, readonlySet] of [...this.selfFenced]) {
-        const p = byId.get(id);
-        this.selfFenced.delete(id);
-        if (!p || !servesHere(p, c.host) || mounted.has(`${c.projectsRoot}/${id}`)) continue;
-        try {
-          if (readonlySet) await this.zfs.inherit(`${c.projectsRoot}/${id}`, 'readonly');
-          await this.zfs.mount(`${c.projectsRoot}/${id}`);
-          res.remounted.push(id);
-        } catch (e) {
-          this.log.error({ project: id, err: (e as Error).message }, 'remount after the catalog came back failed');
-        }
-      }
+      const remount = this.remountSelfFenced(byId, mounted);
+      this.remounting = remount;
+      res.remounted = await remount;
       if (res.remounted.length) this.log.warn({ projects: res.remounted }, 'catalog reachable again: remounted the projects unmounted by self-fencing');
     }
-    const selfFence = selfFenceAfterMs(c);
-    if (this.now() - this.lastCatalogOk > selfFence) {
-      // every project at once (the bound counts one fence's time, not one per project)
-      await Promise.all(
-        [...mounted].map(async (ds) => {
-          const id = ds.slice(c.projectsRoot.length + 1);
-          try {
-            const fence = await fenceDataset(this.zfs, ds);
-            if (!fence.fenced) throw new Error(describeFence(fence));
-            this.selfFenced.set(id, fence.readonly === 'set');
-            res.selfFenced.push(id);
-            if (fence.stopped.length) this.log.error({ project: id, stopped: fence.stopped }, 'self-fence: stopped the processes using the project');
-          } catch (e) {
-            this.log.error({ project: id, err: (e as Error).message }, 'self-fence: unmount failed');
-          }
-        }),
-      );
-      if (res.selfFenced.length) {
-        this.log.error({ projects: res.selfFenced, lastCatalogContact: new Date(this.lastCatalogOk).toISOString() }, 'self-fenced: no catalog contact for failover.selfFenceAfter; unmounted every project served here');
-        this.metrics?.selfFenced(res.selfFenced.length);
-      }
-    }
+    res.selfFenced = await this.selfFence.tick();
     this.metrics?.fence('demoted', res.demoted.length);
     this.metrics?.fence('remounted', res.remounted.length);
-    if (c.failover.mode === 'auto' && served && fresh && !this.clockProblem && this.now() - this.lastAutoCheck >= Math.min(c.interval, 3 * c.failover.fenceCheck) * 1000) {
-      this.lastAutoCheck = this.now();
-      res.failovers = await this.autoFailover();
-      this.metrics?.fence('failover', res.failovers.length);
-    }
     return res;
+  }
+
+  /**
+   * The catalog answers again: remount what the watchdog unmounted, only where the catalog
+   * still has this host serve the project as `active` (no move or failover under way: an
+   * operation that found it unmounted counts on it staying so) and no operation here holds it.
+   */
+  private async remountSelfFenced(byId: Map<string, ProjectRecord>, mounted: Set<string>): Promise<string[]> {
+    const c = this.config;
+    const done: string[] = [];
+    for (const id of [...this.selfFence.fenced.keys()]) {
+      const p = byId.get(id);
+      const ds = `${c.projectsRoot}/${id}`;
+      if (!p || !servesHere(p, c.host) || mounted.has(ds)) {
+        this.selfFence.release(id);
+        continue;
+      }
+      if (p.state !== 'active' || p.operation || this.claimed.has(id)) continue; // its operation decides
+      const readonlySet = this.selfFence.release(id);
+      try {
+        if (readonlySet) await this.zfs.inherit(ds, 'readonly');
+        await this.zfs.mount(ds);
+        done.push(id);
+      } catch (e) {
+        this.log.error({ project: id, err: (e as Error).message }, 'remount after the catalog came back failed');
+      }
+    }
+    return done;
+  }
+
+  /**
+   * failover: auto, on its own timer (main.ts), never inside the fence check: a failover
+   * waits for another host's fence for up to the bound, and this host's own demotes and
+   * remounts must not wait behind it. Runs at most every min(interval, 3 fence checks).
+   */
+  async autoFailoverCheck(): Promise<string[]> {
+    const c = this.config;
+    if (c.failover.mode !== 'auto' || this.clockProblem) return [];
+    if (!this.freshView()) return [];
+    if (this.now() - this.lastAutoCheck < Math.min(c.interval, 3 * c.failover.fenceCheck) * 1000) return [];
+    this.lastAutoCheck = this.now();
+    const done = await this.autoFailover();
+    this.metrics?.fence('failover', done.length);
+    return done;
   }
 
   /**
@@ -1300,4 +1322,9 @@ export function sshOptions(c: Config) {
     stallTimeoutSeconds: c.ssh.stallTimeout,
     compression: c.ssh.compression,
   };
+}
+
+/** The watchdog of a host (its timer is started by main.ts, before the catalog opens). */
+export function selfFenceFor(config: Config, zfs: Zfs, log: Logger, metrics?: AgentMetrics, now?: () => number, current?: () => Config): SelfFence {
+  return new SelfFence({ zfs, projectsRoot: config.projectsRoot, afterMs: () => selfFenceAfterMs(current?.() ?? config), stateFile: `${config.stateDir}/catalog-contact`, log, metrics, now });
 }

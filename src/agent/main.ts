@@ -4,7 +4,7 @@
 // aborted `zfs recv` leaves the replica at its previous snapshot: no half state).
 import { Command } from 'commander';
 import { loadConfig, deadAfterMs, type Config } from './config.js';
-import { Agent } from './agent.js';
+import { Agent, selfFenceFor } from './agent.js';
 import { MoveRunner } from './move-runner.js';
 import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
@@ -30,6 +30,13 @@ export async function main(argv: string[]): Promise<void> {
   }
   const log = makeLogger({ level: config.log.level, component: 'storage-agent' });
   const metrics = new AgentMetrics({ perProjectSeries: config.metrics.perProjectSeries, lagSloSeconds: config.metrics.lagSloSeconds, host: config.host });
+  // the self-fence watchdog first: armed with the previous process's last catalog contact,
+  // it fences whatever is mounted here if that is older than failover.selfFenceAfter,
+  // whether or not the catalog below opens (or takes its driver's timeout to fail)
+  let current = config;
+  const watchdogZfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath });
+  const selfFence = selfFenceFor(config, watchdogZfs, log, metrics, Date.now, () => current);
+  if (!opts.once) selfFence.start(Math.min(1000, config.failover.fenceCheck * 1000));
   let catalog: Catalog;
   try {
     catalog = await openCatalog(config);
@@ -37,6 +44,7 @@ export async function main(argv: string[]): Promise<void> {
     // started cut off from the catalog (systemd restarts it in a loop): nothing here may
     // keep serving on a view this agent never had. Fence what is mounted, then fail.
     log.error({ err: (e as Error).message }, 'catalog unreachable at start: fencing every project mounted here');
+    selfFence.stop();
     await fenceMountedProjects(config, log);
     throw e;
   }
@@ -51,7 +59,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   // moves requested of this host (storagectl move/drain): read when its generation moves
   let runner: MoveRunner | undefined;
-  const agent = new Agent({ config, catalog, log, metrics, onProgress: (p) => runner?.onTransfer(p), onViewChanged: () => runner?.wake() });
+  const agent = new Agent({ config, catalog, log, metrics, selfFence, onProgress: (p) => runner?.onTransfer(p), onViewChanged: () => runner?.wake() });
   await agent.init();
   await agent.checkClock(); // beyond failover.maxClockSkew the cycle refuses to act (logged, metric)
   // before anything else: a project mounted here that the catalog no longer serves from
@@ -94,6 +102,20 @@ export async function main(argv: string[]): Promise<void> {
       });
   }, agent.config.failover.fenceCheck * 1000);
 
+  // automatic failover on its own timer: it may wait for another host's fence for the
+  // bound, and this host's fence check (demote, remount) must not wait behind it
+  let failingOver = false;
+  const failoverTimer = setInterval(() => {
+    if (failingOver || stopping) return;
+    failingOver = true;
+    agent
+      .autoFailoverCheck()
+      .catch((e: Error) => log.error({ err: e.message }, 'automatic failover check failed'))
+      .finally(() => {
+        failingOver = false;
+      });
+  }, agent.config.failover.fenceCheck * 1000);
+
   // heartbeats on their own timer, independent of how long a cycle takes (a cycle busy
   // with a big transfer must not make this host look dead and trigger a failover)
   const beatMs = Math.max(1000, Math.min(agent.config.interval * 1000, deadAfterMs(agent.config) / 3));
@@ -101,7 +123,9 @@ export async function main(argv: string[]): Promise<void> {
 
   process.on('SIGHUP', () => {
     try {
-      agent.reconfigure(loadConfig(opts.config));
+      const next = loadConfig(opts.config);
+      agent.reconfigure(next);
+      current = next;
       log.info({ config: opts.config }, 'configuration reloaded');
     } catch (e) {
       log.error({ err: (e as Error).message }, 'reload failed; keeping the previous configuration');
@@ -112,7 +136,9 @@ export async function main(argv: string[]): Promise<void> {
     stopping = true;
     clearTimeout(timer);
     clearInterval(fenceTimer);
+    clearInterval(failoverTimer);
     clearInterval(beatTimer);
+    selfFence.stop();
     runner?.close();
     log.info({ signal: sig }, 'stopping: no new transfers; waiting for running ones');
     agent.drain();

@@ -13,7 +13,7 @@ import { open as openFile } from 'node:fs/promises';
 import { sandbox, host, treeChecksum, TIME_SCALE } from '../lib/sandbox.js';
 import { startFleet, createProject, sleep, type Fleet } from '../lib/fleet.js';
 import { MountSampler, storagectl, writeAgentConfig } from '../lib/procs.js';
-import { Agent, sshOptions } from '../../src/agent/agent.js';
+import { Agent, selfFenceFor, sshOptions } from '../../src/agent/agent.js';
 import { failover, LockedError } from '../../src/agent/failover.js';
 import { move } from '../../src/agent/move.js';
 import { SshPool } from '../../src/replica/transport.js';
@@ -327,6 +327,76 @@ describe('self-fencing', () => {
       assert.ok(back.remounted.includes(p.id), JSON.stringify(back));
       assert.equal((await fleet.zfs.get(p.dataset, ['mounted'])).mounted, 'yes');
       assert.equal(readFileSync(`${p.mnt}/f`, 'utf8'), 'z');
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it('the watchdog fences while the fence check waits on a catalog read that never returns; an operation holding the project keeps it unmounted', async () => {
+    // found by the 60-minute chaos run: the self-fence lived inside the fence check, which
+    // never overlaps itself, so a read stuck for the driver's timeout (or an automatic
+    // failover of another project) left a cut-off primary serving past the failover's bound
+    const p = await createProject(fleet, A, { files: { f: 'w' } });
+    let hang = false;
+    const inner = fleet.catalog;
+    const stuck = new Proxy(inner, {
+      get(t, k, r) {
+        const v = Reflect.get(t, k, r) as unknown;
+        if (typeof v !== 'function') return v;
+        return (...args: unknown[]) => (hang ? new Promise(() => undefined) : (v as (...a: unknown[]) => unknown).apply(t, args));
+      },
+    }) as Catalog;
+    const config = { ...fleet.configs.get('a')!, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 2, maxClockSkew: 2 } };
+    const agent = new Agent({ config, catalog: stuck, zfs: fleet.zfs, log: silentLogger() });
+    try {
+      assert.deepEqual((await agent.fenceCheck()).selfFenced, []);
+      hang = true;
+      let settled = false;
+      void agent.fenceCheck().finally(() => (settled = true)); // waits for ever
+      agent.selfFence.start(250);
+      const t0 = Date.now();
+      while ((await fleet.zfs.get(p.dataset, ['mounted'])).mounted === 'yes' && Date.now() - t0 < 10_000) await sleep(250);
+      const ms = Date.now() - t0;
+      assert.equal((await fleet.zfs.get(p.dataset, ['mounted'])).mounted, 'no', 'fenced by the watchdog');
+      assert.equal(settled, false, 'while the fence check was still waiting for its read');
+      assert.ok(ms < 2000 + 250 + 5000, `fenced ${ms} ms after the last contact (selfFenceAfter 2 s + one tick + the fence)`);
+      agent.selfFence.stop();
+      hang = false;
+      // an operation of this agent holds the project (a move that found it unmounted): the
+      // catalog answering again does not remount it under the operation
+      const release = await agent.claim(p.id);
+      const held = await agent.fenceCheck();
+      assert.ok(!held.remounted.includes(p.id), JSON.stringify(held));
+      assert.equal((await fleet.zfs.get(p.dataset, ['mounted'])).mounted, 'no');
+      release();
+      const back = await agent.fenceCheck();
+      assert.ok(back.remounted.includes(p.id), JSON.stringify(back));
+      assert.equal(readFileSync(`${p.mnt}/f`, 'utf8'), 'w');
+    } finally {
+      agent.selfFence.stop();
+      await agent.close();
+    }
+  });
+
+  it('an agent restarted after more than selfFenceAfter without contact fences at once, before its catalog opens', async () => {
+    const p = await createProject(fleet, A, { files: { f: 'r' } });
+    const stateDir = `/var/tmp/self-fence-${randomUUID().slice(0, 8)}`;
+    mkdirSync(stateDir, { recursive: true });
+    // the previous process's last contact, 30 s ago (it was killed, and restarts now)
+    writeFileSync(`${stateDir}/catalog-contact`, `${Date.now() - 30_000}\n`);
+    const config = { ...fleet.configs.get('a')!, stateDir, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 2, maxClockSkew: 2 } };
+    const watchdog = selfFenceFor(config, fleet.zfs, silentLogger());
+    assert.equal(watchdog.isolatedNow(), true);
+    assert.ok((await watchdog.tick()).includes(p.id), 'fenced on the first tick');
+    assert.equal((await fleet.zfs.get(p.dataset, ['mounted'])).mounted, 'no');
+    // the catalog opens and names this host: the fence check remounts it and records the contact
+    const agent = new Agent({ config, catalog: fleet.catalog, zfs: fleet.zfs, log: silentLogger(), selfFence: watchdog });
+    try {
+      const back = await agent.fenceCheck();
+      assert.ok(back.remounted.includes(p.id), JSON.stringify(back));
+      assert.equal(readFileSync(`${p.mnt}/f`, 'utf8'), 'r');
+      const recorded = Number(readFileSync(`${stateDir}/catalog-contact`, 'utf8'));
+      assert.ok(Date.now() - recorded < 5000, `contact recorded (${recorded})`);
     } finally {
       await agent.close();
     }
