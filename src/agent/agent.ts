@@ -426,6 +426,10 @@ export class Agent {
       // keep no generation, so the next read lists again
       this.view = { gen: catalogDegraded(this.catalog) ? '(cached)' : gen, served, readAt: this.now() };
       this.forgetProjectsGone(served);
+      // served here under a new location token (moved or failed over since, maybe back):
+      // its targets are listed again before the next plan (state.ts, seenAt)
+      const relist = catalogDegraded(this.catalog) ? [] : this.state.seenAt(served);
+      if (relist.length) this.log.info({ projects: relist }, 'served here under a new location since last read: their targets are listed again');
       this.deps.onViewChanged?.();
     }
     return this.view;
@@ -1007,7 +1011,7 @@ export class Agent {
   private async remountSelfFenced(byId: Map<string, ProjectRecord>, mounted: Set<string>): Promise<string[]> {
     const c = this.config;
     const done: string[] = [];
-    for (const id of [...this.selfFence.fenced.keys()]) {
+    for (const id of [...this.selfFence.fenced().keys()]) {
       const p = byId.get(id);
       const ds = `${c.projectsRoot}/${id}`;
       if (!p || !servesHere(p, c.host) || mounted.has(ds)) {
@@ -1326,5 +1330,5 @@ export function sshOptions(c: Config) {
 
 /** The watchdog of a host (its timer is started by main.ts, before the catalog opens). */
 export function selfFenceFor(config: Config, zfs: Zfs, log: Logger, metrics?: AgentMetrics, now?: () => number, current?: () => Config): SelfFence {
-  return new SelfFence({ zfs, projectsRoot: config.projectsRoot, afterMs: () => selfFenceAfterMs(current?.() ?? config), stateFile: `${config.stateDir}/catalog-contact`, log, metrics, now });
+  return new SelfFence({ zfs, projectsRoot: config.projectsRoot, afterMs: () => selfFenceAfterMs(current?.() ?? config), stateFile: `${config.stateDir}/catalog-contact`, fencedFile: `${config.stateDir}/self-fenced.json`, log, metrics, now });
 }

@@ -118,7 +118,7 @@ async function moveLocked(agent: Agent, projectId: string, to: string, o: MoveOp
   const { mounted: wasMountedProp } = await zfs.get(ds, ['mounted']);
   // an interrupted move (before its switch) may have unmounted the source: it was mounted then
   // and one the self-fence watchdog unmounted was serving: it is mounted at the target
-  const wasMounted = wasMountedProp === 'yes' || inProgress?.wasMounted === true || agent.selfFence.fenced.has(projectId);
+  const wasMounted = wasMountedProp === 'yes' || inProgress?.wasMounted === true || agent.selfFence.fenced().has(projectId);
   const asked = inProgress?.step === 'requested' ? { id: inProgress.id, requestedBy: inProgress.requestedBy } : o.request ?? {};
   const op: ProjectOperation = { kind: 'move', from: me, to, snapshot: null, guid: null, creation: null, token: lease.token, startedAt: Date.now(), step: 'recorded', wasMounted, ...defined(asked) };
   const stopIfCancelled = async (before: string) => {

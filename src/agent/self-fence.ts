@@ -30,6 +30,8 @@ export interface SelfFenceOptions {
   afterMs: () => number;
   /** where the last contact survives a restart (absent: none recorded) */
   stateFile?: string;
+  /** where the projects it fenced survive a restart, so that a new process remounts them */
+  fencedFile?: string;
   log: Logger;
   metrics?: AgentMetrics;
   now?: () => number;
@@ -51,14 +53,30 @@ export function readContact(file: string | undefined, now: number): number | und
   return /^\d{1,16}$/.test(text) && Number.isFinite(t) && t <= now ? t : undefined;
 }
 
+/** The projects a previous process fenced (id -> readonly set by it), from `file`; bad entries are skipped. */
+export function readFenced(file: string | undefined): Map<string, boolean> {
+  const out = new Map<string, boolean>();
+  if (!file) return out;
+  let doc: unknown;
+  try {
+    doc = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return out;
+  }
+  if (doc && typeof doc === 'object' && !Array.isArray(doc)) {
+    for (const [id, ro] of Object.entries(doc as Record<string, unknown>)) if (isProjectId(id) && typeof ro === 'boolean') out.set(id, ro);
+  }
+  return out;
+}
+
 /** Decides (pure): is the host isolated at `now` given its last catalog contact? */
 export function isolated(lastContact: number, now: number, afterMs: number): boolean {
   return now - lastContact > afterMs;
 }
 
 export class SelfFence {
-  /** project id -> readonly was set by the fence (the remount inherits it back) */
-  readonly fenced = new Map<string, boolean>();
+  /** project id -> readonly was set by the fence (the remount inherits it back); kept in fencedFile */
+  private readonly fencedIds: Map<string, boolean>;
   private lastOk: number;
   private lastWritten = 0;
   private ticking: Promise<string[]> | undefined;
@@ -72,6 +90,24 @@ export class SelfFence {
     // no record (first start, or state lost): the process start counts as the contact,
     // so a fresh host is not fenced before its first read; a record is authoritative
     this.lastOk = recorded ?? start;
+    // a process killed after fencing leaves them unmounted: this one remounts them when
+    // the catalog answers (without the record they would stay unmounted for good)
+    this.fencedIds = readFenced(o.fencedFile);
+  }
+
+  /** the projects this watchdog (or the previous process's) fenced and nobody remounted yet */
+  fenced(): ReadonlyMap<string, boolean> {
+    return this.fencedIds;
+  }
+
+  private saveFenced(): void {
+    if (!this.o.fencedFile) return;
+    try {
+      writeFileSync(`${this.o.fencedFile}.tmp`, `${JSON.stringify(Object.fromEntries(this.fencedIds))}\n`);
+      renameSync(`${this.o.fencedFile}.tmp`, this.o.fencedFile);
+    } catch (e) {
+      this.o.log.error({ file: this.o.fencedFile, err: (e as Error).message }, 'cannot record the self-fenced projects (a restart would not remount them)');
+    }
   }
 
   /** A fresh catalog answer to a request sent at `sentAt`. */
@@ -124,8 +160,8 @@ export class SelfFence {
 
   /** The fence check remounts `id`: forget that this watchdog fenced it. */
   release(id: string): boolean | undefined {
-    const ro = this.fenced.get(id);
-    this.fenced.delete(id);
+    const ro = this.fencedIds.get(id);
+    if (this.fencedIds.delete(id)) this.saveFenced();
     return ro;
   }
 
@@ -141,7 +177,7 @@ export class SelfFence {
           const fence = await fenceDataset(this.o.zfs, ds);
           if (!fence.fenced) throw new Error(describeFence(fence));
           // a project fenced twice keeps the first answer (readonly set by us or not)
-          if (!this.fenced.has(id)) this.fenced.set(id, fence.readonly === 'set');
+          if (!this.fencedIds.has(id)) this.fencedIds.set(id, fence.readonly === 'set');
           done.push(id);
           if (fence.stopped.length) this.o.log.error({ project: id, stopped: fence.stopped }, 'self-fence: stopped the processes using the project');
         } catch (e) {
@@ -150,6 +186,7 @@ export class SelfFence {
       }),
     );
     if (done.length) {
+      this.saveFenced();
       this.o.log.error({ projects: done, lastCatalogContact: new Date(this.lastOk).toISOString() }, 'self-fenced: no catalog contact for failover.selfFenceAfter; unmounted every project served here');
       this.o.metrics?.selfFenced(done.length);
     }

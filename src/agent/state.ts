@@ -46,6 +46,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS remote (
     project TEXT NOT NULL, target TEXT NOT NULL, snapshots TEXT NOT NULL, resume_token TEXT, listed_at INTEGER NOT NULL,
     PRIMARY KEY (project, target));
+  CREATE TABLE IF NOT EXISTS location (project TEXT PRIMARY KEY, token INTEGER NOT NULL);
 `;
 
 function byTxg(a: Snap, b: Snap): number {
@@ -59,6 +60,8 @@ export class StateCache {
   private readonly remotes = new Map<string, RemoteSummary>();
   /** dataset -> its `snapshots_changed` when last listed (OpenZFS >= 2.2) */
   private readonly changedMarks = new Map<string, string>();
+  /** project -> the catalog's location token when this host last read it as serving it */
+  private readonly locations = new Map<string, number>();
 
   constructor(readonly path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -83,6 +86,7 @@ export class StateCache {
       const snaps = JSON.parse(r.snapshots) as Snap[];
       this.remotes.set(`${r.project} ${r.target}`, { newest: snaps[snaps.length - 1], resumable: r.resume_token !== null, listedAt: r.listed_at });
     }
+    for (const r of this.db.prepare('SELECT project, token FROM location').all() as Array<{ project: string; token: number }>) this.locations.set(r.project, r.token);
   }
 
   close(): void {
@@ -230,5 +234,29 @@ export class StateCache {
   markRemoteStale(project: string, target: string): void {
     const r = this.remotes.get(`${project} ${target}`);
     if (r) r.stale = true;
+  }
+
+  /**
+   * This host reads these projects as served here at these location tokens. A different
+   * token than last time means a project was moved or failed over since (and maybe back):
+   * what its targets held then proves nothing now (a target may have served it and set its
+   * copy aside), so that knowledge is dropped in the same transaction and each target is
+   * listed again before the next plan. Returns the projects whose knowledge was dropped.
+   * Nothing changed: no write.
+   */
+  seenAt(rows: ReadonlyArray<{ id: string; locationToken: number }>): string[] {
+    const fresh = rows.filter((r) => this.locations.get(r.id) !== r.locationToken);
+    if (!fresh.length) return [];
+    const dropped = fresh.filter((r) => this.locations.has(r.id)).map((r) => r.id);
+    const put = this.db.prepare('INSERT INTO location (project, token) VALUES (?, ?) ON CONFLICT(project) DO UPDATE SET token = excluded.token');
+    const del = this.db.prepare('DELETE FROM remote WHERE project = ?');
+    this.db.transaction(() => {
+      for (const r of fresh) put.run(r.id, r.locationToken);
+      for (const id of dropped) del.run(id);
+    })();
+    for (const r of fresh) this.locations.set(r.id, r.locationToken);
+    const gone = new Set(dropped);
+    for (const k of [...this.remotes.keys()]) if (gone.has(k.slice(0, k.indexOf(' ')))) this.remotes.delete(k);
+    return dropped;
   }
 }

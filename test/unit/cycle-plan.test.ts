@@ -107,6 +107,26 @@ describe('state cache (SQLite)', () => {
     assert.equal(again.knows('t/p/x'), false);
     again.close();
   });
+
+  it('a project served here under a new location token (moved or failed over, maybe back) has its targets listed again, also after a reopen', () => {
+    // found by the 60-minute chaos run: a project failed over away and back kept "c holds
+    // guid G" from before, while c had served it and set its copy aside: never sent again
+    const path = `/tmp/state-unit-loc-${process.pid}-${Date.now()}.db`;
+    const c = new StateCache(path);
+    c.putRemotes([{ project: id(1), target: 'c', view: { snapshots: [snap('s1', '1', 1)] } }, { project: id(2), target: 'c', view: { snapshots: [snap('s1', '1', 1)] } }], 1000);
+    assert.deepEqual(c.seenAt([{ id: id(1), locationToken: 4 }, { id: id(2), locationToken: 7 }]), [], 'first sight: nothing to drop');
+    assert.deepEqual(c.seenAt([{ id: id(1), locationToken: 4 }, { id: id(2), locationToken: 7 }]), [], 'unchanged');
+    assert.equal(pairAction({ project: id(1), target: 'c', localNewest: snap('s1', '1', 1), remote: c.remoteSummary(id(1), 'c') }), 'in-sync');
+    assert.deepEqual(c.seenAt([{ id: id(1), locationToken: 9 }, { id: id(2), locationToken: 7 }]), [id(1)]);
+    assert.equal(pairAction({ project: id(1), target: 'c', localNewest: snap('s1', '1', 1), remote: c.remoteSummary(id(1), 'c') }), 'list-target');
+    assert.equal(c.remoteSummary(id(2), 'c')?.newest?.guid, '1', 'the other project keeps its knowledge');
+    c.close();
+    const again = new StateCache(path);
+    assert.equal(again.remoteSummary(id(1), 'c'), undefined, 'dropped for good');
+    assert.deepEqual(again.seenAt([{ id: id(1), locationToken: 9 }]), [], 'the token survives a reopen');
+    assert.deepEqual(again.seenAt([{ id: id(2), locationToken: 8 }]), [id(2)]);
+    again.close();
+  });
 });
 
 describe('scoped listings: grammar and parsers', () => {

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { isolated, readContact, SelfFence } from '../../src/agent/self-fence.js';
+import { isolated, readContact, readFenced, SelfFence } from '../../src/agent/self-fence.js';
 import { silentLogger } from '../../src/util/log.js';
 import type { Zfs } from '../../src/zfs/index.js';
 
@@ -56,8 +56,25 @@ describe('self-fence watchdog', () => {
     const [x, y] = [w.tick(), w.tick()];
     assert.equal(x, y, 'one tick at a time');
     assert.deepEqual((await x).sort(), ['a', 'b']);
-    assert.deepEqual([...w.fenced.keys()].sort(), ['a', 'b']);
+    assert.deepEqual([...w.fenced().keys()].sort(), ['a', 'b']);
     assert.equal(w.release('a'), false);
-    assert.deepEqual([...w.fenced.keys()], ['b']);
+    assert.deepEqual([...w.fenced().keys()], ['b']);
+  });
+
+  it('the projects it fenced survive a restart (a killed agent\'s successor remounts them); a bad record is skipped', async () => {
+    const f = `${dir}/fenced.json`;
+    const id = '11111111-2222-4333-8444-555555555555';
+    let now = 0;
+    const make = () => new SelfFence({ zfs: { exists: async () => false } as unknown as Zfs, projectsRoot: 'p/projects', afterMs: () => 2000, fencedFile: f, log: silentLogger(), now: () => now, mounted: () => new Set([`p/projects/${id}`]) });
+    const first = make();
+    now = 10_000;
+    assert.deepEqual(await first.tick(), [id]);
+    assert.deepEqual([...make().fenced().keys()], [id], 'read back by the next process');
+    make().release(id);
+    assert.deepEqual([...make().fenced().keys()], [], 'released for good');
+    writeFileSync(f, JSON.stringify({ [id]: true, '../etc': true, [id.replace('1', '9')]: 'yes' }));
+    assert.deepEqual([...readFenced(f)], [[id, true]]);
+    writeFileSync(f, '{not json');
+    assert.deepEqual([...readFenced(f)], []);
   });
 });
