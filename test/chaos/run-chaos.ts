@@ -273,6 +273,13 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
       }
       await sleep(2_000);
     }
+    if (convergedAfterMs === null && state) {
+      // what the fleet looks like when it did not converge (the agents' logs say why)
+      for (const p of state.projects) {
+        const copies = H.map((h) => `${h.name}=${state!.newest.get(`${h.name} ${p.id}`) ?? 'none'}/row ${state!.rows.get(`${h.name} ${p.id}`) ?? 'none'}`).join(' ');
+        log(`final: ${p.id} primary ${p.primary ?? '-'} ${p.state}${p.operation ? ` (${p.operation})` : ''} targets [${p.targets.join(',')}] writable [${(state.writable.get(p.id) ?? []).join(',')}] newest ${copies}`);
+      }
+    }
     for (const stop of stopAll) stop();
     await sleep(300);
 
