@@ -53,6 +53,8 @@ export interface CycleReport {
   sends: Array<{ project: string; target: string; kind: string; bytes: number; ms: number }>;
   failures: Array<{ project?: string; target?: string; error: string }>;
   conflicts: Array<{ project: string; target: string; message: string }>;
+  /** diverged replicas the targets kept aside this cycle (sent whole next) */
+  keptAside: Array<{ project: string; target: string; as: string }>;
   pruned: number;
   confirmed: number;
 }
@@ -355,7 +357,7 @@ export class Agent {
 
   private startRun(): { report: CycleReport; calls: Map<string, number>; listings: number; listed: number } {
     if (this.abort.signal.aborted) this.abort = new AbortController();
-    const report: CycleReport = { startedAt: this.now(), durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, snapshotListings: 0, snapshotsListed: 0, listings: {}, listingBytes: {}, datasetsListed: 0, audit: { datasets: 0, snapshotListings: 0, snapshotsListed: 0, targetRoundTrips: 0, ms: 0 }, catalogReads: 0, sends: [], failures: [], conflicts: [], pruned: 0, confirmed: 0 };
+    const report: CycleReport = { startedAt: this.now(), durationMs: 0, localZfsCalls: 0, zfsCallsByVerb: {}, snapshotsTaken: 0, snapshotListings: 0, snapshotsListed: 0, listings: {}, listingBytes: {}, datasetsListed: 0, audit: { datasets: 0, snapshotListings: 0, snapshotsListed: 0, targetRoundTrips: 0, ms: 0 }, catalogReads: 0, sends: [], failures: [], conflicts: [], keptAside: [], pruned: 0, confirmed: 0 };
     return { report, calls: new Map(this.runner.counts), listings: this.zfs.stats.snapshotListings, listed: this.zfs.stats.snapshotsListed };
   }
 
@@ -746,7 +748,9 @@ export class Agent {
   private async execute(decisions: PairDecision[], projects: Map<string, ProjectRecord>, report: CycleReport): Promise<void> {
     const jobs: Job[] = [];
     for (const d of decisions) {
-      if (d.kind === 'conflict') {
+      if (d.kind === 'conflict' && (await this.keepDivergedAside(d, report))) {
+        continue;
+      } else if (d.kind === 'conflict') {
         const message = d.plan.conflict.message;
         report.conflicts.push({ project: d.project, target: d.target, message });
         this.conflictsSeen.set(`${d.project} ${d.target}`, this.state.newestOf(this.dsOf(d.project))?.guid ?? '');
@@ -764,6 +768,36 @@ export class Agent {
     }
     const succeeded = await this.runTransfers(jobs, report);
     await this.confirmTransfers(succeeded, report);
+  }
+
+  /**
+   * A replica that diverged from this primary (or is ahead of it) after a failover chose
+   * another replica: the target keeps it aside in its conflicts/ (receiver keep-aside,
+   * never a destroy) and the next cycle lists it again and sends it whole. True when it
+   * was kept aside; false leaves the conflict to be reported (policy `report`, another
+   * kind of conflict, or the target refused: its reason is logged).
+   */
+  private async keepDivergedAside(d: Extract<PairDecision, { kind: 'conflict' }>, report: CycleReport): Promise<boolean> {
+    const kind = d.plan.conflict.kind;
+    if (this.config.replication.divergedReplicas !== 'keep-aside' || (kind !== 'diverged' && kind !== 'target-ahead')) return false;
+    const target = this.hosts.find((h) => h.id === d.target);
+    const newest = this.state.remote(d.project, d.target)?.snapshots.at(-1);
+    if (!target || !newest) return false;
+    const r = await this.ssh
+      .get(sshTarget(target))
+      .exec(formatRemoteCommand({ op: 'keep-aside', project: d.project, guid: newest.guid }))
+      .catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
+    if (r.code !== 0) {
+      this.log.error({ project: d.project, target: d.target, code: r.code, stderr: r.stderr.trim() }, 'the diverged replica could not be kept aside: reporting the conflict');
+      return false;
+    }
+    const as = (JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as { as?: string }).as ?? '?';
+    this.state.putRemotes([{ project: d.project, target: d.target, view: null }], this.now());
+    this.conflictsSeen.delete(`${d.project} ${d.target}`);
+    report.keptAside.push({ project: d.project, target: d.target, as });
+    this.log.warn({ project: d.project, target: d.target, conflict: kind, keptAs: as }, `${d.target}'s replica diverged from this primary: kept aside there (nothing destroyed); it is sent whole next. ${d.plan.conflict.message}`);
+    await this.catalog.addEvent({ project: d.project, host: d.target, kind: 'replica-kept-aside', detail: `${kind}: kept as ${as}; ${d.plan.conflict.message}` }).catch(() => undefined);
+    return true;
   }
 
   /** most lagging first, per-target concurrency plus a global cap */

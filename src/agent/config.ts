@@ -116,9 +116,16 @@ export const ConfigSchema = z
         factor: z.number().int().min(0).max(10).default(2),
         concurrencyPerTarget: z.number().int().min(1).max(64).default(2),
         globalConcurrency: z.number().int().min(1).max(256).default(8),
+        /**
+         * a replica that diverged from its primary (it holds snapshots after the common base
+         * the primary lacks: a failover chose another replica): `keep-aside` has the target
+         * rename it into conflicts/ (never destroyed, at most 3 per project) and sends it
+         * whole, so replication converges; `report` only reports it (an admin resolves it)
+         */
+        divergedReplicas: z.enum(['keep-aside', 'report']).default('keep-aside'),
       })
       .strict()
-      .default({ factor: 2, concurrencyPerTarget: 2, globalConcurrency: 8 }),
+      .default({ factor: 2, concurrencyPerTarget: 2, globalConcurrency: 8, divergedReplicas: 'keep-aside' }),
     retention: z
       .object({
         primary: z.array(gridRule).optional(),

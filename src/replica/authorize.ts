@@ -39,6 +39,7 @@ export function factsNeeded(cmd: RemoteCommand): { projects: string[]; locks: 'n
     case 'rollback-head':
       return { projects: [cmd.project], locks: 'if-not-primary' };
     case 'send':
+    case 'keep-aside':
       return { projects: [cmd.project], locks: 'none' };
     case 'fence':
     case 'promote':
@@ -97,6 +98,15 @@ export function authorize(cmd: RemoteCommand, f: AuthFacts): Decision {
       const p = project(cmd.project);
       if (isDecision(p)) return p;
       if (p.primary !== f.peer) return deny(`only the primary of project ${p.id} (${p.primary ?? 'no host'}) may fetch its snapshots, not ${f.peer}`);
+      return allow;
+    }
+    case 'keep-aside': {
+      // only the active primary, judging by its own snapshots, on live rows (auth-facts):
+      // not a lease holder (a move or failover never needs it), not from a cached row
+      const p = project(cmd.project);
+      if (isDecision(p)) return p;
+      if (!p.targets.includes(f.self)) return deny(`this host (${f.self}) is not a replica target of project ${p.id} (targets: ${p.targets.join(', ') || 'none'})`);
+      if (p.primary !== f.peer || p.state !== 'active') return deny(`only the active primary of project ${p.id} (${p.primary ?? 'no host'}, ${p.state}) may have its replica kept aside, not ${f.peer}`);
       return allow;
     }
     case 'fence':

@@ -9,6 +9,9 @@
 //   storage-v1 abort-resume <project-uuid>
 //   storage-v1 rollback-head <project-uuid>   (a replica whose newest snapshot was destroyed by hand:
 //                                              its never-mounted, readonly head back to its newest snapshot)
+//   storage-v1 keep-aside <project-uuid> <guid>   (a replica that diverged from its primary,
+//                                              at newest guid <guid>: renamed into conflicts/,
+//                                              never destroyed; the primary then sends it whole)
 //   storage-v1 promote <project-uuid> <token> <guid>
 //                                          (failover/move: replica -> mounted primary; the
 //                                           caller's live fencing token, and the guid the
@@ -28,6 +31,7 @@ export type RemoteCommand =
   | { op: 'recv'; project: string }
   | { op: 'abort-resume'; project: string }
   | { op: 'rollback-head'; project: string }
+  | { op: 'keep-aside'; project: string; guid: string }
   | { op: 'promote'; project: string; token: number; guid: string }
   | { op: 'fence'; project: string; token: number }
   | { op: 'send'; project: string; snap: string };
@@ -104,6 +108,9 @@ export function parseRemoteCommand(command: string | undefined): RemoteCommand {
     case 'fence':
       arity(2);
       return { op, project: project(args[0]!), token: token(args[1]!) };
+    case 'keep-aside':
+      arity(2);
+      return { op, project: project(args[0]!), guid: guid(args[1]!) };
     case 'promote':
       arity(3);
       return { op, project: project(args[0]!), token: token(args[1]!), guid: guid(args[2]!) };
@@ -130,6 +137,9 @@ export function formatRemoteCommand(c: RemoteCommand): string {
       return `${PROTOCOL} ${c.op} ${v.projectId(c.project)}`;
     case 'fence':
       return `${PROTOCOL} fence ${v.projectId(c.project)} ${checkToken(c.token)}`;
+    case 'keep-aside':
+      if (!/^[0-9]{1,20}$/.test(c.guid)) throw new Error(`keep-aside: guid ${v.describe(c.guid)} is not a decimal number`);
+      return `${PROTOCOL} keep-aside ${v.projectId(c.project)} ${c.guid}`;
     case 'promote':
       if (!/^[0-9]{1,20}$/.test(c.guid)) throw new Error(`promote: guid ${v.describe(c.guid)} is not a decimal number`);
       return `${PROTOCOL} promote ${v.projectId(c.project)} ${checkToken(c.token)} ${c.guid}`;

@@ -8,7 +8,7 @@
 import { appendFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { wholeStreamTaken, type Zfs } from '../zfs/index.js';
+import { wholeStreamTaken, ZfsCommandError, type Zfs } from '../zfs/index.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
 import { parseRemoteCommand, RefusedCommand, PROTOCOL, type RemoteCommand, type RemoteListing } from './protocol.js';
 import { authorize } from './authorize.js';
@@ -149,6 +149,8 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdin: Readable, stdout
       stdout.write(JSON.stringify({ rolledBack: ds, to: newest.snap }) + '\n');
       return { rolledBack: `${ds}@${newest.snap}` };
     }
+    case 'keep-aside':
+      return keepReplicaAside(env, cmd.project, cmd.guid, stdout);
     case 'promote':
       return promote(env, cmd.project, cmd.guid, stdout);
     case 'fence': {
@@ -169,6 +171,40 @@ async function run(env: ReceiverEnv, cmd: RemoteCommand, stdin: Readable, stdout
       return { sent: snapshot };
     }
   }
+}
+
+/** kept-aside replicas of one project a host holds before keep-aside refuses (resolve by hand) */
+export const MAX_KEPT_REPLICAS = 3;
+
+/**
+ * The primary found this host's replica diverged from it (snapshots after the common base
+ * on both sides: a failover chose another replica, and this one had received more from the
+ * old primary). Nothing is destroyed: the replica, exactly as the primary listed it (its
+ * newest guid), is renamed into conflicts/ (`storagectl conflicts` lists it) and the primary
+ * sends a full stream into a new one. Only a replica no one can have written (readonly,
+ * unmounted), and at most MAX_KEPT_REPLICAS per project: a primary cannot fill the pool
+ * with copies by repeating it.
+ */
+async function keepReplicaAside(env: ReceiverEnv, project: string, guid: string, stdout: Writable): Promise<Record<string, unknown>> {
+  const { zfs, replicasRoot } = env;
+  if (!env.conflictsRoot) throw new Error('keep-aside: this receiver has no conflicts root configured');
+  const ds = `${replicasRoot}/${project}`;
+  const snaps = (await zfs.listSnapshots([ds])).snapshots.get(ds);
+  if (!snaps) throw new Error(`keep-aside: ${ds} does not exist`);
+  const newest = snaps[snaps.length - 1];
+  if (newest?.guid !== guid) throw new Error(`keep-aside: ${ds}'s newest snapshot is ${newest ? `${newest.snap} (guid ${newest.guid})` : 'none'}, not guid ${guid} as the primary listed it: list again`);
+  const props = await zfs.get(ds, ['readonly', 'mounted']);
+  if (props.readonly !== 'on' || props.mounted !== 'no') throw new Error(`keep-aside: ${ds} is ${props.readonly === 'on' ? '' : 'not readonly, '}${props.mounted === 'no' ? '' : 'mounted, '}so it may hold writes: left alone (resolve by hand)`);
+  let kept = 0;
+  try {
+    for (const name of (await zfs.list(env.conflictsRoot, { depth: 1 })).keys()) if (name.startsWith(`${env.conflictsRoot}/${project}-`) && name.endsWith('-replica')) kept++;
+  } catch (e) {
+    if (!(e instanceof ZfsCommandError && e.kind === 'not-found')) throw e;
+  }
+  if (kept >= MAX_KEPT_REPLICAS) throw new Error(`keep-aside: ${env.host} already keeps ${kept} diverged replicas of ${project} in ${env.conflictsRoot} (at most ${MAX_KEPT_REPLICAS}): resolve by hand (storagectl conflicts)`);
+  const aside = await keepAside(zfs, ds, env.conflictsRoot, project, new Date(env.now?.() ?? Date.now()), 'replica');
+  stdout.write(JSON.stringify({ keptAside: ds, as: aside }) + '\n');
+  return { keptAside: ds, as: aside };
 }
 
 /**

@@ -35,7 +35,7 @@ function generate(seed: number, n: number, ctx: { project: string; snap: string;
   const tokens = ['1', '2', '999999999999999', '0', '-1', '1e3', 'x', String(Math.floor(r() * 1e6)), ''];
   const valid = (): string => {
     const id = pick(ids);
-    switch (pick(['list', 'list-n', 'recv', 'abort-resume', 'rollback-head', 'promote', 'fence', 'send', 'hold', 'release', 'capabilities', 'destroy', 'rename'])) {
+    switch (pick(['list', 'list-n', 'recv', 'abort-resume', 'rollback-head', 'keep-aside', 'promote', 'fence', 'send', 'hold', 'release', 'capabilities', 'destroy', 'rename'])) {
       case 'list':
         return `storage-v1 list ${id}`;
       case 'list-n':
@@ -44,6 +44,8 @@ function generate(seed: number, n: number, ctx: { project: string; snap: string;
         return `storage-v1 promote ${id} ${pick(tokens)} ${pick([ctx.guid, '1', 'x', ''])}`;
       case 'fence':
         return `storage-v1 fence ${id} ${pick(tokens)}`;
+      case 'keep-aside':
+        return `storage-v1 keep-aside ${id} ${pick([ctx.guid, '1', 'x', ''])}`;
       case 'send':
         return `storage-v1 send ${id}@${pick(snaps)}`;
       case 'hold':

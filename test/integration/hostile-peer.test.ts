@@ -126,6 +126,7 @@ describe('a compromised peer (host c, its own valid key) against project P (prim
         [B, `storage-v1 send ${P.id}@${snap}`],
         [B, `storage-v1 abort-resume ${P.id}`],
         [B, `storage-v1 rollback-head ${P.id}`],
+        [B, `storage-v1 keep-aside ${P.id} ${guid}`],
         [A, `storage-v1 fence ${P.id} 1`],
         [B, `storage-v1 promote ${P.id} 1 ${guid}`],
         [B, `storage-v1 hold storage:replica:c ${P.id}@${snap}`],

@@ -112,6 +112,7 @@ describe('SSH command grammar', () => {
       { op: 'recv' as const, project: id },
       { op: 'abort-resume' as const, project: id },
       { op: 'rollback-head' as const, project: id },
+      { op: 'keep-aside' as const, project: id, guid: '18446744073709551615' },
       { op: 'promote' as const, project: id, token: 7, guid: '12345678901234567890' },
       { op: 'fence' as const, project: id, token: 999_999_999_999_999 },
       { op: 'send' as const, project: id, snap: 'named-1' },

@@ -139,6 +139,9 @@ describe('scoped listings: grammar and parsers', () => {
     assert.throws(() => parseRemoteCommand(`storage-v1 list ${id(1)} ${id(1)}`), /twice/);
     assert.throws(() => parseRemoteCommand(`storage-v1 list ${id(1)} ../etc`), RefusedCommand);
     assert.deepEqual(parseRemoteCommand(`storage-v1 rollback-head ${id(3)}`), { op: 'rollback-head', project: id(3) });
+    assert.deepEqual(parseRemoteCommand(`storage-v1 keep-aside ${id(3)} 42`), { op: 'keep-aside', project: id(3), guid: '42' });
+    assert.throws(() => parseRemoteCommand(`storage-v1 keep-aside ${id(3)}`), /takes 2 argument/);
+    assert.throws(() => parseRemoteCommand(`storage-v1 keep-aside ${id(3)} 4x2`), RefusedCommand);
   });
   it('parses the cheap listings of OpenZFS (list -o name,guid,createtxg) and zfs-fuse (get guid,createtxg), skipping the datasets\' own rows', () => {
     assert.deepEqual(parseCheapListRows('t/p/x@s1\t123\t7\nt/p/x@s2\t18446744073709551615\t9\n'), [

@@ -90,6 +90,13 @@ describe('authorize: a peer acts only on the projects the catalog gives it', () 
     refused({ op: 'fence', project: P, token: 5 }, facts('c', { self: 'a', p: failingOver }), /no live lease \(token 5 given\)/);
     refused({ op: 'fence', project: P, token: 5 }, facts('c', { self: 'a', lock: lease(leaseOwner('storagectl-failover', 'c')) }), /names this host \(a\) the active primary/);
   });
+  it('keep-aside (a diverged replica): only the active primary, only on a target; never a lease holder', () => {
+    allowed({ op: 'keep-aside', project: P, guid: '1' }, facts('a'));
+    refused({ op: 'keep-aside', project: P, guid: '1' }, facts('c', { lock: lease(leaseOwner('agent', 'c')) }), /only the active primary of project .* \(a, active\) may have its replica kept aside, not c/);
+    refused({ op: 'keep-aside', project: P, guid: '1' }, facts('a', { p: project({ state: 'moving' }) }), /\(a, moving\)/);
+    refused({ op: 'keep-aside', project: P, guid: '1' }, facts('a', { self: 'c' }), /this host \(c\) is not a replica target/);
+    refused({ op: 'keep-aside', project: P, guid: '1' }, facts('a', { p: null }), /is not in the catalog/);
+  });
   it('promote: only with the live token, and only where the catalog already names this host', () => {
     const here = project({ primary: 'b', state: 'failing-over' });
     allowed({ op: 'promote', project: P, token: 5, guid: '1' }, facts('c', { p: here, lock: lease(leaseOwner('agent', 'c')) }));
