@@ -89,32 +89,23 @@ export async function main(argv: string[]): Promise<void> {
     if (!stopping) timer = setTimeout(() => void loop(), agent.config.interval * 1000);
   };
 
-  // the fence check runs between cycles too (never overlapping itself)
-  let fencing = false;
-  const fenceTimer = setInterval(() => {
-    if (fencing || stopping) return;
-    fencing = true;
-    agent
-      .fenceCheck()
-      .catch((e: Error) => log.error({ err: e.message }, 'fence check failed'))
-      .finally(() => {
-        fencing = false;
-      });
-  }, agent.config.failover.fenceCheck * 1000);
-
-  // automatic failover on its own timer: it may wait for another host's fence for the
-  // bound, and this host's fence check (demote, remount) must not wait behind it
-  let failingOver = false;
-  const failoverTimer = setInterval(() => {
-    if (failingOver || stopping) return;
-    failingOver = true;
-    agent
-      .autoFailoverCheck()
-      .catch((e: Error) => log.error({ err: e.message }, 'automatic failover check failed'))
-      .finally(() => {
-        failingOver = false;
-      });
-  }, agent.config.failover.fenceCheck * 1000);
+  // the fence check runs between cycles too; automatic failover on a timer of its own: it
+  // may wait for another host's fence for the bound, and this host's fence check (demote,
+  // remount) must not wait behind it. Each never overlaps itself.
+  const every = (ms: number, what: string, fn: () => Promise<unknown>): NodeJS.Timeout => {
+    let busy = false;
+    return setInterval(() => {
+      if (busy || stopping) return;
+      busy = true;
+      fn()
+        .catch((e: Error) => log.error({ err: e.message }, `${what} failed`))
+        .finally(() => {
+          busy = false;
+        });
+    }, ms);
+  };
+  const fenceTimer = every(agent.config.failover.fenceCheck * 1000, 'fence check', () => agent.fenceCheck());
+  const failoverTimer = every(agent.config.failover.fenceCheck * 1000, 'automatic failover check', () => agent.autoFailoverCheck());
 
   // heartbeats on their own timer, independent of how long a cycle takes (a cycle busy
   // with a big transfer must not make this host look dead and trigger a failover)

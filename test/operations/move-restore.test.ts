@@ -300,19 +300,23 @@ describe('open', () => {
   });
 });
 
+/** The fleet's catalog behind a switch: while `instead` returns a promise, every call gets it instead of an answer. */
+function catalogBehind(instead: () => Promise<never> | undefined): Catalog {
+  return new Proxy(fleet.catalog, {
+    get(t, k, r) {
+      const v = Reflect.get(t, k, r) as unknown;
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => instead() ?? (v as (...a: unknown[]) => unknown).apply(t, args);
+    },
+  }) as Catalog;
+}
+
 describe('self-fencing', () => {
   it('an agent without catalog contact for failover.selfFenceAfter unmounts what it serves, and remounts it when the catalog answers', async () => {
     const p = await createProject(fleet, A, { files: { f: 'z' } });
     // the same catalog behind a switch that makes every call fail
     let down = false;
-    const inner = fleet.catalog;
-    const flaky = new Proxy(inner, {
-      get(t, k, r) {
-        const v = Reflect.get(t, k, r) as unknown;
-        if (typeof v !== 'function') return v;
-        return (...args: unknown[]) => (down ? Promise.reject(new Error('catalog unreachable (test)')) : (v as (...a: unknown[]) => unknown).apply(t, args));
-      },
-    }) as Catalog;
+    const flaky = catalogBehind(() => (down ? Promise.reject(new Error('catalog unreachable (test)')) : undefined));
     const config = { ...fleet.configs.get('a')!, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 2, maxClockSkew: 2 } };
     const agent = new Agent({ config, catalog: flaky, zfs: fleet.zfs, log: silentLogger() });
     try {
@@ -338,14 +342,7 @@ describe('self-fencing', () => {
     // failover of another project) left a cut-off primary serving past the failover's bound
     const p = await createProject(fleet, A, { files: { f: 'w' } });
     let hang = false;
-    const inner = fleet.catalog;
-    const stuck = new Proxy(inner, {
-      get(t, k, r) {
-        const v = Reflect.get(t, k, r) as unknown;
-        if (typeof v !== 'function') return v;
-        return (...args: unknown[]) => (hang ? new Promise(() => undefined) : (v as (...a: unknown[]) => unknown).apply(t, args));
-      },
-    }) as Catalog;
+    const stuck = catalogBehind(() => (hang ? new Promise(() => undefined) : undefined));
     const config = { ...fleet.configs.get('a')!, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 2, maxClockSkew: 2 } };
     const agent = new Agent({ config, catalog: stuck, zfs: fleet.zfs, log: silentLogger() });
     try {
