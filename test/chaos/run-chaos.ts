@@ -12,7 +12,7 @@ import { open as openFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { host, type Sandbox, type SandboxHost } from '../lib/sandbox.js';
+import { destroyTestTree, host, type Sandbox, type SandboxHost } from '../lib/sandbox.js';
 import { AgentProcess, storagectl } from '../lib/procs.js';
 import { sleep } from '../lib/fleet.js';
 import { clusterOptions, clusterReplication, contactPoints } from '../lib/cluster.js';
@@ -170,6 +170,15 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
     for (const h of H) {
       rmSync(`${h.dir}/chaos-state-${keyspace}`, { recursive: true, force: true });
       rmSync(cfg.get(h.name)!, { force: true });
+    }
+    // the run's datasets go (the next run and tier share these small pools), unless kept
+    // for a look (KEEP_SANDBOX=1); judged before this, from zpool history and the catalog
+    if (!process.env.KEEP_SANDBOX) {
+      for (const h of H) {
+        const kept = [...(await zfs.list(`${h.pool}/conflicts`, { depth: 1 }).catch(() => new Map<string, unknown>())).keys()];
+        for (const d of kept) if (ids.has(d.slice(`${h.pool}/conflicts/`.length, `${h.pool}/conflicts/`.length + 36))) destroyTestTree(d);
+        destroyTestTree(`${h.pool}/${tag}`);
+      }
     }
   }
 

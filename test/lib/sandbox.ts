@@ -87,7 +87,10 @@ export function treeChecksum(dir: string): string {
 
 /** Recursively destroys a test-owned dataset tree (test cleanup only; never in product code). */
 export function destroyTestTree(dataset: string): void {
-  if (!/^[a-z0-9]+-[a-z0-9]+\/t[0-9a-f]{8}$/.test(dataset)) throw new Error(`refusing to clean up '${dataset}': not a test root`);
+  // a test's root (<pool>/t<hex>), a chaos run's (<pool>/chaos-<keyspace tag>), or a copy a
+  // chaos run's project left in conflicts/ (<pool>/conflicts/<uuid>-<time>[-replica])
+  const ok = /^[a-z0-9]+-[a-z0-9]+\/(t[0-9a-f]{8}|chaos-[a-z0-9]+-[0-9]+|conflicts\/[0-9a-f]{8}-[0-9a-f-]{27}-[0-9TZ-]+(-replica)?)$/;
+  if (!ok.test(dataset)) throw new Error(`refusing to clean up '${dataset}': not a test root`);
   spawnSync('zfs', ['destroy', '-r', '-f', dataset]);
 }
 
