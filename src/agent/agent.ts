@@ -273,8 +273,14 @@ export class Agent {
     // plan: the pairs whose cache state says something to do; targets are asked only
     // about pairs never asked before
     const pairs = this.pairsOf(projects);
-    await this.listTargets(pairs.filter((k) => pairAction(k) === 'list-target'), run.report);
-    const decisions = this.decide(this.pairsOf(projects));
+    const toList = pairs.filter((k) => pairAction(k) === 'list-target');
+    await this.listTargets(toList, run.report);
+    // a pair listed again because its project changed location is planned even when it
+    // turns out in sync: its confirmation writes the replica row, which may name an older
+    // guid (the previous primary sent it and could not confirm before it was fenced)
+    const relisted = toList.filter((k) => this.relocated.has(k.project));
+    const decisions = this.decide(this.pairsOf(projects), new Set(relisted.map((k) => `${k.project} ${k.target}`)));
+    for (const p of projects) if (this.relocated.has(p.id) && p.targets.every((t) => this.state.remoteSummary(p.id, t))) this.relocated.delete(p.id);
 
     // act: conflicts, confirmations, transfers (confirmed by a scoped listing), holds
     await this.execute(decisions, new Map(projects.map((p) => [p.id, p])), run.report);
@@ -431,6 +437,7 @@ export class Agent {
       // served here under a new location token (moved or failed over since, maybe back):
       // its targets are listed again before the next plan (state.ts, seenAt)
       const relist = catalogDegraded(this.catalog) ? [] : this.state.seenAt(served);
+      for (const id of relist) this.relocated.add(id);
       if (relist.length) this.log.info({ projects: relist }, 'served here under a new location since last read: their targets are listed again');
       this.deps.onViewChanged?.();
     }
@@ -453,6 +460,8 @@ export class Agent {
   }
 
   private servedTargets = new Map<string, string[]>();
+  /** projects served here under a new location token whose targets are still to be listed and confirmed */
+  private readonly relocated = new Set<string>();
   /** hosts as of the last heartbeat (the daemon's timer reads them with each beat) */
   private hosts: HostRecord[] = [];
 
@@ -734,10 +743,11 @@ export class Agent {
   }
 
   /** The planner for every pair the cache says needs it (pure: cycle-plan.ts). */
-  private decide(pairs: PairKnowledge[]): PairDecision[] {
+  private decide(pairs: PairKnowledge[], justListed: ReadonlySet<string> = new Set()): PairDecision[] {
     const inputs: PairInput[] = [];
     for (const k of pairs) {
-      if (pairAction(k) !== 'plan') continue;
+      const action = pairAction(k);
+      if (action !== 'plan' && !(action === 'in-sync' && justListed.has(`${k.project} ${k.target}`))) continue;
       const remote = this.state.remote(k.project, k.target);
       if (!remote && !this.state.remoteSummary(k.project, k.target)) continue; // the target could not be asked
       inputs.push({ project: k.project, target: k.target, source: this.state.snapshots(this.dsOf(k.project)), remote: remote ?? null });
@@ -1026,7 +1036,7 @@ export class Agent {
           this.log.error({ project: id, err: (e as Error).message }, 'fence check: demote failed');
         }
       }
-      const remount = this.remountSelfFenced(byId, mounted);
+      const remount = this.remountSelfFenced(byId);
       this.remounting = remount;
       res.remounted = await remount;
       if (res.remounted.length) this.log.warn({ projects: res.remounted }, 'catalog reachable again: remounted the projects unmounted by self-fencing');
@@ -1042,9 +1052,14 @@ export class Agent {
    * still has this host serve the project as `active` (no move or failover under way: an
    * operation that found it unmounted counts on it staying so) and no operation here holds it.
    */
-  private async remountSelfFenced(byId: Map<string, ProjectRecord>, mounted: Set<string>): Promise<string[]> {
+  private async remountSelfFenced(byId: Map<string, ProjectRecord>): Promise<string[]> {
     const c = this.config;
     const done: string[] = [];
+    // a fence under way finishes first, and what is mounted is read now, not before this
+    // check's catalog read (the watchdog may have unmounted it meanwhile: with the older
+    // list the project would count as mounted and be forgotten, unmounted for good)
+    await this.selfFence.settled();
+    const mounted = this.mountedProjects();
     for (const id of [...this.selfFence.fenced().keys()]) {
       const p = byId.get(id);
       const ds = `${c.projectsRoot}/${id}`;

@@ -147,6 +147,11 @@ export class SelfFence {
     return this.ticking;
   }
 
+  /** Resolves when no tick is under way (a remount must not race a fence). */
+  async settled(): Promise<void> {
+    await this.ticking?.catch(() => undefined);
+  }
+
   /** Runs `tick` every `everyMs` until `stop` (the agent's watchdog). */
   start(everyMs: number): void {
     this.stop();

@@ -375,6 +375,46 @@ describe('self-fencing', () => {
     }
   });
 
+  it('a fence by the watchdog during the fence check\'s read is remounted by that check, not forgotten', async () => {
+    // found by the chaos tier (seed 20261202): a SIGCONT after a pause fired both timers;
+    // the check listed the project as mounted, the watchdog unmounted it during the
+    // check's read, and the remount went by the older list: "mounted", so forgotten
+    const p = await createProject(fleet, A, { files: { f: 'p' } });
+    // the catalog behind a gate: while closed, every call waits for it to open
+    let gate: Promise<void> | undefined;
+    let release = () => {};
+    const gated = new Proxy(fleet.catalog, {
+      get(t, k, r) {
+        const v = Reflect.get(t, k, r) as unknown;
+        if (typeof v !== 'function') return v;
+        return async (...args: unknown[]) => {
+          await gate;
+          return (v as (...a: unknown[]) => unknown).apply(t, args);
+        };
+      },
+    }) as Catalog;
+    let off = 0;
+    const config = { ...fleet.configs.get('a')!, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 5, maxClockSkew: 2 } };
+    const agent = new Agent({ config, catalog: gated, zfs: fleet.zfs, log: silentLogger(), now: () => Date.now() + off });
+    try {
+      assert.deepEqual((await agent.fenceCheck()).selfFenced, []);
+      gate = new Promise<void>((res) => (release = res)); // the next read waits
+      const check = agent.fenceCheck();
+      await sleep(200);
+      off = 60_000; // the pause: the watchdog finds no contact for a minute and fences
+      assert.ok((await agent.selfFence.tick()).includes(p.id));
+      assert.equal((await fleet.zfs.get(p.dataset, ['mounted'])).mounted, 'no');
+      off = 0;
+      gate = undefined;
+      release(); // the read answers: the catalog still names a
+      const r = await check;
+      assert.ok(r.remounted.includes(p.id), JSON.stringify(r));
+      assert.equal((await fleet.zfs.get(p.dataset, ['mounted'])).mounted, 'yes');
+    } finally {
+      await agent.close();
+    }
+  });
+
   it('an agent restarted after more than selfFenceAfter without contact fences at once, before its catalog opens', async () => {
     const p = await createProject(fleet, A, { files: { f: 'r' } });
     const stateDir = `/var/tmp/self-fence-${randomUUID().slice(0, 8)}`;
