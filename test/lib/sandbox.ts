@@ -91,6 +91,14 @@ export function destroyTestTree(dataset: string): void {
   // chaos run's project left in conflicts/ (<pool>/conflicts/<uuid>-<time>[-replica])
   const ok = /^[a-z0-9]+-[a-z0-9]+\/(t[0-9a-f]{8}|chaos-[a-z0-9]+-[0-9]+|conflicts\/[0-9a-f]{8}-[0-9a-f-]{27}-[0-9TZ-]+(-replica)?)$/;
   if (!ok.test(dataset)) throw new Error(`refusing to clean up '${dataset}': not a test root`);
+  // the agents' holds (replica bases, `storage:replica:<host>`) would make the destroy
+  // refuse: released first (zfs-fuse has no `zfs holds`; userrefs says which are held)
+  const held = spawnSync('zfs', ['list', '-H', '-r', '-t', 'snapshot', '-o', 'name,userrefs', dataset], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .map((l) => l.split('\t'))
+    .filter(([name, refs]) => name && Number(refs) > 0)
+    .map(([name]) => name!);
+  for (const snap of held) for (const h of ['a', 'b', 'c']) spawnSync('zfs', ['release', `storage:replica:${h}`, snap]);
   spawnSync('zfs', ['destroy', '-r', '-f', dataset]);
 }
 
