@@ -70,7 +70,7 @@ export async function runChaos(sb: Sandbox, o: ChaosOptions): Promise<ChaosRepor
   const nProjects = o.projects ?? 6;
   const schedule = o.schedule ?? makeSchedule(o.seed, { durationMs: o.durationMs, hosts: NAMES, projects: nProjects, ...(o.kinds ? { kinds: o.kinds } : {}) });
   const setupStarted = Date.now();
-  log(`chaos: seed ${o.seed} (replay: npm run chaos -- --seed ${o.seed} --minutes ${(o.durationMs / 60_000).toFixed(1)}), ${schedule.faults.length} faults, ${schedule.operator.length} operator actions, keyspace ${keyspace}${o.disableFencing ? ', FENCING DISABLED (checker test)' : ''}`);
+  log(`chaos: seed ${o.seed} (replay: npm run chaos -- --seed ${o.seed} --minutes ${(o.durationMs / 60_000).toFixed(1)}${o.kinds ? ` --kinds ${o.kinds.join(',')}` : ''}), ${schedule.faults.length} faults, ${schedule.operator.length} operator actions, keyspace ${keyspace}${o.disableFencing ? ', FENCING DISABLED (checker test)' : ''}`);
 
   // ---- the fleet ------------------------------------------------------------------------
   const catalogFor = (h: SandboxHost) => ({ backend: 'cassandra', contactPoints: contactPoints(sb, h.datacenter), localDataCenter: h.datacenter, keyspace, replication: clusterReplication(sb) });
