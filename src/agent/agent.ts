@@ -801,7 +801,12 @@ export class Agent {
       this.log.error({ project: d.project, target: d.target, code: r.code, stderr: r.stderr.trim() }, 'the diverged replica could not be kept aside: reporting the conflict');
       return false;
     }
-    const as = (JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as { as?: string }).as ?? '?';
+    let as = '?';
+    try {
+      as = (JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as { as?: string }).as ?? '?';
+    } catch {
+      /* kept aside (exit 0); only its name is unknown */
+    }
     this.state.putRemotes([{ project: d.project, target: d.target, view: null }], this.now());
     this.conflictsSeen.delete(`${d.project} ${d.target}`);
     report.keptAside.push({ project: d.project, target: d.target, as });
