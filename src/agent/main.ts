@@ -10,8 +10,7 @@ import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
 import { ResilientCatalog } from '../catalog/resilient.js';
 import { makeLogger } from '../util/log.js';
-import { CommandRunner, Zfs, describeFence, fenceDataset, fencingDisabledForTests, mountedProjects } from '../zfs/index.js';
-import { isProjectId } from '../util/validate.js';
+import { CommandRunner, Zfs, fencingDisabledForTests } from '../zfs/index.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('storage-agent')
@@ -45,7 +44,8 @@ export async function main(argv: string[]): Promise<void> {
     // keep serving on a view this agent never had. Fence what is mounted, then fail.
     log.error({ err: (e as Error).message }, 'catalog unreachable at start: fencing every project mounted here');
     selfFence.stop();
-    await fenceMountedProjects(config, log);
+    await selfFence.settled();
+    await selfFence.fenceAll();
     throw e;
   }
   if (config.catalog.backend !== 'sqlite') {
@@ -149,16 +149,4 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
   await loop();
-}
-
-/** The catalog cannot be opened: fence (writers stopped, unmounted) every project mounted here. */
-async function fenceMountedProjects(config: Config, log: ReturnType<typeof makeLogger>): Promise<void> {
-  const zfs = new Zfs({ runner: new CommandRunner({ prefix: config.zfs.commandPrefix }), zfs: config.zfs.zfsPath, zpool: config.zfs.zpoolPath });
-  await Promise.all(
-    [...mountedProjects(config.projectsRoot, isProjectId).keys()].map(async (dataset) => {
-      const r = await fenceDataset(zfs, dataset).catch((e: Error) => ({ error: e.message }));
-      if ('error' in r) log.error({ dataset, err: r.error }, 'fence failed');
-      else log.error({ dataset, fence: describeFence(r) }, r.fenced ? 'fenced' : 'fence incomplete');
-    }),
-  );
 }

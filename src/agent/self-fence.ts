@@ -139,8 +139,21 @@ export class SelfFence {
    * this call. Never overlaps itself: a call during a tick waits for it and gets its answer.
    */
   tick(): Promise<string[]> {
+    return this.run(false);
+  }
+
+  /**
+   * Fences every project mounted here now, isolated or not (the catalog cannot be opened
+   * at start: nothing may keep serving on a view this process never had). Recorded like a
+   * tick's, so the next process remounts them when the catalog answers.
+   */
+  fenceAll(): Promise<string[]> {
+    return this.run(true);
+  }
+
+  private run(always: boolean): Promise<string[]> {
     if (!this.ticking) {
-      this.ticking = this.fenceIfIsolated().finally(() => {
+      this.ticking = this.fenceMounted(always).finally(() => {
         this.ticking = undefined;
       });
     }
@@ -170,8 +183,8 @@ export class SelfFence {
     return ro;
   }
 
-  private async fenceIfIsolated(): Promise<string[]> {
-    if (!this.isolatedNow()) return [];
+  private async fenceMounted(always: boolean): Promise<string[]> {
+    if (!always && !this.isolatedNow()) return [];
     const root = this.o.projectsRoot;
     const mounted = this.o.mounted?.() ?? new Set(mountedProjects(root, isProjectId).keys());
     const done: string[] = [];

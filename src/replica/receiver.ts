@@ -8,7 +8,7 @@
 import { appendFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { wholeStreamTaken, ZfsCommandError, type Zfs } from '../zfs/index.js';
+import { wholeStreamTaken, type Zfs } from '../zfs/index.js';
 import { describeFence, fenceDataset } from '../zfs/fence.js';
 import { parseRemoteCommand, RefusedCommand, PROTOCOL, type RemoteCommand, type RemoteListing } from './protocol.js';
 import { authorize } from './authorize.js';
@@ -195,12 +195,7 @@ async function keepReplicaAside(env: ReceiverEnv, project: string, guid: string,
   if (newest?.guid !== guid) throw new Error(`keep-aside: ${ds}'s newest snapshot is ${newest ? `${newest.snap} (guid ${newest.guid})` : 'none'}, not guid ${guid} as the primary listed it: list again`);
   const props = await zfs.get(ds, ['readonly', 'mounted']);
   if (props.readonly !== 'on' || props.mounted !== 'no') throw new Error(`keep-aside: ${ds} is ${props.readonly === 'on' ? '' : 'not readonly, '}${props.mounted === 'no' ? '' : 'mounted, '}so it may hold writes: left alone (resolve by hand)`);
-  let kept = 0;
-  try {
-    for (const name of (await zfs.list(env.conflictsRoot, { depth: 1 })).keys()) if (name.startsWith(`${env.conflictsRoot}/${project}-`) && name.endsWith('-replica')) kept++;
-  } catch (e) {
-    if (!(e instanceof ZfsCommandError && e.kind === 'not-found')) throw e;
-  }
+  const kept = (await zfs.childNames(env.conflictsRoot)).filter((name) => name.startsWith(`${env.conflictsRoot}/${project}-`) && name.endsWith('-replica')).length;
   if (kept >= MAX_KEPT_REPLICAS) throw new Error(`keep-aside: ${env.host} already keeps ${kept} diverged replicas of ${project} in ${env.conflictsRoot} (at most ${MAX_KEPT_REPLICAS}): resolve by hand (storagectl conflicts)`);
   const aside = await keepAside(zfs, ds, env.conflictsRoot, project, new Date(env.now?.() ?? Date.now()), 'replica');
   stdout.write(JSON.stringify({ keptAside: ds, as: aside }) + '\n');

@@ -300,13 +300,20 @@ describe('open', () => {
   });
 });
 
-/** The fleet's catalog behind a switch: while `instead` returns a promise, every call gets it instead of an answer. */
-function catalogBehind(instead: () => Promise<never> | undefined): Catalog {
+/**
+ * The fleet's catalog behind a switch: while `before` returns a promise, every call waits
+ * for it first (one that never settles hangs the call, a rejected one fails it).
+ */
+function catalogBehind(before: () => Promise<unknown> | undefined): Catalog {
   return new Proxy(fleet.catalog, {
     get(t, k, r) {
       const v = Reflect.get(t, k, r) as unknown;
       if (typeof v !== 'function') return v;
-      return (...args: unknown[]) => instead() ?? (v as (...a: unknown[]) => unknown).apply(t, args);
+      return (...args: unknown[]) => {
+        const call = () => (v as (...a: unknown[]) => unknown).apply(t, args);
+        const wait = before();
+        return wait ? wait.then(call) : call();
+      };
     },
   }) as Catalog;
 }
@@ -383,16 +390,7 @@ describe('self-fencing', () => {
     // the catalog behind a gate: while closed, every call waits for it to open
     let gate: Promise<void> | undefined;
     let release = () => {};
-    const gated = new Proxy(fleet.catalog, {
-      get(t, k, r) {
-        const v = Reflect.get(t, k, r) as unknown;
-        if (typeof v !== 'function') return v;
-        return async (...args: unknown[]) => {
-          await gate;
-          return (v as (...a: unknown[]) => unknown).apply(t, args);
-        };
-      },
-    }) as Catalog;
+    const gated = catalogBehind(() => gate);
     let off = 0;
     const config = { ...fleet.configs.get('a')!, failover: { mode: 'manual' as const, fenceCheck: 1, selfFenceAfter: 5, maxClockSkew: 2 } };
     const agent = new Agent({ config, catalog: gated, zfs: fleet.zfs, log: silentLogger(), now: () => Date.now() + off });

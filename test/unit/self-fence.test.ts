@@ -58,6 +58,12 @@ describe('self-fence watchdog', () => {
     assert.deepEqual((await x).sort(), ['a', 'b']);
     assert.deepEqual([...w.fenced().keys()].sort(), ['a', 'b']);
     assert.equal(w.release('a'), false);
+    now = 0; // not isolated: a tick fences nothing, fenceAll (the catalog cannot be opened at start) everything
+    w.release('b');
+    assert.deepEqual(await w.tick(), []);
+    assert.deepEqual((await w.fenceAll()).sort(), ['a', 'b']);
+    assert.deepEqual([...w.fenced().keys()].sort(), ['a', 'b'], 'recorded for the next process to remount');
+    w.release('a');
     assert.deepEqual([...w.fenced().keys()], ['b']);
   });
 
