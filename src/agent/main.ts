@@ -10,10 +10,12 @@ import { AgentMetrics } from './metrics.js';
 import { openCatalog, type Catalog } from '../catalog/index.js';
 import { ResilientCatalog } from '../catalog/resilient.js';
 import { makeLogger } from '../util/log.js';
+import { productVersion } from '../util/version.js';
 import { CommandRunner, Zfs, fencingDisabledForTests } from '../zfs/index.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('storage-agent')
+    .version(productVersion(), '-V, --version', 'print the version')
     .requiredOption('-c, --config <file>', 'YAML configuration', '/etc/storage-agent/config.yaml')
     .option('--once', 'run one cycle and exit (exit 1 if it had failures)')
     .option('--shutdown-grace <seconds>', 'on SIGTERM, let running transfers finish this long', '20')

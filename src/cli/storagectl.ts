@@ -10,6 +10,7 @@ import { freshnessAsOf } from '../agent/cycle-plan.js';
 import { repairCatalog } from '../catalog/repair.js';
 import { failover, LockedError, FailoverNotNeeded } from '../agent/failover.js';
 import { leaseOwner } from '../lock/lease.js';
+import { productVersion } from '../util/version.js';
 import { move } from '../agent/move.js';
 import { describeResult } from '../agent/move-runner.js';
 import { cancelMove, destinationOf, followMove, moveOnRow, requestMove, MoveRequestError, type MoveOutcome } from '../agent/move-request.js';
@@ -237,6 +238,7 @@ function table(rows: string[][]): string {
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('storagectl')
     .description('Admin CLI for ZFS project datasets: snapshots, replication, failover, moves')
+    .version(productVersion(), '-V, --version', 'print the version')
     .option('-c, --config <file>', 'agent configuration (or $STORAGE_CONFIG)', DEFAULT_CONFIG)
     .exitOverride()
     .showHelpAfterError()

@@ -17,7 +17,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-DEPLOY_PATHS=(/usr/bin/node /opt/storage-agent/bin/storage-agent /opt/storage-agent/bin/storagectl)
+DEPLOY_PATHS=(/usr/bin/node /usr/lib/storage-agent/bin/storage-agent /usr/lib/storage-agent/bin/storagectl)
 
 die() { printf 'verify-unit: error: %s\n' "$*" >&2; exit 1; }
 log() { printf 'verify-unit: %s\n' "$*" >&2; }
@@ -86,7 +86,7 @@ policy_checks() {
   local file=$1 bad=0 v
   want() { grep -qE "^$1\$" "$file" || { printf '%s: expected a line matching ^%s$\n' "$file" "$1"; bad=1; }; }
   want 'Type=simple'
-  want 'ExecStart=/usr/bin/node /opt/storage-agent/bin/storage-agent --config /etc/storage-agent/config.yaml'
+  want 'ExecStart=/usr/bin/node /usr/lib/storage-agent/bin/storage-agent --config /etc/storage-agent/config.yaml'
   want 'ExecReload=/bin/kill -HUP \$MAINPID'
   want 'Restart=on-failure'
   want 'RestartSec=[0-9]+s?'
@@ -95,11 +95,17 @@ policy_checks() {
   want 'KillSignal=SIGTERM'
   want 'KillMode=mixed'
   want 'OOMScoreAdjust=-900'
-  want 'ProtectSystem=full'
-  want 'PrivateTmp=yes'
-  want 'ProtectHome=read-only'
-  want 'ReadWritePaths=/var/lib/storage-agent /var/log/storage-agent'
+  want 'NoNewPrivileges=yes'
   want 'StateDirectory=storage-agent'
+  want 'ConditionPathExists=/etc/storage-agent/config.yaml'
+  # the agent mounts and unmounts (fence) in the host's mount namespace: no setting that
+  # gives the service a namespace of its own (systemd/storage-agent.service says why)
+  local ns
+  ns=$(grep -nE '^(ProtectSystem=(yes|true|full|strict)|ProtectHome=(yes|true|read-only|tmpfs)|PrivateTmp=(yes|true)|PrivateDevices=(yes|true)|PrivateMounts=(yes|true)|ProtectKernelTunables=(yes|true)|ProtectKernelModules=(yes|true)|ProtectKernelLogs=(yes|true)|ProtectControlGroups=(yes|true)|ProtectHostname=(yes|true)|ProtectProc=|ProcSubset=|(ReadWrite|ReadOnly|Inaccessible|Exec|NoExec)Paths=|BindPaths=|BindReadOnlyPaths=|TemporaryFileSystem=|RootDirectory=|RootImage=|MountFlags=)' "$file" || true)
+  if [ -n "$ns" ]; then
+    printf '%s: gives the agent a mount namespace of its own (its fence would unmount for itself only):\n%s\n' "$file" "$ns"
+    bad=1
+  fi
   # the agent's shutdown grace is 20 s (--shutdown-grace): systemd must wait longer
   v=$(sed -n -E 's/^TimeoutStopSec=([0-9]+)s?$/\1/p' "$file")
   if [ -z "$v" ] || [ "$v" -le 20 ]; then

@@ -1,5 +1,5 @@
 // The typed ZFS adapter against the real pools of the sandbox hosts: zfs-fuse in the
-// zfs-fuse tier, OpenZFS 2.1 (kernel module) in the openzfs tier. Where the two differ,
+// zfs-fuse tier, OpenZFS 2.1 and 2.3 (kernel module) in the openzfs-2.1/-2.3 tiers. Where the two differ,
 // the test asserts each implementation's own behaviour, chosen by the sandbox's declared
 // ZFS and the adapter's probed capabilities (never skipped).
 import { describe, it, before, after } from 'node:test';
@@ -55,6 +55,9 @@ describe('capability probe', () => {
       if (k === 'importNoMount' && !openzfs) continue; // not asserted for zfs-fuse (its zpool usage decides)
       assert.equal(caps[k], openzfs, `${k} on ${caps.version}`);
     }
+    // snapshots_changed came with OpenZFS 2.2: found on 2.3, absent on 2.1 and zfs-fuse
+    const minor = openzfs ? Number(/^zfs-2\.(\d+)\./.exec(caps.version)![1]) : -1;
+    assert.equal(caps.snapshotsChanged, minor >= 2, `snapshotsChanged on ${caps.version}`);
     const { calls } = await counted(() => zfs.capabilities());
     assert.equal(calls, 0, 'second probe must come from the cache');
   });

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Build (once) and cache a Debian bookworm VM image with real OpenZFS 2.1 (zfs-dkms).
-# Output in $OPENZFS_VM_CACHE (default /var/cache/storage-test/openzfs-vm):
+# Build (once) and cache a Debian VM image with the release's OpenZFS (zfs-dkms):
+#   OPENZFS_VM_RELEASE=bookworm (default): OpenZFS 2.1, the guest's PID 1 is our own init
+#   OPENZFS_VM_RELEASE=trixie: OpenZFS 2.3, systemd is PID 1 (the job runs as a unit),
+#     with Debian's nodejs and sudo (what the storage-agent package depends on)
+# Output in $OPENZFS_VM_CACHE (default /var/cache/storage-test/openzfs-vm, and
+# /var/cache/storage-test/openzfs-vm-trixie for trixie):
 #   rootfs.img (raw ext4), vmlinuz, initrd.img, versions.txt, .built (marker, written last)
 # Idempotent: if the marker exists the cached image is reused. A failed step aborts
 # with the step name and the tail of its log. Needs root. Takes ~12 min on 2 cores.
 set -euo pipefail
 
-CACHE="${OPENZFS_VM_CACHE:-/var/cache/storage-test/openzfs-vm}"
+RELEASE="${OPENZFS_VM_RELEASE:-bookworm}"
+case "$RELEASE" in
+  bookworm) DEFAULT_CACHE=/var/cache/storage-test/openzfs-vm ;;
+  trixie) DEFAULT_CACHE=/var/cache/storage-test/openzfs-vm-trixie ;;
+  *) echo "openzfs-vm: OPENZFS_VM_RELEASE must be bookworm or trixie, got '$RELEASE'" >&2; exit 2 ;;
+esac
+CACHE="${OPENZFS_VM_CACHE:-$DEFAULT_CACHE}"
 MARKER="$CACHE/.built"
-IMG_SIZE="${OPENZFS_VM_IMG_SIZE:-3G}"
+# trixie: room for nodejs, the package test and the 1,000-project pool
+IMG_SIZE="${OPENZFS_VM_IMG_SIZE:-}"
+[[ -n $IMG_SIZE ]] || { [[ $RELEASE == trixie ]] && IMG_SIZE=5G || IMG_SIZE=3G; }
 
 if [[ -f "$MARKER" ]]; then
   echo "openzfs-vm: cached image in $CACHE ($(cat "$MARKER"))"
@@ -17,6 +29,17 @@ fi
 [[ $(id -u) -eq 0 ]] || { echo "openzfs-vm: build.sh must run as root" >&2; exit 1; }
 
 mkdir -p "$CACHE"
+# one build at a time per image: a second caller (the tier, while test/run-all.sh builds
+# the images in the background) waits for the first and then uses its image
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then
+  echo "openzfs-vm: another build of $CACHE is running; waiting for it"
+  flock 9
+fi
+if [[ -f "$MARKER" ]]; then
+  echo "openzfs-vm: cached image in $CACHE ($(cat "$MARKER"))"
+  exit 0
+fi
 WORK="$CACHE/build.tmp"
 LOGDIR="$CACHE/logs"
 ROOTFS="$WORK/rootfs"
@@ -78,12 +101,12 @@ fi
 
 # --- rootfs -------------------------------------------------------------------------
 rm -rf "$WORK"; mkdir -p "$WORK"
-step debootstrap debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR"
+step debootstrap debootstrap --variant=minbase "$RELEASE" "$ROOTFS" "$MIRROR"
 
 cat >"$ROOTFS/etc/apt/sources.list" <<SRC
-deb $MIRROR bookworm main contrib
-deb $MIRROR bookworm-updates main contrib
-deb $SEC_MIRROR bookworm-security main contrib
+deb $MIRROR $RELEASE main contrib
+deb $MIRROR $RELEASE-updates main contrib
+deb $SEC_MIRROR $RELEASE-security main contrib
 SRC
 # no daemons may start inside the build chroot
 printf '#!/bin/sh\nexit 101\n' >"$ROOTFS/usr/sbin/policy-rc.d"; chmod +x "$ROOTFS/usr/sbin/policy-rc.d"
@@ -106,6 +129,10 @@ echo "openzfs-vm: kernel $KVER"
 step kernel inchroot $APT install linux-image-amd64 linux-headers-amd64 "linux-image-$KVER" "linux-headers-$KVER" initramfs-tools
 step base-tools inchroot $APT install openssh-server iproute2 procps kmod udev
 step zfs inchroot $APT install zfs-dkms zfsutils-linux
+if [[ $RELEASE == trixie ]]; then
+  # systemd as PID 1 (the agent runs as the shipped unit), and what the .deb depends on
+  step systemd inchroot $APT install systemd systemd-sysv nodejs sudo
+fi
 # make sure the module was built for the kernel we boot (dkms in a chroot may pick `uname -r`)
 if ! ls "$ROOTFS/lib/modules/$KVER/updates/dkms/zfs.ko"* >/dev/null 2>&1; then
   step dkms-autoinstall inchroot dkms autoinstall -k "$KVER"
@@ -121,10 +148,37 @@ ls "$ROOTFS/lib/modules/$KVER/kernel/fs/9p/"9p.ko* >/dev/null 2>&1 \
 
 # guest init: mounts, modprobe zfs, runs /mnt/job.sh from the 9p share, writes results, powers off
 install -m 0755 "$(dirname "$0")/guest-init.sh" "$ROOTFS/sbin/openzfs-vm-init"
+if [[ $RELEASE == trixie ]]; then
+  # systemd boots; the job is a unit (guest-systemd.sh), the same job contract as above
+  install -m 0755 "$(dirname "$0")/guest-systemd.sh" "$ROOTFS/sbin/openzfs-vm-job"
+  cat >"$ROOTFS/etc/systemd/system/openzfs-vm-job.service" <<'UNIT'
+[Unit]
+Description=openzfs-vm job: runs /mnt/job.sh from the host's 9p share, then powers off
+After=local-fs.target systemd-journald.service zfs-import.target
+[Service]
+Type=oneshot
+ExecStart=/sbin/openzfs-vm-job
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=infinity
+[Install]
+WantedBy=multi-user.target
+UNIT
+  mkdir -p "$ROOTFS/etc/systemd/system/multi-user.target.wants"
+  ln -sf /etc/systemd/system/openzfs-vm-job.service "$ROOTFS/etc/systemd/system/multi-user.target.wants/openzfs-vm-job.service"
+  # nothing that waits for a network or a terminal, nothing periodic
+  for u in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer \
+           systemd-networkd-wait-online.service getty@tty1.service serial-getty@ttyS0.service \
+           zfs-zed.service zfs-scrub-monthly@.timer zfs-trim-monthly@.timer; do
+    ln -sf /dev/null "$ROOTFS/etc/systemd/system/$u"
+  done
+  echo 'root:openzfs-vm' | chroot "$ROOTFS" chpasswd
+fi
 
 {
   echo "kernel=$KVER"
   inchroot dpkg-query -W -f='${Package}=${Version}\n' zfs-dkms zfsutils-linux "linux-image-$KVER" openssh-server
+  [[ $RELEASE != trixie ]] || inchroot dpkg-query -W -f='${Package}=${Version}\n' systemd nodejs
   echo "mirror=$MIRROR security_mirror=$SEC_MIRROR"
 } >"$WORK/versions.txt"
 inchroot apt-get clean

@@ -4,7 +4,7 @@
 # directory for the openzfs-vm guest. pack_project SHARE; fails with a message on stderr.
 pack_project() {
   local share=$1 node jq rsync
-  tar -cf "$share/repo.tar" bin dist node_modules package.json test/env/sandbox.sh bench/scale-pools.sh || { echo "could not pack the project" >&2; return 1; }
+  tar -cf "$share/repo.tar" bin dist node_modules package.json test/env/sandbox.sh test/system/*.sh bench/scale-pools.sh || { echo "could not pack the project" >&2; return 1; }
   mkdir -p "$share/tools/lib" "$share/results"
   node=$(command -v node) || { echo "no node on the host" >&2; return 1; }
   cp -L "$node" "$share/tools/node"

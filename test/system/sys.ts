@@ -1,0 +1,102 @@
+// Helpers of the system tests (test/system): they run in the openzfs-2.3 guest, where
+// systemd is PID 1 and the Debian package is installed (boot-prepare.sh). Anywhere else
+// they fail, naming what is missing: they are never skipped.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, appendFileSync, mkdirSync } from 'node:fs';
+import assert from 'node:assert/strict';
+
+export interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** runs a program (never a shell string); the result, whatever the exit code */
+export function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}): Run {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, timeout: opts.timeoutMs ?? 120_000 });
+  return { status: r.status, stdout: r.stdout ?? '', stderr: (r.stderr ?? '') + (r.error ? String(r.error) : '') };
+}
+
+/** runs and requires exit 0; the output */
+export function ok(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}): string {
+  const r = run(cmd, args, opts);
+  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: exit ${r.status}\n${r.stdout}\n${r.stderr}`);
+  return r.stdout;
+}
+
+export const RESULTS = process.env.OPENZFS_RESULTS_DIR ?? '/mnt/results';
+
+/** fails unless this is the trixie guest with systemd as PID 1 and the boot phase's results */
+export function requireGuest(): void {
+  const pid1 = existsSync('/proc/1/comm') ? readFileSync('/proc/1/comm', 'utf8').trim() : '?';
+  assert.equal(pid1, 'systemd', `the system tests need systemd as PID 1 (the openzfs-2.3 guest); PID 1 here is ${pid1}`);
+  assert.ok(existsSync(`${RESULTS}/boot.json`), `no ${RESULTS}/boot.json: the guest's boot phases (test/system/boot-prepare.sh, boot-measure.sh) did not run`);
+}
+
+/** a figure for the tier's summary (tier.sh prints results/figures.txt) */
+export function figure(line: string): void {
+  mkdirSync(RESULTS, { recursive: true });
+  appendFileSync(`${RESULTS}/figures.txt`, `${line}\n`);
+  process.stdout.write(`# ${line}\n`);
+}
+
+/** a unit's properties (systemctl show) */
+export function unitProps(unit: string, props: string[]): Record<string, string> {
+  const out = ok('systemctl', ['show', unit, ...props.flatMap((p) => ['-p', p])]);
+  const r: Record<string, string> = {};
+  for (const l of out.split('\n')) {
+    const i = l.indexOf('=');
+    if (i > 0) r[l.slice(0, i)] = l.slice(i + 1);
+  }
+  return r;
+}
+
+export interface JournalEntry {
+  MESSAGE?: string;
+  SYSLOG_IDENTIFIER?: string;
+  _SYSTEMD_UNIT?: string;
+  _PID?: string;
+  __MONOTONIC_TIMESTAMP?: string;
+  /** MESSAGE parsed, when it is a JSON object */
+  json?: Record<string, unknown>;
+}
+
+/** this boot's journal of a unit, each entry's MESSAGE parsed when it is JSON */
+export function journal(unit: string, since?: string): JournalEntry[] {
+  const args = ['-b', '-u', unit, '-o', 'json', '--no-pager'];
+  if (since) args.push('--since', since);
+  return ok('journalctl', args)
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => {
+      const e = JSON.parse(l) as JournalEntry;
+      try {
+        const m = JSON.parse(e.MESSAGE ?? '') as unknown;
+        if (m && typeof m === 'object') e.json = m as Record<string, unknown>;
+      } catch {
+        /* not JSON */
+      }
+      return e;
+    });
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms: number): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(250);
+  }
+}
+
+/** the project datasets of a pool mounted now, as the host's root mount namespace sees them */
+export function mountedUnder(prefix: string): string[] {
+  return readFileSync('/proc/1/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f[2] === 'zfs' && f[0]!.startsWith(prefix))
+    .map((f) => f[0]!);
+}
