@@ -17,7 +17,12 @@ version=$(node -p 'require("./package.json").version')
 arch=$(dpkg --print-architecture)
 [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+([~+.a-z0-9-]*)?$ ]] || { echo "package: package.json version '$version' is not a Debian version" >&2; exit 1; }
 echo "package: building storage-agent $version ($arch)" >&2
-npm run --silent build
+# PKG_SKIP_BUILD=1: dist/ was just built by the caller (the openzfs-2.3 tier)
+if [ "${PKG_SKIP_BUILD:-0}" = 1 ]; then
+  [ -f dist/src/agent/main.js ] || { echo "package: PKG_SKIP_BUILD=1 but dist/ is not built" >&2; exit 1; }
+else
+  npm run --silent build
+fi
 
 STAGE=$(mktemp -d /tmp/storage-agent-pkg.XXXXXX)
 trap 'rm -rf "$STAGE"' EXIT

@@ -26,11 +26,10 @@ jq -n --argjson line "${line:-null}" \
   --arg mounted "$mounted" \
   --arg datasets "$(zfs list -H -o name -r -t filesystem boot/projects | wc -l)" \
   --arg imported "$(zpool list -H -o name boot 2>/dev/null)" \
-  --arg analyze "$(systemd-analyze 2>/dev/null | head -1)" \
   '{ firstCycleMonotonicUs: ($line.__MONOTONIC_TIMESTAMP // null), firstCycle: (($line.MESSAGE // "null") | fromjson? // null),
      importStartUs: $importStart, importExitUs: $importExit, importResult: $importResult, zfsMountExitUs: $mountExit,
      agentStartUs: $agentStart, agentState: $agentState, projectsMounted: ($mounted | tonumber),
-     datasets: ($datasets | tonumber), pool: $imported, systemdAnalyze: $analyze }' >"$R/boot.json"
+     datasets: ($datasets | tonumber), pool: $imported }' >"$R/boot.json"
 ts "boot: $(jq -c '{firstCycleS: ((.firstCycleMonotonicUs // "0" | tonumber) / 1e6), importS: (((.importExitUs | tonumber) - (.importStartUs | tonumber)) / 1e6), projectsMounted, datasets}' "$R/boot.json")"
 journalctl -b -u storage-agent -o json >"$R/boot-journal.json"
 # the capability probe's inputs on this OpenZFS (test/fixtures/openzfs-2.3.*: the unit tests)

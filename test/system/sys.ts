@@ -92,6 +92,17 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | false |
   }
 }
 
+/**
+ * whether something is mounted at this path, as the host's root mount namespace (PID 1's)
+ * sees it: by path, not by dataset name (a fenced project is renamed into conflicts/, and a
+ * mount the fence did not remove stays there under the new name)
+ */
+export function mountedAt(path: string): boolean {
+  return readFileSync('/proc/1/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[1] === path);
+}
+
 /** the project datasets of a pool mounted now, as the host's root mount namespace sees them */
 export function mountedUnder(prefix: string): string[] {
   return readFileSync('/proc/1/mounts', 'utf8')

@@ -11,8 +11,9 @@ import { readFileSync, writeFileSync, mkdirSync, existsSync, readlinkSync, renam
 import { randomBytes, randomUUID } from 'node:crypto';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
+import { projectLockName } from '../../src/catalog/types.js';
 import { Zfs } from '../../src/zfs/index.js';
-import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, figure } from './sys.js';
+import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, mountedAt, figure } from './sys.js';
 
 const UNIT = 'storage-agent.service';
 const CONFIG = '/etc/storage-agent/config.yaml';
@@ -31,6 +32,13 @@ const mainPid = (): number => Number(unitProps(UNIT, ['MainPID']).MainPID);
 const count = (msg: string): number => journal(UNIT).filter((e) => e.json?.msg === msg).length;
 async function logged(msg: string, before: number, ms = 60_000): Promise<void> {
   await waitFor(`"${msg}" in the journal`, () => count(msg) > before, scaled(ms));
+}
+/** what a failover to boot-b writes: the project's lease, then its new location under that token */
+async function servedByB(id: string): Promise<void> {
+  const lock = await catalog.acquireLock(projectLockName(id), 'systemd-test', 60_000);
+  assert.ok(lock.ok, `the lease of ${id}: ${JSON.stringify(lock)}`);
+  await catalog.setLocation(id, 'boot-b', 'active', lock.token, null);
+  await catalog.releaseLock(projectLockName(id), 'systemd-test', lock.token);
 }
 function writeConfig(text: string): void {
   writeFileSync(`${CONFIG}.tmp`, text);
@@ -194,11 +202,10 @@ describe('the packaged agent under systemd (PID 1)', () => {
       assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'), 'the drop-in gives the agent a mount namespace');
       await zfs.mount(qds);
       const demoted = count('demoted: a project this host no longer serves was unmounted and kept aside') + count('fence check: demote failed');
-      const q = (await catalog.getProject(Q))!;
-      await catalog.setLocation(Q, 'boot-b', 'active', q.locationToken + 1, null);
+      await servedByB(Q);
       await waitFor('the agent to act on it', () => count('demoted: a project this host no longer serves was unmounted and kept aside') + count('fence check: demote failed') > demoted, scaled(60_000));
       const inAgent = readFileSync(`/proc/${pid}/mounts`, 'utf8').includes(` /srv/projects/${Q} `);
-      const onHost = mountedUnder(qds).length > 0;
+      const onHost = mountedAt(`/srv/projects/${Q}`);
       figure(`fence under a namespaced unit: unmounted in the agent's namespace ${!inAgent}, still mounted for the host ${onHost}`);
       assert.equal(onHost, true, 'the host still has it mounted: the namespaced unit cannot fence');
     } finally {
@@ -212,10 +219,9 @@ describe('the packaged agent under systemd (PID 1)', () => {
   it("a fence by the agent (its project now served elsewhere) unmounts it for the whole host", async () => {
     if (!mountedUnder(ds).length) await zfs.mount(ds);
     assert.deepEqual(mountedUnder(ds), [ds]);
-    const p = (await catalog.getProject(P))!;
     // a failover made boot-b the primary: boot-a's agent must stop serving it here
-    await catalog.setLocation(P, 'boot-b', 'active', p.locationToken + 1, null);
-    await waitFor('the fence to unmount the project as the host sees it', () => mountedUnder(ds).length === 0 || undefined, scaled(60_000));
-    assert.ok(!readFileSync('/proc/1/mounts', 'utf8').includes(` /srv/projects/${P} `));
+    await servedByB(P);
+    await waitFor('the fence to unmount the project as the host sees it', () => !mountedAt(`/srv/projects/${P}`), scaled(60_000));
+    assert.deepEqual(mountedUnder(ds), []);
   });
 });

@@ -54,6 +54,20 @@ describe('capability derivation', () => {
     assert.equal(c.snapshotsChanged, false, '2.1 has no snapshots_changed (2.2 added it)');
   });
 
+  it('OpenZFS 2.3 (Debian trixie, captured in the openzfs-2.3 guest): every path, snapshots_changed included', () => {
+    const c = deriveCapabilities({
+      versionOut: fixture('openzfs-2.3.version.txt'),
+      usage: fixture('openzfs-2.3.usage.txt'),
+      getUsage: fixture('openzfs-2.3.get-usage.txt'),
+      zpoolUsage: fixture('openzfs-2.3.zpool-usage.txt'),
+    });
+    assert.equal(c.implementation, 'openzfs');
+    assert.equal(c.version, 'zfs-2.3.9-0+deb13u1');
+    for (const k of ['listParsable', 'written', 'snapshotsChanged', 'recvNoMount', 'recvResumable', 'sendResume', 'recvPropertyOverride', 'sendCompressed', 'sendLargeBlocks', 'sendEmbedded', 'sendRaw', 'bookmarks', 'batchSnapshot', 'multiSet', 'destroySnapshotList', 'holdsList', 'importNoMount'] as const) {
+      assert.equal(c[k], true, k);
+    }
+  });
+
   it('OpenZFS >= 2.2: snapshots_changed is found in the property list', () => {
     const get = fixture('openzfs-2.1.get-usage.txt').replace(/^(\s*)written(\s.*)$/m, (line, sp: string) => `${line}\n${sp}snapshots_changed   NO       NO   <date>`);
     const c = deriveCapabilities({ versionOut: 'zfs-2.2.7-1\nzfs-kmod-2.2.7-1\n', usage: fixture('openzfs-2.1.usage.txt'), getUsage: get, zpoolUsage: fixture('openzfs-2.1.zpool-usage.txt') });
