@@ -103,6 +103,16 @@ export function mountedAt(path: string): boolean {
     .some((l) => l.split(' ')[1] === path);
 }
 
+/** the host's mount id of what is mounted at this path (the newest), or undefined */
+export function mountId(path: string): string | undefined {
+  const ids = readFileSync('/proc/1/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f[4] === path)
+    .map((f) => f[0]!);
+  return ids.at(-1);
+}
+
 /** the project datasets of a pool mounted now, as the host's root mount namespace sees them */
 export function mountedUnder(prefix: string): string[] {
   return readFileSync('/proc/1/mounts', 'utf8')

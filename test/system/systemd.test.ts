@@ -13,13 +13,17 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { projectLockName } from '../../src/catalog/types.js';
 import { Zfs } from '../../src/zfs/index.js';
-import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, mountedAt, figure } from './sys.js';
+import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, mountedAt, mountId, figure } from './sys.js';
 
 const UNIT = 'storage-agent.service';
 const CONFIG = '/etc/storage-agent/config.yaml';
 const CONFIG_B = '/etc/storage-agent/boot-b.yaml';
 const CATALOG = '/var/lib/storage-agent/catalog.db';
 const SCALE = Number(process.env.TEST_TIMEOUT_SCALE) || 1;
+const SELF_FENCE_AFTER_S = 8;
+const SELF_FENCED = 'self-fenced: no catalog contact for failover.selfFenceAfter; unmounted every project served here';
+const REMOUNTED = 'catalog reachable again: remounted the projects unmounted by self-fencing';
+const REMOUNT_FAILED = 'remount after the catalog came back failed';
 const scaled = (ms: number): number => ms * SCALE;
 const zfs = new Zfs();
 const P = randomUUID();
@@ -83,6 +87,8 @@ before(async () => {
   const doc = parseYaml(readFileSync(CONFIG, 'utf8')) as Record<string, unknown>;
   doc.interval = '2s';
   doc.ssh = { ...(doc.ssh as object), bandwidthLimit: 2_000_000 };
+  // a self-fence after 8 s without catalog contact (checked every second)
+  doc.failover = { mode: 'manual', selfFenceAfter: `${SELF_FENCE_AFTER_S}s`, fenceCheck: '1s', after: '30s' };
   goodConfig = stringifyYaml(doc);
 });
 
@@ -185,35 +191,62 @@ describe('the packaged agent under systemd (PID 1)', () => {
     assert.ok(restartMs >= 4000, `systemd waits RestartSec (5 s) before restarting: ${restartMs} ms`);
   });
 
-  // the checker below can fail: with the hardening that makes a mount namespace (the
-  // unit's ProtectSystem/PrivateTmp/ReadWritePaths before this test existed), the agent's
-  // fence unmounts the project in its own namespace only, and the host keeps it mounted
-  it('(the check can fail) under a unit with a mount namespace of its own, a fence leaves the host mounted', async () => {
+  // The agent's own mounts and unmounts must be the host's: a self-fence (the catalog out
+  // of reach longer than failover.selfFenceAfter) unmounts every project served here, and
+  // the fence check mounts them again once the catalog answers. A SIGSTOP longer than
+  // selfFenceAfter is such a silence (the watchdog fences at SIGCONT). Judged by the
+  // host's mount id of the project's path: a fence that reached the host unmounted it, so
+  // the remount is a new mount (new id); one that did not leaves the host's mount as it
+  // was (same id): readonly and the kills reach the host, the unmount does not.
+  async function selfFenceRound(project: string): Promise<{ before: string; after: string | undefined; how: string }> {
+    const path = `/srv/projects/${project}`;
+    const before = mountId(path);
+    assert.ok(before, `${path} is mounted before the round`);
+    const fenced = count(SELF_FENCED);
+    const back = count(REMOUNTED) + count(REMOUNT_FAILED);
+    const pid = mainPid();
+    process.kill(pid, 'SIGSTOP');
+    await sleep(SELF_FENCE_AFTER_S * 1000 + 4000);
+    process.kill(pid, 'SIGCONT');
+    await logged(SELF_FENCED, fenced);
+    await waitFor('the remount once the catalog answers', () => count(REMOUNTED) + count(REMOUNT_FAILED) > back, scaled(60_000));
+    return { before, after: mountId(path), how: count(REMOUNT_FAILED) > 0 ? 'remount failed' : 'remounted' };
+  }
+
+  it('(the check can fail) under a unit with a mount namespace of its own, a self-fence never reaches the host', async () => {
     const Q = randomUUID();
     const qds = `boot/projects/${Q}`;
     await zfs.create(qds, { canmount: 'noauto' });
     await catalog.createProject({ id: Q, primary: 'boot-a', replicationFactor: 0, quota: null });
     mkdirSync('/run/systemd/system/storage-agent.service.d', { recursive: true });
-    writeFileSync('/run/systemd/system/storage-agent.service.d/namespace.conf', '[Service]\nProtectSystem=full\nPrivateTmp=yes\nReadWritePaths=/var/lib/storage-agent /var/log/storage-agent\n');
+    // the hardening the unit had before this test: each of these makes a mount namespace
+    writeFileSync('/run/systemd/system/storage-agent.service.d/namespace.conf', '[Service]\nProtectSystem=full\nProtectHome=read-only\nPrivateTmp=yes\nReadWritePaths=/var/lib/storage-agent /var/log/storage-agent\n');
     try {
       ok('systemctl', ['daemon-reload']);
       ok('systemctl', ['restart', UNIT]);
       const pid = await waitFor('the agent under the namespaced unit', () => (unitProps(UNIT, ['ActiveState']).ActiveState === 'active' ? mainPid() : undefined), scaled(30_000));
       assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'), 'the drop-in gives the agent a mount namespace');
       await zfs.mount(qds);
-      const demoted = count('demoted: a project this host no longer serves was unmounted and kept aside') + count('fence check: demote failed');
-      await servedByB(Q);
-      await waitFor('the agent to act on it', () => count('demoted: a project this host no longer serves was unmounted and kept aside') + count('fence check: demote failed') > demoted, scaled(60_000));
-      const inAgent = readFileSync(`/proc/${pid}/mounts`, 'utf8').includes(` /srv/projects/${Q} `);
-      const onHost = mountedAt(`/srv/projects/${Q}`);
-      figure(`fence under a namespaced unit: unmounted in the agent's namespace ${!inAgent}, still mounted for the host ${onHost}`);
-      assert.equal(onHost, true, 'the host still has it mounted: the namespaced unit cannot fence');
+      await logged('cycle done', count('cycle done'), 30_000);
+      const r = await selfFenceRound(Q);
+      figure(`self-fence under a namespaced unit: the host's mount of the project ${r.after === r.before ? 'untouched (same mount id): never unmounted for the host (only readonly and the kills reached it)' : `changed (${r.before} -> ${r.after})`}; the agent ${r.how}`);
+      assert.equal(r.after, r.before, 'with a mount namespace of its own the self-fence does not reach the host');
     } finally {
       run('rm', ['-rf', '/run/systemd/system/storage-agent.service.d']);
       ok('systemctl', ['daemon-reload']);
       run('umount', [`/srv/projects/${Q}`]);
       ok('systemctl', ['restart', UNIT]);
     }
+  });
+
+  it('under the shipped unit, a self-fence unmounts for the whole host and the remount is the host\'s', async () => {
+    await waitFor('the agent', () => unitProps(UNIT, ['ActiveState']).ActiveState === 'active', scaled(30_000));
+    if (!mountedAt(`/srv/projects/${P}`)) await zfs.mount(ds);
+    await logged('cycle done', count('cycle done'), 30_000);
+    const r = await selfFenceRound(P);
+    figure(`self-fence under the shipped unit: host mount id ${r.before} -> ${r.after ?? 'none'} (unmounted, then ${r.how})`);
+    assert.equal(r.how, 'remounted');
+    assert.ok(r.after && r.after !== r.before, 'the host saw the unmount and the new mount');
   });
 
   it("a fence by the agent (its project now served elsewhere) unmounts it for the whole host", async () => {
