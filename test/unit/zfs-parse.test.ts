@@ -39,34 +39,25 @@ describe('capability derivation', () => {
     });
   });
 
-  it('OpenZFS 2.1: every modern path is taken', () => {
-    const c = deriveCapabilities({
-      versionOut: fixture('openzfs-2.1.version.txt'),
-      usage: fixture('openzfs-2.1.usage.txt'),
-      getUsage: fixture('openzfs-2.1.get-usage.txt'),
-      zpoolUsage: fixture('openzfs-2.1.zpool-usage.txt'),
+  // the probe's inputs as captured on each tested line (the openzfs-2.1 and -2.3 guests)
+  const MODERN = ['listParsable', 'written', 'recvNoMount', 'recvResumable', 'sendResume', 'recvPropertyOverride', 'sendCompressed', 'sendLargeBlocks', 'sendEmbedded', 'sendRaw', 'bookmarks', 'batchSnapshot', 'multiSet', 'destroySnapshotList', 'holdsList', 'importNoMount'] as const;
+  for (const [line, version, snapshotsChanged] of [
+    ['2.1', 'zfs-2.1.11-1', false], // 2.2 added snapshots_changed
+    ['2.3', 'zfs-2.3.9-0+deb13u1', true],
+  ] as const) {
+    it(`OpenZFS ${line}: every modern path is taken; snapshots_changed ${snapshotsChanged ? 'found' : 'absent'}`, () => {
+      const c = deriveCapabilities({
+        versionOut: fixture(`openzfs-${line}.version.txt`),
+        usage: fixture(`openzfs-${line}.usage.txt`),
+        getUsage: fixture(`openzfs-${line}.get-usage.txt`),
+        zpoolUsage: fixture(`openzfs-${line}.zpool-usage.txt`),
+      });
+      assert.equal(c.implementation, 'openzfs');
+      assert.equal(c.version, version);
+      for (const k of MODERN) assert.equal(c[k], true, k);
+      assert.equal(c.snapshotsChanged, snapshotsChanged);
     });
-    assert.equal(c.implementation, 'openzfs');
-    assert.equal(c.version, 'zfs-2.1.11-1');
-    for (const k of ['listParsable', 'written', 'recvNoMount', 'recvResumable', 'sendResume', 'recvPropertyOverride', 'sendCompressed', 'sendLargeBlocks', 'sendEmbedded', 'sendRaw', 'bookmarks', 'batchSnapshot', 'multiSet', 'destroySnapshotList', 'holdsList', 'importNoMount'] as const) {
-      assert.equal(c[k], true, k);
-    }
-    assert.equal(c.snapshotsChanged, false, '2.1 has no snapshots_changed (2.2 added it)');
-  });
-
-  it('OpenZFS 2.3 (Debian trixie, captured in the openzfs-2.3 guest): every path, snapshots_changed included', () => {
-    const c = deriveCapabilities({
-      versionOut: fixture('openzfs-2.3.version.txt'),
-      usage: fixture('openzfs-2.3.usage.txt'),
-      getUsage: fixture('openzfs-2.3.get-usage.txt'),
-      zpoolUsage: fixture('openzfs-2.3.zpool-usage.txt'),
-    });
-    assert.equal(c.implementation, 'openzfs');
-    assert.equal(c.version, 'zfs-2.3.9-0+deb13u1');
-    for (const k of ['listParsable', 'written', 'snapshotsChanged', 'recvNoMount', 'recvResumable', 'sendResume', 'recvPropertyOverride', 'sendCompressed', 'sendLargeBlocks', 'sendEmbedded', 'sendRaw', 'bookmarks', 'batchSnapshot', 'multiSet', 'destroySnapshotList', 'holdsList', 'importNoMount'] as const) {
-      assert.equal(c[k], true, k);
-    }
-  });
+  }
 
   it('OpenZFS >= 2.2: snapshots_changed is found in the property list', () => {
     const get = fixture('openzfs-2.1.get-usage.txt').replace(/^(\s*)written(\s.*)$/m, (line, sp: string) => `${line}\n${sp}snapshots_changed   NO       NO   <date>`);
