@@ -191,23 +191,24 @@ describe('the packaged agent under systemd (PID 1)', () => {
     assert.ok(restartMs >= 4000, `systemd waits RestartSec (5 s) before restarting: ${restartMs} ms`);
   });
 
-  // The agent's own mounts and unmounts must be the host's: a self-fence (the catalog out
-  // of reach longer than failover.selfFenceAfter) unmounts every project served here, and
-  // the fence check mounts them again once the catalog answers. A SIGSTOP longer than
-  // selfFenceAfter is such a silence (the watchdog fences at SIGCONT). Judged by the
-  // host's mount id of the project's path: a fence that reached the host unmounted it, so
-  // the remount is a new mount (new id); one that did not leaves the host's mount as it
-  // was (same id): readonly and the kills reach the host, the unmount does not.
+  // The agent's own mounts and unmounts must be the host's: a self-fence (no catalog
+  // contact for longer than failover.selfFenceAfter) unmounts every project served here,
+  // and the fence check mounts them again once the catalog answers. An agent started after
+  // such a silence fences before it opens its catalog (the last contact it recorded, in
+  // stateDir/catalog-contact): a stopped agent and a contact a minute old make one round,
+  // deterministically. Judged by the host's mount id of the project's path: a fence that
+  // reached the host unmounted it, so the remount is a new mount (a new id); one that did
+  // not leaves the host's mount as it was (the same id): readonly (a property) and the
+  // kills reach the host, the unmount does not.
   async function selfFenceRound(project: string): Promise<{ before: string; after: string | undefined; how: string }> {
     const path = `/srv/projects/${project}`;
     const before = mountId(path);
     assert.ok(before, `${path} is mounted before the round`);
+    ok('systemctl', ['stop', UNIT], { timeoutMs: 120_000 });
     const fenced = count(SELF_FENCED);
     const back = count(REMOUNTED) + count(REMOUNT_FAILED);
-    const pid = mainPid();
-    process.kill(pid, 'SIGSTOP');
-    await sleep(SELF_FENCE_AFTER_S * 1000 + 4000);
-    process.kill(pid, 'SIGCONT');
+    writeFileSync('/var/lib/storage-agent/catalog-contact', `${Date.now() - 60_000}\n`);
+    ok('systemctl', ['start', UNIT]);
     await logged(SELF_FENCED, fenced);
     await waitFor('the remount once the catalog answers', () => count(REMOUNTED) + count(REMOUNT_FAILED) > back, scaled(60_000));
     return { before, after: mountId(path), how: count(REMOUNT_FAILED) > 0 ? 'remount failed' : 'remounted' };
@@ -223,12 +224,10 @@ describe('the packaged agent under systemd (PID 1)', () => {
     writeFileSync('/run/systemd/system/storage-agent.service.d/namespace.conf', '[Service]\nProtectSystem=full\nProtectHome=read-only\nPrivateTmp=yes\nReadWritePaths=/var/lib/storage-agent /var/log/storage-agent\n');
     try {
       ok('systemctl', ['daemon-reload']);
-      ok('systemctl', ['restart', UNIT]);
-      const pid = await waitFor('the agent under the namespaced unit', () => (unitProps(UNIT, ['ActiveState']).ActiveState === 'active' ? mainPid() : undefined), scaled(30_000));
-      assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'), 'the drop-in gives the agent a mount namespace');
       await zfs.mount(qds);
-      await logged('cycle done', count('cycle done'), 30_000);
       const r = await selfFenceRound(Q);
+      const pid = mainPid();
+      assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'), 'the drop-in gave the agent a mount namespace');
       figure(`self-fence under a namespaced unit: the host's mount of the project ${r.after === r.before ? 'untouched (same mount id): never unmounted for the host (only readonly and the kills reached it)' : `changed (${r.before} -> ${r.after})`}; the agent ${r.how}`);
       assert.equal(r.after, r.before, 'with a mount namespace of its own the self-fence does not reach the host');
     } finally {
@@ -240,10 +239,14 @@ describe('the packaged agent under systemd (PID 1)', () => {
   });
 
   it('under the shipped unit, a self-fence unmounts for the whole host and the remount is the host\'s', async () => {
-    await waitFor('the agent', () => unitProps(UNIT, ['ActiveState']).ActiveState === 'active', scaled(30_000));
     if (!mountedAt(`/srv/projects/${P}`)) await zfs.mount(ds);
-    await logged('cycle done', count('cycle done'), 30_000);
     const r = await selfFenceRound(P);
+    assert.equal(readlinkSync(`/proc/${mainPid()}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'));
+    // (the round's remount message may be another project's: wait for this one's)
+    r.after = await waitFor('the project mounted again, as a new mount, for the host', () => {
+      const id = mountId(`/srv/projects/${P}`);
+      return id && id !== r.before ? id : undefined;
+    }, scaled(30_000));
     figure(`self-fence under the shipped unit: host mount id ${r.before} -> ${r.after ?? 'none'} (unmounted, then ${r.how})`);
     assert.equal(r.how, 'remounted');
     assert.ok(r.after && r.after !== r.before, 'the host saw the unmount and the new mount');
