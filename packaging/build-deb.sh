@@ -56,7 +56,8 @@ install -m 0644 packaging/examples/sudoers "$root/usr/share/doc/storage-agent/ex
 install -m 0644 deploy/prometheus/storage-alerts.yml "$root/usr/share/doc/storage-agent/examples/storage-alerts.yml"
 install -m 0644 README.md "$root/usr/share/doc/storage-agent/README.md"
 install -m 0644 packaging/debian/copyright "$root/usr/share/doc/storage-agent/copyright"
-node packaging/gen-docs.mjs "$lib" "$root/usr/share/man/man8" "$root/usr/share/bash-completion/completions/storagectl" "$version"
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)} \
+  node packaging/gen-docs.mjs "$lib" "$root/usr/share/man/man8" "$root/usr/share/bash-completion/completions/storagectl" "$version"
 gzip -9n "$root/usr/share/man/man8/"*.8
 
 size_kb=$(du -sk --exclude=DEBIAN "$root" | cut -f1)

@@ -46,7 +46,9 @@ function walk(path) {
 }
 
 const esc = (s) => s.replace(/\\/g, '\\e').replace(/^([.'])/gm, '\\&$1').replace(/-/g, '\\-');
-const date = new Date().toISOString().slice(0, 10);
+// reproducible: the date of the commit built (SOURCE_DATE_EPOCH, set by build-deb.sh), else today
+const epoch = Number(process.env.SOURCE_DATE_EPOCH);
+const date = new Date(Number.isFinite(epoch) && epoch > 0 ? epoch * 1000 : Date.now()).toISOString().slice(0, 10);
 
 function manPage(name, summary, body) {
   return `.TH ${name.toUpperCase()} 8 "${date}" "storage-agent ${version}" "System Administration"\n.SH NAME\n${name} \\- ${esc(summary)}\n${body}`;
