@@ -165,10 +165,17 @@ export class SelfFence {
     await this.ticking?.catch(() => undefined);
   }
 
-  /** Runs `tick` every `everyMs` until `stop` (the agent's watchdog). */
+  /**
+   * Runs `tick` now and then every `everyMs` until `stop` (the agent's watchdog). The first
+   * tick is at once: a process started after a silence longer than selfFenceAfter (its
+   * recorded contact) fences before its catalog opens, not after the first interval, by
+   * which time a fast catalog (SQLite) has answered and the fence would never happen.
+   */
   start(everyMs: number): void {
     this.stop();
-    this.timer = setInterval(() => void this.tick().catch((e: Error) => this.o.log.error({ err: e.message }, 'self-fence check failed')), everyMs);
+    const tick = (): void => void this.tick().catch((e: Error) => this.o.log.error({ err: e.message }, 'self-fence check failed'));
+    this.timer = setInterval(tick, everyMs);
+    tick();
   }
 
   stop(): void {

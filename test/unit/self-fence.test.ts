@@ -48,6 +48,19 @@ describe('self-fence watchdog', () => {
     assert.equal(restarted.isolatedNow(), true);
   });
 
+  it('started after a long silence, it fences at once, not after its first interval (a fast catalog would answer first)', async () => {
+    const f = `${dir}/c3`;
+    writeFileSync(f, '1000\n');
+    const w = new SelfFence({ zfs: { exists: async () => false } as unknown as Zfs, projectsRoot: 'p/projects', afterMs: () => 2000, stateFile: f, log: silentLogger(), now: () => 60_000, mounted: () => new Set(['p/projects/a']) });
+    w.start(3_600_000); // an interval that never comes in this test
+    try {
+      await w.settled();
+      assert.deepEqual([...w.fenced().keys()], ['a']);
+    } finally {
+      w.stop();
+    }
+  });
+
   it('a tick when isolated fences every mounted project; not isolated, none; ticks never overlap', async () => {
     let now = 0;
     const w = new SelfFence({ zfs: { exists: async () => false } as unknown as Zfs, projectsRoot: 'p/projects', afterMs: () => 2000, log: silentLogger(), now: () => now, mounted: () => new Set(['p/projects/a', 'p/projects/b']) });
