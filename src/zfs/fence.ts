@@ -88,8 +88,18 @@ export async function fenceDataset(zfs: Zfs, dataset: string, o: FenceOptions = 
       step(`${dataset}: readonly=on (new writes get EROFS)`);
     }
   } catch (e) {
-    r.readonly = 'failed';
-    r.problems.push(`readonly: ${(e as Error).message}`);
+    // OpenZFS 2.3 sets the property, then fails to remount a mount with writers read-only
+    // ("property may be set but unable to remount filesystem"; 2.1 remounted at once): the
+    // property holds for every later mount, and the writers are stopped and the mount
+    // removed below. Only a property that did not change is a failure.
+    const now = await zfs.get(dataset, ['readonly']).catch(() => undefined);
+    if (now?.readonly === 'on') {
+      r.readonly = 'set';
+      step(`${dataset}: readonly=on set; the busy mount kept writing until its writers are stopped (${(e as Error).message.split('\n')[0]})`);
+    } else {
+      r.readonly = 'failed';
+      r.problems.push(`readonly: ${(e as Error).message}`);
+    }
   }
   const attempts = UNMOUNT_ATTEMPTS;
   for (let attempt = 1; mnt !== undefined && attempt <= attempts; attempt++) {
