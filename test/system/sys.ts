@@ -1,8 +1,10 @@
 // Helpers of the system tests (test/system): they run in the openzfs-2.3 guest, where
 // systemd is PID 1 and the Debian package is installed (boot-prepare.sh). Anywhere else
 // they fail, naming what is missing: they are never skipped.
-import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, appendFileSync, mkdirSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, appendFileSync, mkdirSync, mkdtempSync, openSync, closeSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 
 export interface Run {
@@ -103,17 +105,27 @@ export function mountedAt(path: string): boolean {
     .some((l) => l.split(' ')[1] === path);
 }
 
-/** the host's mount id of what is mounted at this path (the newest), or undefined */
-export function mountId(path: string): string | undefined {
-  const ids = readFileSync('/proc/1/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' '))
-    .filter((f) => f[4] === path)
-    .map((f) => f[0]!);
-  return ids.at(-1);
+/**
+ * Watches the host's mount table for mounts and unmounts at one path (util-linux
+ * `findmnt --poll`, in this process's mount namespace: the host's). A mount id cannot tell
+ * a remount from an untouched mount: the kernel hands the lowest free id out again, so an
+ * unmount and a mount of the same path usually get the same id back.
+ */
+export function watchMounts(path: string): { events: () => string[]; stop: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'mount-watch-'));
+  const out = join(dir, 'events');
+  const fd = openSync(out, 'w');
+  const child = spawn('findmnt', ['-n', '-r', '-o', 'ACTION', '--poll=mount,umount', '--mountpoint', path], { stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  return {
+    events: () => readFileSync(out, 'utf8').split('\n').filter(Boolean),
+    stop: () => {
+      child.kill();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
-/** the project datasets of a pool mounted now, as the host's root mount namespace sees them */
 export function mountedUnder(prefix: string): string[] {
   return readFileSync('/proc/1/mounts', 'utf8')
     .split('\n')

@@ -13,7 +13,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { projectLockName } from '../../src/catalog/types.js';
 import { Zfs } from '../../src/zfs/index.js';
-import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, mountedAt, mountId, figure } from './sys.js';
+import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, mountedAt, watchMounts, figure } from './sys.js';
 
 const UNIT = 'storage-agent.service';
 const CONFIG = '/etc/storage-agent/config.yaml';
@@ -196,25 +196,31 @@ describe('the packaged agent under systemd (PID 1)', () => {
   // and the fence check mounts them again once the catalog answers. An agent started after
   // such a silence fences before it opens its catalog (the last contact it recorded, in
   // stateDir/catalog-contact): a stopped agent and a contact a minute old make one round,
-  // deterministically. Judged by the host's mount id of the project's path: a fence that
-  // reached the host unmounted it, so the remount is a new mount (a new id); one that did
-  // not leaves the host's mount as it was (the same id): readonly (a property) and the
-  // kills reach the host, the unmount does not.
-  async function selfFenceRound(project: string): Promise<{ before: string; after: string | undefined; how: string }> {
+  // deterministically. Judged by the host's mount table, watched during the round: a fence
+  // that reached the host shows there as an unmount and a mount of the project's path; one
+  // that did not shows nothing (readonly, a property, and the kills reach the host; the
+  // unmount does not). (Not by mount id: the kernel gives an unmounted path's id to its
+  // next mount, so an id cannot tell a remount from an untouched mount.)
+  async function selfFenceRound(project: string): Promise<{ events: () => string[]; how: string; stop: () => void }> {
     const path = `/srv/projects/${project}`;
-    const before = mountId(path);
-    assert.ok(before, `${path} is mounted before the round`);
-    ok('systemctl', ['stop', UNIT], { timeoutMs: 120_000 });
-    const fenced = count(SELF_FENCED);
-    const back = count(REMOUNTED) + count(REMOUNT_FAILED);
-    writeFileSync('/var/lib/storage-agent/catalog-contact', `${Date.now() - 60_000}\n`);
-    // the unit allows 5 starts in 10 min (StartLimitBurst, checked by the kill -9 test);
-    // these tests start it more often than that on purpose
-    ok('systemctl', ['reset-failed', UNIT]);
-    ok('systemctl', ['start', UNIT]);
-    await logged(SELF_FENCED, fenced);
-    await waitFor('the remount once the catalog answers', () => count(REMOUNTED) + count(REMOUNT_FAILED) > back, scaled(60_000));
-    return { before, after: mountId(path), how: count(REMOUNT_FAILED) > 0 ? 'remount failed' : 'remounted' };
+    assert.ok(mountedAt(path), `${path} is mounted before the round`);
+    const watch = watchMounts(path);
+    try {
+      ok('systemctl', ['stop', UNIT], { timeoutMs: 120_000 });
+      const fenced = count(SELF_FENCED);
+      const back = count(REMOUNTED) + count(REMOUNT_FAILED);
+      writeFileSync('/var/lib/storage-agent/catalog-contact', `${Date.now() - 60_000}\n`);
+      // the unit allows 5 starts in 10 min (StartLimitBurst, checked by the kill -9 test);
+      // these tests start it more often than that on purpose
+      ok('systemctl', ['reset-failed', UNIT]);
+      ok('systemctl', ['start', UNIT]);
+      await logged(SELF_FENCED, fenced);
+      await waitFor('the remount once the catalog answers', () => count(REMOUNTED) + count(REMOUNT_FAILED) > back, scaled(60_000));
+      return { events: watch.events, how: count(REMOUNT_FAILED) > 0 ? 'remount failed' : 'remounted', stop: watch.stop };
+    } catch (e) {
+      watch.stop();
+      throw e;
+    }
   }
 
   it('(the check can fail) under a unit with a mount namespace of its own, a self-fence never reaches the host', async () => {
@@ -229,10 +235,16 @@ describe('the packaged agent under systemd (PID 1)', () => {
       ok('systemctl', ['daemon-reload']);
       await zfs.mount(qds);
       const r = await selfFenceRound(Q);
-      const pid = mainPid();
-      assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'), 'the drop-in gave the agent a mount namespace');
-      figure(`self-fence under a namespaced unit: the host's mount of the project ${r.after === r.before ? 'untouched (same mount id): never unmounted for the host (only readonly and the kills reached it)' : `changed (${r.before} -> ${r.after})`}; the agent ${r.how}`);
-      assert.equal(r.after, r.before, 'with a mount namespace of its own the self-fence does not reach the host');
+      try {
+        const pid = mainPid();
+        assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'), 'the drop-in gave the agent a mount namespace');
+        await sleep(2000); // what the host saw, had it seen anything
+        const seen = r.events();
+        figure(`self-fence under a namespaced unit: the host's mount table at the project's path ${seen.length ? `changed (${seen.join(', ')})` : 'unchanged: never unmounted for the host (only readonly and the kills reached it)'}; the agent ${r.how}`);
+        assert.deepEqual(seen, [], 'with a mount namespace of its own the self-fence does not reach the host');
+      } finally {
+        r.stop();
+      }
     } finally {
       run('rm', ['-rf', '/run/systemd/system/storage-agent.service.d']);
       ok('systemctl', ['daemon-reload']);
@@ -245,15 +257,20 @@ describe('the packaged agent under systemd (PID 1)', () => {
   it('under the shipped unit, a self-fence unmounts for the whole host and the remount is the host\'s', async () => {
     if (!mountedAt(`/srv/projects/${P}`)) await zfs.mount(ds);
     const r = await selfFenceRound(P);
-    assert.equal(readlinkSync(`/proc/${mainPid()}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'));
-    // (the round's remount message may be another project's: wait for this one's)
-    r.after = await waitFor('the project mounted again, as a new mount, for the host', () => {
-      const id = mountId(`/srv/projects/${P}`);
-      return id && id !== r.before ? id : undefined;
-    }, scaled(30_000));
-    figure(`self-fence under the shipped unit: host mount id ${r.before} -> ${r.after ?? 'none'} (unmounted, then ${r.how})`);
-    assert.equal(r.how, 'remounted');
-    assert.ok(r.after && r.after !== r.before, 'the host saw the unmount and the new mount');
+    try {
+      assert.equal(readlinkSync(`/proc/${mainPid()}/ns/mnt`), readlinkSync('/proc/1/ns/mnt'));
+      // (the round's remount message may be another project's: wait for this one's)
+      const seen = await waitFor('the host to see the project unmounted and mounted again', () => {
+        const ev = r.events();
+        const off = ev.indexOf('umount');
+        return off >= 0 && ev.indexOf('mount', off) > off ? ev : undefined;
+      }, scaled(30_000));
+      figure(`self-fence under the shipped unit: the host's mount table at the project's path: ${seen.join(', ')} (${r.how})`);
+      assert.equal(r.how, 'remounted');
+      assert.ok(mountedAt(`/srv/projects/${P}`), 'mounted again for the host');
+    } finally {
+      r.stop();
+    }
   });
 
   it("a fence by the agent (its project now served elsewhere) unmounts it for the whole host", async () => {
