@@ -809,6 +809,9 @@ export class Agent {
     }
     this.state.putRemotes([{ project: d.project, target: d.target, view: null }], this.now());
     this.conflictsSeen.delete(`${d.project} ${d.target}`);
+    // what it sends next may be older than the replica kept aside: recorded anew (the
+    // catalog keeps the latest confirmation, not the newest snapshot)
+    this.recorded.delete(`${d.project} ${d.target}`);
     report.keptAside.push({ project: d.project, target: d.target, as });
     this.log.warn({ project: d.project, target: d.target, conflict: kind, keptAs: as }, `${d.target}'s replica diverged from this primary: kept aside there (nothing destroyed); it is sent whole next. ${d.plan.conflict.message}`);
     await this.catalog.addEvent({ project: d.project, host: d.target, kind: 'replica-kept-aside', detail: `${kind}: kept as ${as}; ${d.plan.conflict.message}` }).catch(() => undefined);

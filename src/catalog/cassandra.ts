@@ -19,7 +19,7 @@
 //   newest_snapshots (project)             recordNewest / listNewest (status: one paged read)
 //   host_generation  (host)                hostGeneration: one row per host, bumped after
 //                                          every change to a project the host serves
-//   replicas         ((project), host)     listReplicas, newest-wins CAS
+//   replicas         ((project), host)     listReplicas, latest-confirmation-wins CAS
 //   replicas_by_host ((host), project)     listReplicasByHost
 //   events_by_hour ((hour, shard), at, id), event_hours ((scope='all'), hour, shards)
 //                                          fleet-wide history in bounded partitions: one
@@ -108,7 +108,7 @@
 //    in, or if a process dies between them, the index is a superset of the truth; readers
 //    check each project row and delete stale entries at the row's location_ts (which can
 //    never shadow a newer entry).
-//  - Replicas: newest wins by snapshot_creation (an equal one replaces, as in SQLite),
+//  - Replicas: the latest confirmation wins (confirmed_at; an equal one replaces, as in SQLite),
 //    decided by a CAS on the authoritative replicas row (IF write_ts = the value read).
 //    The winner then writes the two mirrors (replicas_by_host and projects.replicas)
 //    USING TIMESTAMP write_ts, so the mirrors converge on the winner whatever the order of
@@ -317,8 +317,8 @@ function statements(ks: string) {
     'newest.list': { cql: `SELECT project, snapshot, guid, creation FROM ${ks}.newest_snapshots`, level: 'LOCAL_QUORUM' },
     'host_gen.get': { cql: `SELECT gen FROM ${ks}.host_generation WHERE host = ?`, level: 'QUORUM' },
 
-    'replicas.get': { cql: `SELECT snapshot_creation, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'LOCAL_QUORUM' },
-    'replicas.get_serial': { cql: `SELECT snapshot_creation, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'SERIAL_READ' },
+    'replicas.get': { cql: `SELECT snapshot_creation, confirmed_at, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'LOCAL_QUORUM' },
+    'replicas.get_serial': { cql: `SELECT snapshot_creation, confirmed_at, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'SERIAL_READ' },
     'replicas.insert': {
       cql: `INSERT INTO ${ks}.replicas (${REPLICA_COLS}, deleted, write_ts) VALUES (?, ?, ?, ?, ?, ?, false, ?) IF NOT EXISTS`,
       level: 'LOCAL_QUORUM',
@@ -1146,11 +1146,12 @@ export class CassandraCatalog implements Catalog {
 
   // ---- replicas ----
 
-  private async replicaState(project: string, host: string, serial: boolean): Promise<{ creation: number | null; deleted: boolean; writeTs: number } | undefined> {
+  private async replicaState(project: string, host: string, serial: boolean): Promise<{ confirmedAt: number | null; deleted: boolean; writeTs: number } | undefined> {
     const r = serial ? await this.serialRead('replicas.get_serial', [project, host]) : (await this.exec('replicas.get', [project, host])).first();
     if (!r) return undefined;
     const where = 'replicas row';
-    return { creation: colOptNum(r, 'snapshot_creation', where), deleted: r['deleted'] === true, writeTs: colNum(r, 'write_ts', where) };
+    const at = r['confirmed_at'] as Date | null | undefined;
+    return { confirmedAt: at ? at.getTime() : null, deleted: r['deleted'] === true, writeTs: colNum(r, 'write_ts', where) };
   }
 
   async upsertReplica(r: ReplicaRecord): Promise<void> {
@@ -1159,7 +1160,8 @@ export class CassandraCatalog implements Catalog {
     if (!Number.isFinite(r.confirmedAt)) throw new v.ValidationError('confirmation time', 'upsertReplica', 'must be ms since the epoch', String(r.confirmedAt));
     let cur = await this.replicaState(r.project, r.host, false);
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      if (cur && !cur.deleted && cur.creation !== null && cur.creation > r.snapshotCreation) return; // older: ignored
+      // the latest confirmation wins (a replay keeps its own time): older is ignored
+      if (cur && !cur.deleted && cur.confirmedAt !== null && cur.confirmedAt > r.confirmedAt) return;
       const ts = this.nextTs(cur?.writeTs ?? null);
       let applied: boolean;
       try {

@@ -3,8 +3,9 @@
 // own projects (trust-model.md), so each host repairs its own: run it on every host (or
 // let the agents' rolling audit do it). Each host is asked with the same scoped
 // `storage-v1 list` the agents use; for every replica found, the newest snapshot (by
-// createtxg) becomes the replica row (guid, name, creation). Rows are upserted
-// newest-wins, so running it while agents run is safe; a replica found on a host missing
+// createtxg) becomes the replica row (guid, name, creation). Rows are upserted as a
+// confirmation at the time of the listing (the latest wins), so running it while agents
+// run is safe; a replica found on a host missing
 // from the project's targets is added to them. Nothing on any host is changed.
 import type { Catalog, HostRecord } from './types.js';
 import type { SshPool } from '../replica/transport.js';

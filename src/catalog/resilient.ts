@@ -3,8 +3,8 @@
 //  - reads answer from the last successful result of the same query;
 //  - freshness writes (replica rows, heartbeats, events, placement, host registration)
 //    are journaled in a local SQLite file and replayed in order when the catalog answers
-//    again. Replica rows are newest-wins, so a replay is idempotent and cannot move a
-//    replica backwards;
+//    again. Replica rows are latest-confirmation-wins and a replay keeps the time of its
+//    confirmation, so a replay is idempotent and never overwrites a later listing;
 //  - what must never happen from a stale view is NOT journaled and fails: location
 //    changes (fencing), locks, project creation, replica deletion. getLock (a fencing
 //    check) is passed straight through too: never answered from the cache.

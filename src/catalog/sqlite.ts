@@ -381,7 +381,7 @@ export class SqliteCatalog implements Catalog {
           `INSERT INTO replicas (project, host, snapshot, guid, snapshot_creation, confirmed_at) VALUES (?, ?, ?, ?, ?, ?)
            ON CONFLICT(project, host) DO UPDATE SET snapshot = excluded.snapshot, guid = excluded.guid,
              snapshot_creation = excluded.snapshot_creation, confirmed_at = excluded.confirmed_at
-           WHERE excluded.snapshot_creation >= replicas.snapshot_creation`,
+           WHERE excluded.confirmed_at >= replicas.confirmed_at`,
         )
         .run(r.project, r.host, r.snapshot, r.guid, r.snapshotCreation, r.confirmedAt);
     });

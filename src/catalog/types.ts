@@ -346,7 +346,11 @@ export interface Catalog {
   requestCancel(project: string, id: string): Promise<void>;
   getProgress(project: string): Promise<ProgressRow>;
 
-  /** Newest wins: a row older (by snapshotCreation) than the stored one is ignored. */
+  /**
+   * The latest confirmation wins: a row confirmed earlier (confirmedAt) than the stored one
+   * is ignored (a journal replayed late never overwrites a later listing). The snapshot may
+   * be older than the stored one: a diverged replica kept aside and sent again is.
+   */
   upsertReplica(r: ReplicaRecord): Promise<void>;
   listReplicas(project: string): Promise<ReplicaRecord[]>;
   listReplicasByHost(host: string): Promise<ReplicaRecord[]>;

@@ -292,20 +292,24 @@ export function catalogContract(name: string, make: () => Promise<Catalog>, clea
       assert.equal((await cat.listNewest()).get(id)?.guid, '456', 'a refused write changes nothing');
     });
 
-    it('replicas: newest wins by snapshotCreation (older ignored, equal or newer replace); both views agree', async () => {
+    it('replicas: the latest confirmation wins (an earlier confirmedAt is ignored, equal or later replace), whatever the snapshot\'s age; both views agree', async () => {
       const id = await newProjectOn(newHost());
       const h = newHost();
       await cat.upsertReplica(replica(id, h, 1000));
+      // a replay of an earlier confirmation (a journal flushed late): ignored
       await cat.upsertReplica(replica(id, h, 900, { snapshot: 'older', guid: '1' }));
+      await cat.upsertReplica(replica(id, h, 2000, { confirmedAt: 1_700_000_000_000 + 999 }));
       assert.deepEqual(await cat.listReplicas(id), [replica(id, h, 1000)]);
       // the same snapshot confirmed again: replaces (a fresher confirmedAt)
       await cat.upsertReplica(replica(id, h, 1000, { confirmedAt: 1_800_000_000_000 }));
       assert.deepEqual(await cat.listReplicas(id), [replica(id, h, 1000, { confirmedAt: 1_800_000_000_000 })]);
-      await cat.upsertReplica(replica(id, h, 2000));
-      assert.deepEqual(await cat.listReplicas(id), [replica(id, h, 2000)]);
-      await cat.upsertReplica(replica(id, h, 1500));
-      assert.deepEqual(await cat.listReplicas(id), [replica(id, h, 2000)]);
-      assert.deepEqual(await cat.listReplicasByHost(h), [replica(id, h, 2000)]);
+      await cat.upsertReplica(replica(id, h, 2000, { confirmedAt: 1_800_000_000_001 }));
+      assert.deepEqual(await cat.listReplicas(id), [replica(id, h, 2000, { confirmedAt: 1_800_000_000_001 })]);
+      // an older snapshot confirmed later: the replica went back (a diverged replica kept
+      // aside and sent again from a primary that never had the newer one): it is the truth
+      await cat.upsertReplica(replica(id, h, 1500, { confirmedAt: 1_800_000_000_002 }));
+      assert.deepEqual(await cat.listReplicas(id), [replica(id, h, 1500, { confirmedAt: 1_800_000_000_002 })]);
+      assert.deepEqual(await cat.listReplicasByHost(h), [replica(id, h, 1500, { confirmedAt: 1_800_000_000_002 })]);
     });
 
     it('replicas: listReplicas by project, listReplicasByHost by host, deleteReplica removes from both', async () => {

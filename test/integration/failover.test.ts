@@ -90,6 +90,64 @@ describe('failover', () => {
     assert.ok((await fleet.catalog.listEvents({ project: p.id })).some((e) => e.kind === 'demoted'));
   });
 
+  // The catalog's replica row is the latest confirmation, not the newest snapshot ever
+  // confirmed: here a replica goes back to an older snapshot, legitimately. Found by the
+  // chaos tier (seed 20261202): the rows kept naming the replicas kept aside for good.
+  // Catalog logic over any zfs: zfs-fuse only (the VM tier's time budget).
+  if (sb.zfs !== 'kernel') it("a failover to the staler replica: the fresher one is kept aside and sent again, and the catalog's row follows it back", async () => {
+    const C = host(sb, 'c');
+    const beat = async () => {
+      for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
+    };
+    const p = await createProject(fleet, A, { files: { 'one.txt': 'one' } });
+    await beat();
+    assert.deepEqual((await fleet.agents.get('a')!.runCycle()).failures, []);
+    // c falls behind: a's next snapshot (a second later: a newer creation) reaches b only
+    // (zfs-fuse: the file watch on a project starts after the cycle that found it mounted)
+    await new Promise((res) => setTimeout(res, 1500));
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(`${p.mnt}/two.txt`, 'two');
+    await new Promise((res) => setTimeout(res, 1500)); // file-watch events are asynchronous
+    // (the route to c's sshd refused for that one cycle of a's agent, which runs in this
+    // process, and its kept-alive connections closed: the send to c fails at once, no
+    // timeout to wait for)
+    const route = (op: 'add' | 'del') => spawnSync('ip', ['route', op, 'prohibit', `${C.address}/32`], { encoding: 'utf8' });
+    assert.equal(route('add').status, 0);
+    try {
+      fleet.agents.get('a')!.ssh.closeAll();
+      await beat();
+      const r2 = await fleet.agents.get('a')!.runCycle();
+      assert.deepEqual(r2.sends.map((x) => x.target), ['b'], JSON.stringify(r2.failures));
+    } finally {
+      route('del');
+    }
+    const row = async (h: string) => (await fleet.catalog.listReplicas(p.id)).find((r) => r.host === h);
+    const [b0, c0] = [await row('b'), await row('c')];
+    assert.ok(b0 && c0 && b0.snapshotCreation > c0.snapshotCreation, `b ahead of c: ${JSON.stringify([b0, c0])}`);
+    // the operator fails over to c, the staler: b's replica is ahead of its new primary
+    await beat();
+    const t0 = Date.now();
+    const r = await failover(fleet.catalog, ssh, p.id, { to: 'c', owner: leaseOwner('test', 'a'), graceMs: scaled(60_000) }); // (the operator's SSH acts as a)
+    process.stdout.write(`# failover to the staler replica: ${Date.now() - t0} ms, old primary ${r.oldPrimaryFenced} after ${r.fenceWaitMs} ms\n`);
+    assert.equal(r.to, 'c');
+    const cNewest = async () => {
+      const ds = `${C.pool}/projects/${p.id}`;
+      return (await fleet.zfs.list(ds)).get(ds)!.snapshots.at(-1)!;
+    };
+    const bDs = `${host(sb, 'b').pool}/replicas/${p.id}`;
+    const bNewest = async () => ((await fleet.zfs.exists(bDs)) ? (await fleet.zfs.list(bDs)).get(bDs)?.snapshots.at(-1) : undefined);
+    // c's cycles: b's replica kept aside (nothing destroyed), then sent whole
+    for (let i = 0; i < 4 && (await bNewest())?.guid !== (await cNewest()).guid; i++) {
+      await beat();
+      await fleet.agents.get('c')!.runCycle();
+    }
+    const src = await cNewest();
+    assert.equal(src.guid, c0.guid, 'c serves the snapshot it had (unchanged since)');
+    assert.equal((await bNewest())?.guid, src.guid, "b holds c's newest");
+    const b1 = await row('b');
+    assert.equal(b1?.guid, src.guid, `the catalog's row for b names what b holds (${src.snap}, guid ${src.guid}), not the replica kept aside (guid ${b0.guid}): it names guid ${b1?.guid}`);
+  });
+
   // the catalog's lock, the same on every zfs: zfs-fuse only (the VM tier's time budget)
   if (sb.zfs !== 'kernel') it('20 concurrent failovers of one project: exactly one proceeds, the others fail with "locked by <owner>"', async () => {
     const p = await createProject(fleet, A, { files: { f: 'x' } });

@@ -56,9 +56,10 @@ describe('resilient catalog (outage journal)', () => {
     assert.deepEqual(replicas.map((r) => [r.host, r.snapshot, r.guid]), [['b', 's2', '2']]);
     assert.equal((await real.getHost('a'))!.load, 3);
     assert.equal((await real.listEvents({ project: id })).length, 1);
-    // a replayed older row cannot move a replica backwards (newest wins)
-    await real.upsertReplica({ project: id, host: 'b', snapshot: 's1', guid: '1', snapshotCreation: 100, confirmedAt: 9 });
-    assert.equal((await real.listReplicas(id))[0]!.guid, '2');
+    // a replay of an earlier confirmation cannot overwrite a later one (the latest wins)
+    await real.upsertReplica({ project: id, host: 'b', snapshot: 's3', guid: '3', snapshotCreation: 300, confirmedAt: 9 });
+    await real.upsertReplica({ project: id, host: 'b', snapshot: 's2', guid: '2', snapshotCreation: 200, confirmedAt: 2 });
+    assert.equal((await real.listReplicas(id))[0]!.guid, '3');
     await rc.close();
   });
 });
