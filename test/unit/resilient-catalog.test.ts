@@ -1,5 +1,5 @@
 // The outage journal: reads fall back to the last view, freshness writes are journaled
-// and replayed in order (newest wins), fencing-sensitive writes fail. The backing store
+// and replayed in order (the latest confirmation wins), fencing-sensitive writes fail. The backing store
 // is a real SqliteCatalog behind a switch that makes every call fail while "down".
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
