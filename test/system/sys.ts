@@ -84,6 +84,27 @@ export function journal(unit: string, since?: string): JournalEntry[] {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** what the guest is doing, for a failure message: processes (with their wait channel), the unit's last log lines */
+export function diagnostics(unit: string): string {
+  const ps = run('ps', ['-eo', 'pid,ppid,stat,wchan:24,etime,args', '--sort=start_time'], { timeoutMs: 10_000 });
+  const interesting = ps.stdout.split('\n').filter((l, i) => i === 0 || /zfs|storage|sshd|node|ssh /.test(l));
+  const log = run('journalctl', ['-b', '-u', unit, '-n', '40', '-o', 'cat', '--no-pager'], { timeoutMs: 10_000 });
+  return `processes:\n${interesting.join('\n')}\n${unit}, last lines:\n${log.stdout}`;
+}
+
+/** a step that must end within `ms`: a hang becomes a failure that shows what the guest was doing */
+export async function within<T>(what: string, ms: number, p: Promise<T>, unit: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms\n${diagnostics(unit)}`)), ms);
+  });
+  try {
+    return await Promise.race([p, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms: number): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {

@@ -13,7 +13,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { SqliteCatalog } from '../../src/catalog/sqlite.js';
 import { projectLockName } from '../../src/catalog/types.js';
 import { Zfs } from '../../src/zfs/index.js';
-import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, mountedAt, watchMounts, figure } from './sys.js';
+import { requireGuest, ok, run, unitProps, journal, waitFor, sleep, mountedUnder, mountedAt, watchMounts, figure, within, diagnostics } from './sys.js';
 
 const UNIT = 'storage-agent.service';
 const CONFIG = '/etc/storage-agent/config.yaml';
@@ -163,11 +163,12 @@ describe('the packaged agent under systemd (PID 1)', () => {
     figure(`systemctl stop during a 24 MiB transfer at 2 MB/s: ${stopMs} ms, ${how}`);
     // the replica is at a confirmed snapshot: the new one (drained) or the previous one
     // (aborted), never a partial receive
-    const confirmed = (await catalog.listReplicas(P))[0]!.guid;
-    const dst = (await zfs.list(rds)).get(rds)!.snapshots;
-    assert.equal(dst.at(-1)!.guid, confirmed, 'the replica ends at its confirmed snapshot');
+    const step = <T>(what: string, p: Promise<T>): Promise<T> => within(what, scaled(30_000), p, UNIT);
+    const confirmed = (await step('the catalog\'s replica row', catalog.listReplicas(P)))[0]!.guid;
+    const dst = (await step(`zfs list ${rds}`, zfs.list(rds))).get(rds)!.snapshots;
+    assert.equal(dst.at(-1)!.guid, confirmed, `the replica ends at its confirmed snapshot\n${diagnostics(UNIT)}`);
     assert.ok(dst.some((s) => s.guid === first.guid));
-    assert.equal((await zfs.get(rds, ['receive_resume_token'])).receive_resume_token ?? '-', '-');
+    assert.equal((await step(`zfs get receive_resume_token ${rds}`, zfs.get(rds, ['receive_resume_token']))).receive_resume_token ?? '-', '-');
     ok('systemctl', ['start', UNIT]);
   });
 

@@ -43,7 +43,7 @@ bash "$HERE/build.sh" || fail "the VM image could not be built: see the BUILD FA
 t_built=$(now)
 
 SHARE=$(mktemp -d /var/tmp/openzfs-tier.XXXXXX)
-cleanup() { [ -n "${tail_pid:-}" ] && kill "$tail_pid" 2>/dev/null; [ "${OPENZFS_TIER_KEEP:-0}" = 1 ] || rm -rf "$SHARE/repo.tar" "$SHARE/tools"; }
+cleanup() { [ -n "${tail_pid:-}" ] && kill "$tail_pid" 2>/dev/null; [ -n "${started_pid:-}" ] && kill "$started_pid" 2>/dev/null; [ "${OPENZFS_TIER_KEEP:-0}" = 1 ] || rm -rf "$SHARE/repo.tar" "$SHARE/tools"; }
 trap cleanup EXIT
 echo "$TIER tier: packing the built project into $SHARE"
 . "$HERE/pack.sh"
@@ -66,12 +66,19 @@ echo "$TIER tier: booting the $OPENZFS_VM_RELEASE guest (qemu TCG, ${OPENZFS_VM_
 : > "$SHARE/output.log"
 tail -n +1 -F "$SHARE/output.log" 2>/dev/null | sed -u 's/^/  [guest] /' &
 tail_pid=$!
+# OPENZFS_TIER_TESTS_STARTED=FILE: created when the guest starts the tier's tests (after
+# its boot phases), so that run-all.sh can start the other VM tier beside the tests
+if [ -n "${OPENZFS_TIER_TESTS_STARTED:-}" ]; then
+  ( until grep -qE "\] running $TIER(=|\$)" "$SHARE/output.log" 2>/dev/null; do sleep 5; done; : > "$OPENZFS_TIER_TESTS_STARTED" ) &
+  started_pid=$!
+fi
 t_boot=$(now)
 OPENZFS_VM_TIMEOUT=${OPENZFS_TIER_TIMEOUT:-3600} OPENZFS_VM_MEM=${OPENZFS_VM_MEM:-6144} \
   bash "$HERE/run.sh" "$HERE/tier-guest.sh" "$SHARE"
 rc=$?
 t_end=$(now)
 sleep 1; kill "$tail_pid" 2>/dev/null; pkill -P "$tail_pid" 2>/dev/null; tail_pid=""
+[ -n "${started_pid:-}" ] && kill "$started_pid" 2>/dev/null
 echo "$TIER tier: image step $((t_built - t_start)) s, VM $((t_end - t_boot)) s (guest: $(cat "$SHARE/init.log" 2>/dev/null)); results in $SHARE"
 [ -f "$SHARE/results/figures.txt" ] && sed "s/^/$TIER tier: /" "$SHARE/results/figures.txt"
 line=$(grep -E "^tier $TIER: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped" "$SHARE/output.log" | tail -n 1)
