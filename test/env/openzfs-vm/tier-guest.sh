@@ -36,8 +36,13 @@ if [ -n "${OPENZFS_TIER_DIRS:-}" ]; then
   tier="$TIER_NAME=$(printf '%s' "$OPENZFS_TIER_DIRS" | sed 's#[^,][^,]*#dist/test/&#g')"
 fi
 ts "running $tier"
+# what the guest is doing, once a minute, for a run that hangs (readable from the host
+# while it runs: results/ps.txt, each process with the kernel function it waits in)
+( while sleep 60; do ps -eo pid,ppid,stat,wchan:32,etime,args --sort=start_time > /mnt/results/ps.tmp 2>&1 && mv /mnt/results/ps.tmp /mnt/results/ps.txt; done ) &
+ps_pid=$!
 nsenter --net=/run/netns/stt-ctl node dist/test/run.js "$tier"
 rc=$?
+kill "$ps_pid" 2>/dev/null
 set -e
 ts "tier done (exit $rc)"
 bash test/env/sandbox.sh down --name stt || true
