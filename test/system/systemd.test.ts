@@ -141,15 +141,20 @@ describe('the packaged agent under systemd (PID 1)', () => {
     assert.ok(src.some((s) => s.guid === r.guid) && dst.at(-1)!.guid === r.guid);
   });
 
-  it('stop during a transfer: systemd waits while the agent drains or aborts it; the replica is consistent', async () => {
+  // The drain: a transfer under way when systemd stops the unit finishes within the
+  // agent's grace period (20 s). The abort past the grace period is agent-process.test.ts
+  // on zfs-fuse (--shutdown-grace 1). Here the transfer is sized to finish within the grace
+  // even with the guest slowed by the other VM beside it: on this 2.3 guest an aborted
+  // transfer was followed by a hang of the whole guest's userland (open: session 12 note).
+  it('stop during a transfer: systemd waits while the agent drains it; the replica is consistent', async () => {
     const first = (await catalog.listReplicas(P))[0]!;
     const pid = mainPid();
     // no cycle may snapshot a half-written file
     process.kill(pid, 'SIGSTOP');
-    writeFileSync(`/srv/projects/${P}/big.bin`, randomBytes(24 * 2 ** 20));
+    writeFileSync(`/srv/projects/${P}/big.bin`, randomBytes(12 * 2 ** 20));
     process.kill(pid, 'SIGCONT');
-    await waitFor('a snapshot with the big file', async () => (await zfs.list(ds)).get(ds)!.snapshots.find((s) => s.referenced >= 24 * 2 ** 20), scaled(60_000));
-    await sleep(2500); // 24 MiB at 2 MB/s: under way
+    await waitFor('a snapshot with the big file', async () => (await zfs.list(ds)).get(ds)!.snapshots.find((s) => s.referenced >= 12 * 2 ** 20), scaled(60_000));
+    await sleep(2500); // 12 MiB at 2 MB/s (6 s): under way
     const t0 = Date.now();
     ok('systemctl', ['stop', UNIT], { timeoutMs: 120_000 });
     const stopMs = Date.now() - t0;
@@ -160,13 +165,14 @@ describe('the packaged agent under systemd (PID 1)', () => {
     assert.ok(run('pgrep', ['-f', `zfs (send|receive|recv).*${P}`]).status !== 0, 'no transfer process outlives the unit');
     const msgs = journal(UNIT).map((e) => e.json?.msg);
     const how = msgs.includes('grace period over: aborting running transfers') ? 'aborted after the grace period' : 'drained within the grace period';
-    figure(`systemctl stop during a 24 MiB transfer at 2 MB/s: ${stopMs} ms, ${how}`);
+    figure(`systemctl stop during a 12 MiB transfer at 2 MB/s: ${stopMs} ms, ${how}`);
+    if (how !== 'drained within the grace period') assert.fail(`the transfer outlived the grace period (${stopMs} ms)\n${diagnostics(UNIT)}`);
     // the replica is at a confirmed snapshot: the new one (drained) or the previous one
     // (aborted), never a partial receive
     const step = <T>(what: string, p: Promise<T>): Promise<T> => within(what, scaled(30_000), p, UNIT);
     const confirmed = (await step('the catalog\'s replica row', catalog.listReplicas(P)))[0]!.guid;
     const dst = (await step(`zfs list ${rds}`, zfs.list(rds))).get(rds)!.snapshots;
-    assert.equal(dst.at(-1)!.guid, confirmed, `the replica ends at its confirmed snapshot\n${diagnostics(UNIT)}`);
+    if (dst.at(-1)!.guid !== confirmed) assert.fail(`the replica ends at its confirmed snapshot ${confirmed}, not ${dst.at(-1)!.guid}\n${diagnostics(UNIT)}`);
     assert.ok(dst.some((s) => s.guid === first.guid));
     assert.equal((await step(`zfs get receive_resume_token ${rds}`, zfs.get(rds, ['receive_resume_token']))).receive_resume_token ?? '-', '-');
     ok('systemctl', ['start', UNIT]);
