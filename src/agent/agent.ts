@@ -452,7 +452,7 @@ export class Agent {
       for (const t of targets) {
         if (!p || !p.targets.includes(t)) {
           this.metrics?.forgetPair(id, t);
-          this.conflictsSeen.delete(`${id} ${t}`);
+          this.forgetPair(id, t);
         }
       }
     }
@@ -808,10 +808,7 @@ export class Agent {
       /* kept aside (exit 0); only its name is unknown */
     }
     this.state.putRemotes([{ project: d.project, target: d.target, view: null }], this.now());
-    this.conflictsSeen.delete(`${d.project} ${d.target}`);
-    // what it sends next may be older than the replica kept aside: recorded anew (the
-    // catalog keeps the latest confirmation, not the newest snapshot)
-    this.recorded.delete(`${d.project} ${d.target}`);
+    this.forgetPair(d.project, d.target);
     report.keptAside.push({ project: d.project, target: d.target, as });
     this.log.warn({ project: d.project, target: d.target, conflict: kind, keptAs: as }, `${d.target}'s replica diverged from this primary: kept aside there (nothing destroyed); it is sent whole next. ${d.plan.conflict.message}`);
     await this.catalog.addEvent({ project: d.project, host: d.target, kind: 'replica-kept-aside', detail: `${kind}: kept as ${as}; ${d.plan.conflict.message}` }).catch(() => undefined);
@@ -879,6 +876,17 @@ export class Agent {
 
   /** "project target" -> guid this agent last recorded in the catalog */
   private readonly recorded = new Map<string, string>();
+
+  /**
+   * Drops what this agent remembers of a pair: the conflict it saw and the guid it last
+   * recorded. For a pair it no longer serves, and for a replica kept aside: what is sent
+   * next may be older than what was recorded (the catalog keeps the latest confirmation,
+   * not the newest snapshot), so it is recorded anew.
+   */
+  private forgetPair(project: string, target: string): void {
+    this.conflictsSeen.delete(`${project} ${target}`);
+    this.recorded.delete(`${project} ${target}`);
+  }
 
   /** Records a replica in the catalog, only when what it holds changed (an idle cycle writes nothing). */
   private async confirm(project: string, host: string, at: SnapRef, report: CycleReport): Promise<void> {
