@@ -317,8 +317,8 @@ function statements(ks: string) {
     'newest.list': { cql: `SELECT project, snapshot, guid, creation FROM ${ks}.newest_snapshots`, level: 'LOCAL_QUORUM' },
     'host_gen.get': { cql: `SELECT gen FROM ${ks}.host_generation WHERE host = ?`, level: 'QUORUM' },
 
-    'replicas.get': { cql: `SELECT snapshot_creation, confirmed_at, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'LOCAL_QUORUM' },
-    'replicas.get_serial': { cql: `SELECT snapshot_creation, confirmed_at, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'SERIAL_READ' },
+    'replicas.get': { cql: `SELECT confirmed_at, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'LOCAL_QUORUM' },
+    'replicas.get_serial': { cql: `SELECT confirmed_at, deleted, write_ts FROM ${ks}.replicas WHERE project = ? AND host = ?`, level: 'SERIAL_READ' },
     'replicas.insert': {
       cql: `INSERT INTO ${ks}.replicas (${REPLICA_COLS}, deleted, write_ts) VALUES (?, ?, ?, ?, ?, ?, false, ?) IF NOT EXISTS`,
       level: 'LOCAL_QUORUM',
@@ -1150,8 +1150,7 @@ export class CassandraCatalog implements Catalog {
     const r = serial ? await this.serialRead('replicas.get_serial', [project, host]) : (await this.exec('replicas.get', [project, host])).first();
     if (!r) return undefined;
     const where = 'replicas row';
-    const at = r['confirmed_at'] as Date | null | undefined;
-    return { confirmedAt: at ? at.getTime() : null, deleted: r['deleted'] === true, writeTs: colNum(r, 'write_ts', where) };
+    return { confirmedAt: colOptDate(r, 'confirmed_at', where), deleted: r['deleted'] === true, writeTs: colNum(r, 'write_ts', where) };
   }
 
   async upsertReplica(r: ReplicaRecord): Promise<void> {
