@@ -78,7 +78,6 @@ OPENZFS_VM_TIMEOUT=${OPENZFS_TIER_TIMEOUT:-3600} OPENZFS_VM_MEM=${OPENZFS_VM_MEM
 rc=$?
 t_end=$(now)
 sleep 1; kill "$tail_pid" 2>/dev/null; pkill -P "$tail_pid" 2>/dev/null; tail_pid=""
-[ -n "${started_pid:-}" ] && kill "$started_pid" 2>/dev/null
 echo "$TIER tier: image step $((t_built - t_start)) s, VM $((t_end - t_boot)) s (guest: $(cat "$SHARE/init.log" 2>/dev/null)); results in $SHARE"
 [ -f "$SHARE/results/figures.txt" ] && sed "s/^/$TIER tier: /" "$SHARE/results/figures.txt"
 line=$(grep -E "^tier $TIER: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped" "$SHARE/output.log" | tail -n 1)
