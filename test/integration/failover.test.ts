@@ -8,8 +8,9 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { sandbox, host, treeChecksum, scaled } from '../lib/sandbox.js';
-import { startFleet, createProject, type Fleet } from '../lib/fleet.js';
+import { startFleet, createProject, cycleOne, heartbeatAll, sleep, type Fleet } from '../lib/fleet.js';
 import { failover, LockedError } from '../../src/agent/failover.js';
 import { sshOptions } from '../../src/agent/agent.js';
 import { SshPool } from '../../src/replica/transport.js';
@@ -41,7 +42,6 @@ describe('failover', () => {
     assert.equal(r1.sends.length, 2);
     link('down');
     // written on the old primary after the partition: must survive, kept aside
-    const { writeFileSync, readFileSync } = await import('node:fs');
     writeFileSync(`${p.mnt}/after-partition.txt`, 'written on a while cut off');
     const t0 = Date.now();
     // a's agent keeps running during the partition: its fence check every second
@@ -96,18 +96,13 @@ describe('failover', () => {
   // Catalog logic over any zfs: zfs-fuse only (the VM tier's time budget).
   if (sb.zfs !== 'kernel') it("a failover to the staler replica: the fresher one is kept aside and sent again, and the catalog's row follows it back", async () => {
     const C = host(sb, 'c');
-    const beat = async () => {
-      for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
-    };
     const p = await createProject(fleet, A, { files: { 'one.txt': 'one' } });
-    await beat();
-    assert.deepEqual((await fleet.agents.get('a')!.runCycle()).failures, []);
+    assert.deepEqual((await cycleOne(fleet, 'a')).failures, []);
     // c falls behind: a's next snapshot (a second later: a newer creation) reaches b only
     // (zfs-fuse: the file watch on a project starts after the cycle that found it mounted)
-    await new Promise((res) => setTimeout(res, 1500));
-    const { writeFileSync } = await import('node:fs');
+    await sleep(1500);
     writeFileSync(`${p.mnt}/two.txt`, 'two');
-    await new Promise((res) => setTimeout(res, 1500)); // file-watch events are asynchronous
+    await sleep(1500); // file-watch events are asynchronous
     // (the route to c's sshd refused for that one cycle of a's agent, which runs in this
     // process, and its kept-alive connections closed: the send to c fails at once, no
     // timeout to wait for)
@@ -115,8 +110,7 @@ describe('failover', () => {
     assert.equal(route('add').status, 0);
     try {
       fleet.agents.get('a')!.ssh.closeAll();
-      await beat();
-      const r2 = await fleet.agents.get('a')!.runCycle();
+      const r2 = await cycleOne(fleet, 'a');
       assert.deepEqual(r2.sends.map((x) => x.target), ['b'], JSON.stringify(r2.failures));
     } finally {
       route('del');
@@ -125,7 +119,7 @@ describe('failover', () => {
     const [b0, c0] = [await row('b'), await row('c')];
     assert.ok(b0 && c0 && b0.snapshotCreation > c0.snapshotCreation, `b ahead of c: ${JSON.stringify([b0, c0])}`);
     // the operator fails over to c, the staler: b's replica is ahead of its new primary
-    await beat();
+    await heartbeatAll(fleet);
     const t0 = Date.now();
     const r = await failover(fleet.catalog, ssh, p.id, { to: 'c', owner: leaseOwner('test', 'a'), graceMs: scaled(60_000) }); // (the operator's SSH acts as a)
     process.stdout.write(`# failover to the staler replica: ${Date.now() - t0} ms, old primary ${r.oldPrimaryFenced} after ${r.fenceWaitMs} ms\n`);
@@ -137,10 +131,7 @@ describe('failover', () => {
     const bDs = `${host(sb, 'b').pool}/replicas/${p.id}`;
     const bNewest = async () => ((await fleet.zfs.exists(bDs)) ? (await fleet.zfs.list(bDs)).get(bDs)?.snapshots.at(-1) : undefined);
     // c's cycles: b's replica kept aside (nothing destroyed), then sent whole
-    for (let i = 0; i < 4 && (await bNewest())?.guid !== (await cNewest()).guid; i++) {
-      await beat();
-      await fleet.agents.get('c')!.runCycle();
-    }
+    for (let i = 0; i < 4 && (await bNewest())?.guid !== (await cNewest()).guid; i++) await cycleOne(fleet, 'c');
     const src = await cNewest();
     assert.equal(src.guid, c0.guid, 'c serves the snapshot it had (unchanged since)');
     assert.equal((await bNewest())?.guid, src.guid, "b holds c's newest");

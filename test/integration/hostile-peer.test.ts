@@ -11,7 +11,7 @@ import { readFileSync, existsSync, writeFileSync, mkdirSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { sandbox, host, sh, expectedImplementation, scaled, type SandboxHost } from '../lib/sandbox.js';
-import { startFleet, type Fleet } from '../lib/fleet.js';
+import { startFleet, cycleOne, heartbeatAll, type Fleet } from '../lib/fleet.js';
 import { storagectl } from '../lib/procs.js';
 import { SshPool } from '../../src/replica/transport.js';
 import { sshOptions } from '../../src/agent/agent.js';
@@ -53,8 +53,7 @@ function audit(h: SandboxHost): AuditLine[] {
 }
 
 async function cycleA(): Promise<void> {
-  for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
-  const r = await fleet.agents.get('a')!.runCycle();
+  const r = await cycleOne(fleet, 'a');
   assert.deepEqual(r.failures, [], JSON.stringify(r.failures));
 }
 
@@ -306,7 +305,7 @@ describe('a crafted stream from the real primary brings data, never behaviour', 
     // 3. promote (a failover by a, its lease): the new primary inherits the host's own values
     const pool = new SshPool({ ...sshOptions(fleet.configs.get('a')!), connectTimeoutSeconds: 5 });
     try {
-      for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
+      await heartbeatAll(fleet);
       const f = await failover(fleet.catalog, pool, Q.id, { owner: leaseOwner('storagectl-failover', 'a'), graceMs: scaled(60_000) });
       assert.equal(f.to, 'b');
     } finally {

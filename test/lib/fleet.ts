@@ -87,9 +87,17 @@ export function sleep(ms: number): Promise<void> {
  */
 export async function cycleAll(fleet: Fleet): Promise<Map<string, CycleReport>> {
   const out = new Map<string, CycleReport>();
-  for (const [name, agent] of fleet.agents) {
-    for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
-    out.set(name, await agent.runCycle());
-  }
+  for (const name of fleet.agents.keys()) out.set(name, await cycleOne(fleet, name));
   return out;
+}
+
+/** every host of the fleet heartbeats now (live for placement and failover) */
+export async function heartbeatAll(fleet: Fleet): Promise<void> {
+  for (const h of fleet.agents.keys()) await fleet.catalog.heartbeat(h, 0, Date.now());
+}
+
+/** one cycle of one agent, every host heartbeating first (see cycleAll) */
+export async function cycleOne(fleet: Fleet, name: string): Promise<CycleReport> {
+  await heartbeatAll(fleet);
+  return fleet.agents.get(name)!.runCycle();
 }

@@ -147,6 +147,7 @@ export function watchMounts(path: string): { events: () => string[]; stop: () =>
   };
 }
 
+/** the project datasets of a pool mounted now, as the host's root mount namespace sees them */
 export function mountedUnder(prefix: string): string[] {
   return readFileSync('/proc/1/mounts', 'utf8')
     .split('\n')

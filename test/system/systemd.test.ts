@@ -167,8 +167,7 @@ describe('the packaged agent under systemd (PID 1)', () => {
     const how = msgs.includes('grace period over: aborting running transfers') ? 'aborted after the grace period' : 'drained within the grace period';
     figure(`systemctl stop during a 12 MiB transfer at 2 MB/s: ${stopMs} ms, ${how}`);
     if (how !== 'drained within the grace period') assert.fail(`the transfer outlived the grace period (${stopMs} ms)\n${diagnostics(UNIT)}`);
-    // the replica is at a confirmed snapshot: the new one (drained) or the previous one
-    // (aborted), never a partial receive
+    // the replica is at its confirmed snapshot (the one drained), never a partial receive
     const step = <T>(what: string, p: Promise<T>): Promise<T> => within(what, scaled(30_000), p, UNIT);
     const confirmed = (await step('the catalog\'s replica row', catalog.listReplicas(P)))[0]!.guid;
     const dst = (await step(`zfs list ${rds}`, zfs.list(rds))).get(rds)!.snapshots;
